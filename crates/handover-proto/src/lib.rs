@@ -1,0 +1,10 @@
+//! Wire formats handover speaks, as pure functions over bytes and strings.
+//!
+//! Nothing here touches the operating system: no syscalls, no tokio, no nix. That keeps every
+//! parser of outside input testable in isolation and fuzzable.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod fdmap;
+pub mod listen;
+pub mod notify;
