@@ -1,0 +1,93 @@
+//! What the supervisor runs: sockets, and the resolved spec of a generation of workers.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use handover_sys::spawn::WorkerExec;
+
+/// A listening socket the supervisor holds and passes on.
+#[derive(Debug, Clone)]
+pub struct ListenSocket {
+    /// Its name (`LISTEN_FDNAMES`, the fd map).
+    pub name: String,
+    /// Its local address, for logs and status.
+    pub address: String,
+    /// The socket. Shared: every generation gets the very same socket.
+    pub fd: Arc<OwnedFd>,
+    /// Whether systemd passed it (as opposed to handover binding it).
+    pub from_systemd: bool,
+}
+
+/// How a worker tells it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// `READY=1` on `NOTIFY_SOCKET`.
+    Notify,
+    /// Alive for this long.
+    Delay(Duration),
+}
+
+/// Everything that defines one generation's workers; respawns in a generation reuse it.
+#[derive(Debug, Clone)]
+pub struct GenerationSpec {
+    /// Program, cwd and credentials.
+    pub exec: WorkerExec,
+    /// The environment every worker starts from (inherited and configured variables), before
+    /// handover adds the per-worker ones.
+    pub env: Vec<(OsString, OsString)>,
+    /// Number of workers.
+    pub count: u32,
+    /// Sockets, in fd order.
+    pub sockets: Vec<ListenSocket>,
+    /// Name of the JSON name -> /dev/fd/N variable.
+    pub fds_env: String,
+    /// Signal that asks a worker to stop.
+    pub stop_signal: i32,
+    /// How long a worker may take to stop before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Readiness.
+    pub ready: ReadyMode,
+    /// How long a worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// Accept notifications only from the worker's own pid.
+    pub notify_main_only: bool,
+    /// First restart delay.
+    pub backoff_initial: Duration,
+    /// Largest restart delay.
+    pub backoff_max: Duration,
+    /// Ready this long resets the restart delay.
+    pub backoff_reset: Duration,
+}
+
+/// How reloads run.
+#[derive(Debug, Clone)]
+pub struct ReloadPolicy {
+    /// A whole reload must end within this.
+    pub timeout: Duration,
+    /// An old generation may drain this long before its process groups are killed.
+    pub drain_timeout: Duration,
+    /// Rolling: start this many new workers at a time (None = all at once).
+    pub batch_size: Option<u32>,
+    /// Rolling: at most this many workers above `count`.
+    pub max_extra: u32,
+    /// Start one new worker first, the rest once it is ready.
+    pub canary: bool,
+    /// At most this many generations draining at once.
+    pub max_draining: u32,
+}
+
+/// The supervisor's whole input.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The first generation.
+    pub generation: Arc<GenerationSpec>,
+    /// Reload behaviour.
+    pub reload: ReloadPolicy,
+    /// Private directory for per-worker notify sockets (created by the caller, mode 0711).
+    pub notify_dir: PathBuf,
+    /// Owner (uid, gid) for notify sockets when workers run as another user.
+    pub notify_owner: Option<(u32, u32)>,
+}

@@ -1,0 +1,253 @@
+//! Receiving sd_notify datagrams on a per-worker unix socket, with sender credentials.
+//!
+//! The receive rules follow systemd's: a datagram larger than the buffer (`MSG_TRUNC`) or with
+//! truncated control data (`MSG_CTRUNC`) is dropped whole; fds passed with `SCM_RIGHTS` are
+//! closed at once (received close-on-exec, so none can leak into a concurrent spawn); a
+//! datagram without credentials is dropped.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use handover_proto::notify::NOTIFY_BUFFER_MAX;
+
+/// A bound, non-blocking datagram socket that receives credentials.
+#[derive(Debug)]
+pub struct NotifySocket {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// The sender's credentials, from `SCM_CREDENTIALS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// Sender pid.
+    pub pid: i32,
+    /// Sender uid.
+    pub uid: u32,
+    /// Sender gid.
+    pub gid: u32,
+}
+
+/// One received datagram.
+#[derive(Debug)]
+pub enum Received {
+    /// A datagram that passed the transport checks; parse `payload` next.
+    Message {
+        /// The bytes.
+        payload: Vec<u8>,
+        /// Who sent it.
+        sender: Credentials,
+        /// How many fds came with it (all already closed).
+        fds_closed: usize,
+    },
+    /// A datagram dropped whole, and why.
+    Dropped {
+        /// Why.
+        reason: &'static str,
+        /// The sender, when known.
+        sender: Option<Credentials>,
+        /// How many fds came with it (all already closed).
+        fds_closed: usize,
+    },
+    /// Nothing to read right now.
+    Empty,
+}
+
+/// Room for credentials plus the most fds one `SCM_RIGHTS` message can carry (SCM_MAX_FD).
+const CMSG_BUFFER: usize = 8192;
+
+impl NotifySocket {
+    /// Binds a new socket at `path` (which must not exist), mode 0600, owned by `owner` when
+    /// given (so a worker running as another user can send to it).
+    pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
+        // SAFETY: socket() with CLOEXEC|NONBLOCK; we own the new fd at once.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let one: libc::c_int = 1;
+        // SAFETY: SO_PASSCRED takes an int.
+        if unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as u32,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // A bigger receive buffer keeps a chatty worker from blocking on a full queue.
+        let rcvbuf: libc::c_int = 256 * 1024;
+        // SAFETY: SO_RCVBUF takes an int; failure is harmless.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&rcvbuf as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        let (sun, len) = crate::bind::unix_sockaddr(path)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        // SAFETY: bind to the sockaddr_un just built.
+        if unsafe { libc::bind(raw, (&sun as *const libc::sockaddr_un).cast(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let c_path =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: chmod/lchown on the NUL-terminated path of the socket we just bound.
+        unsafe {
+            if libc::chmod(c_path.as_ptr(), 0o600) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = owner {
+                if libc::lchown(c_path.as_ptr(), uid, gid) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(NotifySocket {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The socket's path (what goes into `NOTIFY_SOCKET`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Receives one datagram without blocking.
+    pub fn recv(&self) -> io::Result<Received> {
+        let mut payload = vec![0u8; NOTIFY_BUFFER_MAX + 1];
+        let mut cmsg = vec![0u8; CMSG_BUFFER];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; we point it at buffers that outlive the call.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg.len() as _;
+        // SAFETY: recvmsg writes into the buffers described by msg.
+        let n = unsafe {
+            libc::recvmsg(
+                self.fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(Received::Empty),
+                Some(libc::EINTR) => Ok(Received::Empty),
+                _ => Err(err),
+            };
+        }
+        let n = n as usize;
+        let mut sender = None;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        // SAFETY: walking the control buffer the kernel filled, with the CMSG_* macros that
+        // respect msg_controllen; each fd in SCM_RIGHTS is new and ours to own and close.
+        unsafe {
+            let mut header = libc::CMSG_FIRSTHDR(&msg);
+            while !header.is_null() {
+                let h = &*header;
+                if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                    let data_len = h.cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let count = data_len / mem::size_of::<RawFd>();
+                    let data = libc::CMSG_DATA(header) as *const RawFd;
+                    for i in 0..count {
+                        let raw = std::ptr::read_unaligned(data.add(i));
+                        if raw >= 0 {
+                            fds.push(OwnedFd::from_raw_fd(raw));
+                        }
+                    }
+                } else if h.cmsg_level == libc::SOL_SOCKET
+                    && h.cmsg_type == libc::SCM_CREDENTIALS
+                    && h.cmsg_len as usize
+                        >= libc::CMSG_LEN(mem::size_of::<libc::ucred>() as u32) as usize
+                {
+                    let cred =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(header) as *const libc::ucred);
+                    sender = Some(Credentials {
+                        pid: cred.pid,
+                        uid: cred.uid,
+                        gid: cred.gid,
+                    });
+                }
+                header = libc::CMSG_NXTHDR(&msg, header);
+            }
+        }
+        let fds_closed = fds.len();
+        drop(fds);
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Ok(Received::Dropped {
+                reason: "control data truncated",
+                sender,
+                fds_closed,
+            });
+        }
+        if msg.msg_flags & libc::MSG_TRUNC != 0 || n > NOTIFY_BUFFER_MAX {
+            return Ok(Received::Dropped {
+                reason: "datagram longer than 4096 bytes",
+                sender,
+                fds_closed,
+            });
+        }
+        let Some(sender) = sender.filter(|c| c.pid > 0) else {
+            return Ok(Received::Dropped {
+                reason: "no sender credentials",
+                sender: None,
+                fds_closed,
+            });
+        };
+        payload.truncate(n);
+        Ok(Received::Message {
+            payload,
+            sender,
+            fds_closed,
+        })
+    }
+}
+
+impl AsFd for NotifySocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Creates a private directory for notify sockets: mode 0711 (others may reach a socket whose
+/// name they know and whose file permits them, but cannot list or create entries), owned by
+/// the caller. `path` must not exist yet.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o711).create(path)?;
+    // The umask may have cleared bits; set the mode exactly.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+}

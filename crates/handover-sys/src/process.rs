@@ -1,0 +1,246 @@
+//! Processes: pidfds for signalling, process-group signals, and the one reaper.
+//!
+//! Signals to a single process go through its pidfd, so a pid the kernel recycled is never
+//! hit. Signals to a worker's process group are sent only while its leader is unreaped (a
+//! zombie leader pins both pid and pgid), which the supervisor guarantees by reaping a leader
+//! only after it has signalled the group. Reaping is done in one place, with `waitid(P_ALL)`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A process handle that cannot outlive its process's identity.
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: OwnedFd,
+    pid: i32,
+}
+
+impl Pidfd {
+    /// Opens a pidfd for a child of ours that has not been reaped yet.
+    pub fn open(pid: i32) -> io::Result<Pidfd> {
+        // SAFETY: pidfd_open returns a new close-on-exec fd (pidfds always are) or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd owned by nobody else.
+        Ok(Pidfd {
+            fd: unsafe { OwnedFd::from_raw_fd(raw as i32) },
+            pid,
+        })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` to exactly this process. `Ok(false)` if it is already gone.
+    pub fn send_signal(&self, signal: i32) -> io::Result<bool> {
+        // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(false);
+            }
+            return Err(err);
+        }
+        Ok(true)
+    }
+}
+
+/// Sends `signal` to process group `pgid`. `Ok(false)` if the group is empty.
+///
+/// Call only while the group's leader is a child of ours that is not yet reaped.
+pub fn signal_group(pgid: i32, signal: i32) -> io::Result<bool> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal process group <= 1",
+        ));
+    }
+    // SAFETY: kill with a negative pid signals a process group; pgid > 1 was checked.
+    if unsafe { libc::kill(-pgid, signal) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(true)
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// A core was dumped.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// Whether the child exited with code 0.
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Exited(0))
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {}", signal_name(*signal))?;
+                if *core_dumped {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The conventional name of a signal number ("SIGTERM"), or "signal N".
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGWINCH => "SIGWINCH",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+/// Looks at the next exited child without reaping it (`waitid(P_ALL, WNOWAIT)`).
+///
+/// Leaving it a zombie keeps its pid and process group pinned, so the caller can still signal
+/// the group safely before calling [`reap`].
+pub fn peek_exited() -> io::Result<Option<(i32, ExitStatus)>> {
+    // SAFETY: a zeroed siginfo is valid; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ECHILD) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+    // SAFETY: after a successful waitid the pid/status fields are valid to read.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    let status = match info.si_code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        libc::CLD_DUMPED => ExitStatus::Signaled {
+            signal: status,
+            core_dumped: true,
+        },
+        _ => ExitStatus::Signaled {
+            signal: status,
+            core_dumped: false,
+        },
+    };
+    Ok(Some((pid, status)))
+}
+
+/// Reaps the exited child `pid` (after [`peek_exited`] reported it).
+pub fn reap(pid: i32) -> io::Result<()> {
+    // SAFETY: as above; P_PID reaps exactly that child.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    if unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes this process a child subreaper: orphans of its descendants become its children, so
+/// they can be found and killed on stop, and reaped.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The pids whose parent is `parent`, read from /proc. Best effort: unreadable entries are
+/// skipped (a process may exit while we look).
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may contain spaces; fields follow the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let _state = fields.next();
+        if fields.next().and_then(|s| s.parse::<i32>().ok()) == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}

@@ -1,0 +1,294 @@
+//! Starting workers without running any code of ours between fork and exec.
+//!
+//! handover is multithreaded, so a child created by `fork()` may only call async-signal-safe
+//! functions before `exec`: no allocation, no locks, no closures. handover therefore starts
+//! every worker with `posix_spawn()` (a vfork-style clone whose only work before exec is the
+//! declared file actions and attributes) of *itself*, as a hidden stub: `handover
+//! __exec-worker ...`. The stub is an ordinary single-threaded process that finishes the setup
+//! (fd layout, privileges, parent-death signal, `LISTEN_PID`) and then execs the worker, which
+//! keeps the stub's pid.
+//!
+//! File actions only `dup2` the worker's sockets into a staging range above every fd the
+//! parent uses, plus a status pipe and the standard fds. `dup2` to a different number yields
+//! an fd without close-on-exec, so exactly these fds survive the exec into the stub; everything
+//! else handover holds is close-on-exec.
+//!
+//! All spawns happen on one dedicated thread that never exits, because the parent-death signal
+//! a worker sets fires when the *thread* that created it exits.
+
+use std::ffi::{CString, OsString};
+use std::io::{self, Read};
+use std::mem;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+
+use crate::fd::{dev_null, pipe_cloexec};
+use crate::process::Pidfd;
+use crate::stub::StubArgs;
+
+/// Who a worker runs as, where, and what it runs.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerExec {
+    /// argv; `argv[0]` is searched in the worker's `PATH` when it has no `/`.
+    pub argv: Vec<OsString>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// Switch to this uid.
+    pub uid: Option<u32>,
+    /// Switch to this gid.
+    pub gid: Option<u32>,
+    /// Set these supplementary groups (applied first).
+    pub groups: Option<Vec<u32>>,
+}
+
+/// Everything needed to start one worker.
+#[derive(Debug)]
+pub struct SpawnRequest {
+    /// The program and credentials.
+    pub exec: WorkerExec,
+    /// The complete environment, `KEY=VALUE`, without `LISTEN_PID` (the stub adds it).
+    pub env: Vec<CString>,
+    /// Sockets, in the order they must appear at fds 3, 4, ...
+    pub sockets: Vec<Arc<OwnedFd>>,
+    /// The worker's stdout; `None` inherits handover's.
+    pub stdout: Option<OwnedFd>,
+    /// The worker's stderr; `None` inherits handover's.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A started stub (and, unless `exec_error` is set, the worker it became).
+#[derive(Debug)]
+pub struct Spawned {
+    /// The pid (stub and worker share it).
+    pub pid: i32,
+    /// A pidfd for signalling it.
+    pub pidfd: Pidfd,
+    /// Set when the stub could not exec the worker: what failed, with the OS error. The stub
+    /// then exits with code 127.
+    pub exec_error: Option<String>,
+}
+
+type Reply = Box<dyn FnOnce(io::Result<Spawned>) + Send>;
+
+/// A handle to the spawning thread.
+#[derive(Clone)]
+pub struct Spawner {
+    tx: mpsc::Sender<(SpawnRequest, Reply)>,
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spawner")
+    }
+}
+
+impl Spawner {
+    /// Starts the spawning thread. Call once; the thread lives as long as the process.
+    pub fn start() -> io::Result<Spawner> {
+        let (tx, rx) = mpsc::channel::<(SpawnRequest, Reply)>();
+        let dev_null = dev_null()?;
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        std::thread::Builder::new()
+            .name("handover-spawner".into())
+            .spawn(move || {
+                // The thread keeps running even when every Spawner handle is dropped: workers'
+                // parent-death signal is tied to it, and it must fire only when the process dies.
+                for (request, reply) in rx.iter() {
+                    reply(spawn_one(request, &dev_null, parent));
+                }
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        Ok(Spawner { tx })
+    }
+
+    /// Queues a spawn; `reply` runs on the spawning thread with the outcome.
+    pub fn spawn(
+        &self,
+        request: SpawnRequest,
+        reply: impl FnOnce(io::Result<Spawned>) + Send + 'static,
+    ) {
+        if let Err(mpsc::SendError((_, reply))) = self.tx.send((request, Box::new(reply))) {
+            reply(Err(io::Error::other("the spawning thread is gone")));
+        }
+    }
+}
+
+fn cstring(bytes: Vec<u8>, what: &str) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+struct SpawnAttrs {
+    attr: libc::posix_spawnattr_t,
+    actions: libc::posix_spawn_file_actions_t,
+}
+
+impl SpawnAttrs {
+    fn new() -> io::Result<SpawnAttrs> {
+        // SAFETY: the init functions fill the zeroed structures; destroy runs in Drop.
+        unsafe {
+            let mut attrs = SpawnAttrs {
+                attr: mem::zeroed(),
+                actions: mem::zeroed(),
+            };
+            check(libc::posix_spawnattr_init(&mut attrs.attr))?;
+            if let Err(err) = check(libc::posix_spawn_file_actions_init(&mut attrs.actions)) {
+                libc::posix_spawnattr_destroy(&mut attrs.attr);
+                return Err(err);
+            }
+            Ok(attrs)
+        }
+    }
+}
+
+impl Drop for SpawnAttrs {
+    fn drop(&mut self) {
+        // SAFETY: both were initialised in new().
+        unsafe {
+            libc::posix_spawn_file_actions_destroy(&mut self.actions);
+            libc::posix_spawnattr_destroy(&mut self.attr);
+        }
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+fn spawn_one(request: SpawnRequest, dev_null: &OwnedFd, parent: i32) -> io::Result<Spawned> {
+    let (status_read, status_write) = pipe_cloexec()?;
+    let n_sockets = request.sockets.len() as i32;
+    let mut highest = status_write.as_raw_fd().max(dev_null.as_raw_fd());
+    for fd in request.sockets.iter() {
+        highest = highest.max(fd.as_raw_fd());
+    }
+    for fd in request.stdout.iter().chain(request.stderr.iter()) {
+        highest = highest.max(fd.as_raw_fd());
+    }
+    // Staging fds lie above every source (so no dup2 clobbers a source) and above the final
+    // range 3..3+n (so the stub's moves never overlap).
+    let staging_base = (highest + 1).max(3 + n_sockets);
+    let status_fd = staging_base + n_sockets;
+
+    let stub = StubArgs {
+        expected_parent: parent,
+        n_sockets: n_sockets as usize,
+        staging_base,
+        status_fd,
+        exec: request.exec,
+    };
+    let argv: Vec<CString> = stub
+        .to_argv()
+        .into_iter()
+        .map(|arg| cstring(arg.into_vec(), "an argument"))
+        .collect::<io::Result<_>>()?;
+    let mut argv_ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut env_ptrs: Vec<*mut libc::c_char> =
+        request.env.iter().map(|e| e.as_ptr() as *mut _).collect();
+    env_ptrs.push(std::ptr::null_mut());
+
+    let mut attrs = SpawnAttrs::new()?;
+    // SAFETY: the attribute and file-action calls only record settings in structures we own;
+    // every fd named in them stays open until posix_spawn returns.
+    unsafe {
+        let flags = libc::POSIX_SPAWN_SETPGROUP
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        check(libc::posix_spawnattr_setflags(
+            &mut attrs.attr,
+            flags as libc::c_short,
+        ))?;
+        // Process group = the child's own pid, set atomically at creation so the supervisor
+        // can signal the group from the first instant.
+        check(libc::posix_spawnattr_setpgroup(&mut attrs.attr, 0))?;
+        let mut empty: libc::sigset_t = mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        check(libc::posix_spawnattr_setsigmask(&mut attrs.attr, &empty))?;
+        let mut all: libc::sigset_t = mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigdelset(&mut all, libc::SIGKILL);
+        libc::sigdelset(&mut all, libc::SIGSTOP);
+        check(libc::posix_spawnattr_setsigdefault(&mut attrs.attr, &all))?;
+
+        for (i, fd) in request.sockets.iter().enumerate() {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut attrs.actions,
+                fd.as_raw_fd(),
+                staging_base + i as i32,
+            ))?;
+        }
+        check(libc::posix_spawn_file_actions_adddup2(
+            &mut attrs.actions,
+            status_write.as_raw_fd(),
+            status_fd,
+        ))?;
+        check(libc::posix_spawn_file_actions_adddup2(
+            &mut attrs.actions,
+            dev_null.as_raw_fd(),
+            0,
+        ))?;
+        if let Some(out) = &request.stdout {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut attrs.actions,
+                out.as_raw_fd(),
+                1,
+            ))?;
+        }
+        if let Some(err) = &request.stderr {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut attrs.actions,
+                err.as_raw_fd(),
+                2,
+            ))?;
+        }
+    }
+
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: path, argv and envp are NUL-terminated arrays of C strings that outlive the
+    // call; attrs were initialised above.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            c"/proc/self/exe".as_ptr(),
+            &attrs.actions,
+            &attrs.attr,
+            argv_ptrs.as_ptr(),
+            env_ptrs.as_ptr(),
+        )
+    };
+    drop(attrs);
+    check(rc)?;
+    // Our copies of the child's stdio and the pipe's write end must close now, so EOF on the
+    // status pipe means "the stub exec'd the worker or exited".
+    drop(status_write);
+    drop(request.stdout);
+    drop(request.stderr);
+    let pidfd = Pidfd::open(pid)?;
+
+    let mut message = Vec::new();
+    let mut file = std::fs::File::from(status_read);
+    let _ = (&mut file).take(4096).read_to_end(&mut message);
+    let exec_error = if message.is_empty() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(&message).into_owned())
+    };
+    Ok(Spawned {
+        pid,
+        pidfd,
+        exec_error,
+    })
+}

@@ -1,0 +1,48 @@
+//! The process environment, read once in `main` before any thread starts.
+//!
+//! handover never changes its own environment; workers get theirs built explicitly.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use handover_proto::listen::ListenEnv;
+
+/// What handover needs from its environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Every variable, in order, as inherited.
+    pub vars: Vec<(OsString, OsString)>,
+    /// `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`.
+    pub listen: ListenEnv,
+    /// `NOTIFY_SOCKET` is set: report to systemd.
+    pub notify_socket: bool,
+    /// `JOURNAL_STREAM` is set: stderr goes to the journal.
+    pub journal_stream: Option<String>,
+    /// `RUNTIME_DIRECTORY` (first entry).
+    pub runtime_directory: Option<PathBuf>,
+    /// `XDG_RUNTIME_DIR`.
+    pub xdg_runtime_dir: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Reads the process environment.
+    pub fn read() -> Environment {
+        let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let get = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let text = |key: &str| get(key).map(|v| v.to_string_lossy().into_owned());
+        let path = |key: &str| {
+            get(key).filter(|v| !v.is_empty()).map(|v| {
+                let s = v.to_string_lossy().into_owned();
+                PathBuf::from(s.split(':').next().unwrap_or_default())
+            })
+        };
+        Environment {
+            listen: ListenEnv { pid: text("LISTEN_PID"), fds: text("LISTEN_FDS"), fdnames: text("LISTEN_FDNAMES") },
+            notify_socket: get("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty()),
+            journal_stream: text("JOURNAL_STREAM"),
+            runtime_directory: path("RUNTIME_DIRECTORY"),
+            xdg_runtime_dir: path("XDG_RUNTIME_DIR"),
+            vars,
+        }
+    }
+}

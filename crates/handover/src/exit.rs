@@ -1,0 +1,21 @@
+//! handover's exit codes (documented in docs/cli.md).
+
+/// Stopped cleanly.
+pub const OK: u8 = 0;
+/// The first generation never became ready (a worker exited, failed to start, or timed out),
+/// or a stop was forced by repeated signals.
+pub const START_FAILED: u8 = 1;
+/// The command line is wrong.
+pub const USAGE: u8 = 2;
+/// The configuration file is invalid.
+pub const CONFIG: u8 = 3;
+/// A listening socket could not be set up: bind failed (address in use, permission denied,
+/// address not available, path too long or occupied) or the sockets systemd passed are
+/// invalid (malformed `LISTEN_*`, wrong pid, fd not a listening stream socket).
+pub const SOCKETS: u8 = 4;
+/// The control socket could not be used (another instance runs, or none runs).
+pub const CONTROL: u8 = 5;
+/// A reload or stop requested through the control socket failed or timed out.
+pub const REQUEST_FAILED: u8 = 6;
+/// Anything else: an OS error while setting up (runtime directory, spawning thread).
+pub const INTERNAL: u8 = 70;

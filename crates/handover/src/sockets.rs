@@ -1,0 +1,125 @@
+//! Matching the sockets systemd passed with the configured ones, and binding the rest.
+
+use std::sync::Arc;
+
+use handover_supervisor::ListenSocket;
+use handover_sys::bind::{bind_listener, BindAddress, BindSpec};
+use handover_sys::inherit::InheritedSocket;
+
+use crate::config::{Config, ListenAddress, SocketConfig};
+
+/// Why the socket set could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// A configured socket could not be bound.
+    #[error("socket {name:?}: {source}")]
+    Bind {
+        /// The socket's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: handover_sys::bind::BindError,
+    },
+    /// A socket marked `from_systemd` was not passed.
+    #[error("socket {name:?} must come from systemd (from_systemd = true), but {passed}")]
+    NotPassed {
+        /// The socket's name.
+        name: String,
+        /// What systemd passed instead.
+        passed: String,
+    },
+    /// The owner of a unix socket does not exist.
+    #[error("socket {name:?}: owner {owner:?}: {source}")]
+    Owner {
+        /// The socket's name.
+        name: String,
+        /// The owner as configured.
+        owner: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn owner_ids(socket: &SocketConfig) -> Result<Option<(Option<u32>, Option<u32>)>, SocketError> {
+    let Some(owner) = &socket.owner else { return Ok(None) };
+    let err = |source| SocketError::Owner { name: socket.name.clone(), owner: owner.clone(), source };
+    let (user, group) = match owner.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (owner.as_str(), None),
+    };
+    let uid = if user.is_empty() { None } else { Some(handover_sys::users::user(user).map_err(err)?.uid) };
+    let gid = match group {
+        Some(group) if !group.is_empty() => Some(handover_sys::users::group(group).map_err(err)?),
+        _ => None,
+    };
+    Ok(Some((uid, gid)))
+}
+
+/// Binds one configured socket.
+pub fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketError> {
+    let address = match &socket.listen {
+        Some(ListenAddress::Tcp(addr)) => BindAddress::Tcp(*addr),
+        Some(ListenAddress::Unix(path)) => BindAddress::Unix(path.clone()),
+        None => {
+            return Err(SocketError::NotPassed { name: socket.name.clone(), passed: "it has no listen address".into() })
+        }
+    };
+    let spec = BindSpec {
+        address: address.clone(),
+        backlog: socket.backlog,
+        reuse_port: socket.reuse_port,
+        mode: socket.mode,
+        owner: owner_ids(socket)?,
+    };
+    let fd = bind_listener(&spec).map_err(|source| SocketError::Bind { name: socket.name.clone(), source })?;
+    // Port 0 binds an ephemeral port: report the real one.
+    let shown = handover_sys::sockaddr::local_addr(std::os::fd::AsFd::as_fd(&fd))
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| address.to_string());
+    Ok(ListenSocket { name: socket.name.clone(), address: shown, fd: Arc::new(fd), from_systemd: false })
+}
+
+/// Builds the socket list in fd order: configured sockets in file order (each taken from
+/// systemd when it passed one of that name, else bound), then sockets systemd passed that
+/// the configuration does not name, in the order systemd passed them.
+pub fn resolve(config: &Config, inherited: Vec<InheritedSocket>) -> Result<Vec<ListenSocket>, SocketError> {
+    let passed_names: Vec<String> = inherited.iter().map(|s| s.name.clone()).collect();
+    let mut inherited: Vec<Option<InheritedSocket>> = inherited.into_iter().map(Some).collect();
+    let mut sockets = Vec::new();
+    for socket in &config.sockets {
+        let mut found = false;
+        for slot in inherited.iter_mut() {
+            if slot.as_ref().is_some_and(|s| s.name == socket.name) {
+                let s = slot.take().expect("checked just above");
+                tracing::info!(socket = %socket.name, address = %s.info.local, fd = s.arrived_at, "using the socket systemd passed");
+                sockets.push(ListenSocket {
+                    name: s.name,
+                    address: s.info.local.to_string(),
+                    fd: Arc::new(s.fd),
+                    from_systemd: true,
+                });
+                found = true;
+            }
+        }
+        if found {
+            continue;
+        }
+        if socket.from_systemd {
+            let passed = if passed_names.is_empty() {
+                "systemd passed no sockets".to_string()
+            } else {
+                format!("systemd passed only {}", passed_names.join(", "))
+            };
+            return Err(SocketError::NotPassed { name: socket.name.clone(), passed });
+        }
+        let bound = bind_configured(socket)?;
+        tracing::info!(socket = %bound.name, address = %bound.address, "bound");
+        sockets.push(bound);
+    }
+    for s in inherited.into_iter().flatten() {
+        tracing::info!(socket = %s.name, address = %s.info.local, fd = s.arrived_at, "passing on a socket systemd passed that the configuration does not name");
+        sockets.push(ListenSocket { name: s.name, address: s.info.local.to_string(), fd: Arc::new(s.fd), from_systemd: true });
+    }
+    Ok(sockets)
+}

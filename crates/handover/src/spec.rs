@@ -1,0 +1,152 @@
+//! Turning a validated configuration into what the supervisor runs.
+//!
+//! Used at start and again on every reload, so a reload sees the same rules: the config is
+//! re-read, users are looked up again, and the per-reload overrides are applied last.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use handover_supervisor::{GenerationSpec, ListenSocket, ReadyMode, ReloadOverrides, ReloadPolicy};
+use handover_sys::spawn::WorkerExec;
+
+use crate::config::{self, Config, InheritEnv, NotifyAccess, Strategy};
+
+/// Variables never passed on from handover's own environment.
+fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(b"LISTEN_") || key == b"NOTIFY_SOCKET" || key.starts_with(b"WATCHDOG_")
+}
+
+/// Who workers run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// uid to switch to.
+    pub uid: u32,
+    /// gid to switch to.
+    pub gid: u32,
+}
+
+/// Resolves `user`/`group` to ids and supplementary groups; `None` when workers run as
+/// handover's own user.
+pub fn resolve_identity(worker: &config::WorkerConfig) -> Result<Option<(Identity, Vec<u32>)>, String> {
+    if worker.user.is_none() && worker.group.is_none() {
+        return Ok(None);
+    }
+    let euid = handover_sys::users::effective_uid();
+    let (uid, mut gid, user) = match &worker.user {
+        Some(name) => {
+            let user = handover_sys::users::user(name).map_err(|e| format!("worker.user: {e}"))?;
+            (user.uid, user.gid, Some(user))
+        }
+        None => (euid, handover_sys::users::effective_gid(), None),
+    };
+    if let Some(group) = &worker.group {
+        gid = handover_sys::users::group(group).map_err(|e| format!("worker.group: {e}"))?;
+    }
+    if euid != 0 {
+        if uid == euid && gid == handover_sys::users::effective_gid() {
+            return Ok(None);
+        }
+        return Err(format!(
+            "worker.user/worker.group ask for uid {uid} gid {gid}, but handover runs as uid {euid} and only root can switch users"
+        ));
+    }
+    let groups = match &user {
+        Some(user) => handover_sys::users::group_list(user, gid).map_err(|e| format!("worker.user: {e}"))?,
+        None => vec![gid],
+    };
+    Ok(Some((Identity { uid, gid }, groups)))
+}
+
+/// The environment workers start from.
+pub fn base_env(
+    inherited: &[(OsString, OsString)],
+    worker: &config::WorkerConfig,
+    overrides: &ReloadOverrides,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = if overrides.replace_env {
+        Vec::new()
+    } else {
+        match &worker.inherit_env {
+            InheritEnv::All => inherited.iter().filter(|(k, _)| !is_reserved(k.as_bytes())).cloned().collect(),
+            InheritEnv::Nothing => Vec::new(),
+            InheritEnv::Only(names) => inherited
+                .iter()
+                .filter(|(k, _)| names.iter().any(|n| n.as_bytes() == k.as_bytes()) && !is_reserved(k.as_bytes()))
+                .cloned()
+                .collect(),
+        }
+    };
+    let mut set = |key: OsString, value: OsString| {
+        if let Some(entry) = env.iter_mut().find(|(k, _)| *k == key) {
+            entry.1 = value;
+        } else {
+            env.push((key, value));
+        }
+    };
+    if !overrides.replace_env {
+        for (key, value) in &worker.env {
+            set(key.into(), value.into());
+        }
+    }
+    for (key, value) in &overrides.env {
+        set(key.clone(), value.clone());
+    }
+    env
+}
+
+/// Everything needed to build generation specs, fixed at start.
+pub struct SpecContext {
+    /// handover's own environment, as inherited.
+    pub inherited_env: Vec<(OsString, OsString)>,
+    /// The sockets, in fd order.
+    pub sockets: Vec<ListenSocket>,
+}
+
+impl SpecContext {
+    /// Builds a generation spec from a configuration.
+    pub fn build(&self, config: &Config, overrides: &ReloadOverrides) -> Result<Arc<GenerationSpec>, String> {
+        let worker = &config.worker;
+        let identity = resolve_identity(worker)?;
+        let (uid, gid, groups) = match identity {
+            Some((id, groups)) => (Some(id.uid), Some(id.gid), Some(groups)),
+            None => (None, None, None),
+        };
+        let cwd: Option<PathBuf> = overrides.cwd.clone().or_else(|| worker.cwd.clone());
+        Ok(Arc::new(GenerationSpec {
+            exec: WorkerExec { argv: worker.command.iter().map(OsString::from).collect(), cwd, uid, gid, groups },
+            env: base_env(&self.inherited_env, worker, overrides),
+            count: overrides.workers.unwrap_or(worker.count),
+            sockets: self.sockets.clone(),
+            fds_env: config.handover.fds_env.clone(),
+            stop_signal: worker.stop_signal,
+            stop_timeout: worker.stop_timeout,
+            ready: match worker.ready {
+                config::ReadyMode::Notify => ReadyMode::Notify,
+                config::ReadyMode::Delay(d) => ReadyMode::Delay(d),
+            },
+            ready_timeout: worker.ready_timeout,
+            notify_main_only: worker.notify_access == NotifyAccess::Main,
+            backoff_initial: worker.backoff_initial,
+            backoff_max: worker.backoff_max,
+            backoff_reset: worker.backoff_reset,
+        }))
+    }
+}
+
+/// The reload policy from a configuration.
+pub fn reload_policy(config: &Config) -> ReloadPolicy {
+    let (batch_size, max_extra) = match config.reload.strategy {
+        Strategy::AllAtOnce => (None, 0),
+        Strategy::Rolling { batch_size, max_extra } => (Some(batch_size), max_extra),
+    };
+    ReloadPolicy {
+        timeout: config.reload.timeout,
+        drain_timeout: config.reload.drain_timeout,
+        batch_size,
+        max_extra,
+        canary: config.reload.canary,
+        max_draining: config.reload.max_draining,
+    }
+}
