@@ -1,1 +1,5 @@
-//! End-to-end test harness for handover.
+//! End-to-end test harness for handover: drives the real binary, plays systemd, and
+//! generates load.
+
+pub mod harness;
+pub mod loadgen;

@@ -219,9 +219,11 @@ fn watch<T: AsFd + Send + Sync + 'static>(
             let Ok(mut guard) = async_fd.readable().await else {
                 return;
             };
+            // A closed pipe stays readable forever: report it once and stop watching.
+            let closed = guard.ready().is_read_closed();
             // Cleared before the supervisor reads: data arriving later raises a new edge.
             guard.clear_ready();
-            if events.send(event()).is_err() {
+            if events.send(event()).is_err() || closed {
                 return;
             }
         }
@@ -458,7 +460,10 @@ impl Supervisor {
 
     fn handle_event(&mut self, event: Event) {
         match event {
-            Event::Spawned { worker, result } => self.spawned(worker, result),
+            Event::Spawned { worker, result } => {
+                self.spawned(worker, result);
+                self.reap_children();
+            }
             Event::NotifyReadable(worker) => self.read_notify(worker),
             Event::StderrReadable(worker) => self.read_stderr(worker),
         }
@@ -501,6 +506,8 @@ impl Supervisor {
                 }
                 if worker.retiring {
                     self.ask_to_stop(id, None);
+                } else {
+                    self.read_notify(id);
                 }
             }
             Err(err) => {
@@ -530,6 +537,11 @@ impl Supervisor {
             let Some(worker) = self.workers.get(&id) else {
                 return;
             };
+            // Until the spawning thread reports the pid, a message cannot be attributed or
+            // acted on; it waits in the socket, and the spawn reply reads it.
+            if worker.state == State::Spawning {
+                return;
+            }
             let Some(socket) = worker.notify.clone() else {
                 return;
             };
@@ -694,7 +706,22 @@ impl Supervisor {
 
     // ---- exits -------------------------------------------------------------------------
 
+    /// Handles every exited child. Known workers are checked by pid first. A child nobody
+    /// knows is an orphan only if no spawn is in flight: a worker that exits right after exec
+    /// can be seen before the spawning thread has told us its pid, so unknown children wait
+    /// until then (every spawn reply runs this again).
     fn reap_children(&mut self) {
+        let known: Vec<(i32, u64)> = self.by_pid.iter().map(|(&pid, &id)| (pid, id)).collect();
+        for (pid, id) in known {
+            match process::peek_exited_pid(pid) {
+                Ok(Some(status)) => self.collect_worker(pid, id, status),
+                Ok(None) => {}
+                Err(err) => warn!(pid, "waitid failed: {err}"),
+            }
+        }
+        if self.workers.values().any(|w| w.state == State::Spawning) {
+            return;
+        }
         loop {
             let (pid, status) = match process::peek_exited() {
                 Ok(Some(exited)) => exited,
@@ -704,22 +731,25 @@ impl Supervisor {
                     break;
                 }
             };
-            match self.by_pid.remove(&pid) {
-                Some(id) => {
-                    // Read what the worker said and wrote before it died, then kill what is
-                    // left of its process group while the zombie leader still pins the pgid.
-                    self.read_notify(id);
-                    self.read_stderr(id);
-                    let _ = process::signal_group(pid, libc::SIGKILL);
-                    let _ = process::reap(pid);
-                    self.worker_exited(id, status);
-                }
+            match self.by_pid.get(&pid).copied() {
+                Some(id) => self.collect_worker(pid, id, status),
                 None => {
                     let _ = process::reap(pid);
                     debug!(pid, "reaped an orphan: {status}");
                 }
             }
         }
+    }
+
+    /// A worker's process exited: read what it said and wrote before it died, kill what is
+    /// left of its process group while the unreaped leader still pins the pgid, then reap.
+    fn collect_worker(&mut self, pid: i32, id: u64, status: ExitStatus) {
+        self.by_pid.remove(&pid);
+        self.read_notify(id);
+        self.read_stderr(id);
+        let _ = process::signal_group(pid, libc::SIGKILL);
+        let _ = process::reap(pid);
+        self.worker_exited(id, status);
     }
 
     fn describe_exit(worker: &Worker, status: ExitStatus) -> String {
@@ -784,9 +814,15 @@ impl Supervisor {
             self.generation_maybe_gone(generation);
             return;
         }
-        if was_ready {
+        let starting = self
+            .generations
+            .get(&generation)
+            .is_some_and(|g| g.state == GenState::Starting);
+        if was_ready && !starting {
             self.respawn(generation, index, ready_for, reason);
         } else {
+            // Before ready, or while the whole generation is not ready yet: the start (or
+            // the reload) fails; in a serving generation this is a failed restart.
             self.worker_failed_detached_slot(generation, index, reason);
         }
     }
@@ -866,7 +902,7 @@ impl Supervisor {
             warn!(
                 generation,
                 worker = index,
-                "crash-looping: {failures} failures in a row; next start in {delay:?}"
+                "crash-looping: {failures} failures in a row; restarting in {delay:?}"
             );
             self.systemd.status(&format!(
                 "crash-looping: worker {index} failed {failures} times in a row; {}",

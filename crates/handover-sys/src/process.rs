@@ -186,6 +186,43 @@ pub fn peek_exited() -> io::Result<Option<(i32, ExitStatus)>> {
     Ok(Some((pid, status)))
 }
 
+/// Whether child `pid` has exited, without reaping it (`waitid(P_PID, WNOWAIT)`).
+pub fn peek_exited_pid(pid: i32) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: a zeroed siginfo is valid; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after a successful waitid the pid/status fields are valid to read.
+    let (found, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if found == 0 {
+        return Ok(None);
+    }
+    Ok(Some(decode(info.si_code, status)))
+}
+
+fn decode(code: i32, status: i32) -> ExitStatus {
+    match code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        libc::CLD_DUMPED => ExitStatus::Signaled {
+            signal: status,
+            core_dumped: true,
+        },
+        _ => ExitStatus::Signaled {
+            signal: status,
+            core_dumped: false,
+        },
+    }
+}
+
 /// Reaps the exited child `pid` (after [`peek_exited`] reported it).
 pub fn reap(pid: i32) -> io::Result<()> {
     // SAFETY: as above; P_PID reaps exactly that child.

@@ -37,7 +37,11 @@ impl Environment {
             })
         };
         Environment {
-            listen: ListenEnv { pid: text("LISTEN_PID"), fds: text("LISTEN_FDS"), fdnames: text("LISTEN_FDNAMES") },
+            listen: ListenEnv {
+                pid: text("LISTEN_PID"),
+                fds: text("LISTEN_FDS"),
+                fdnames: text("LISTEN_FDNAMES"),
+            },
             notify_socket: get("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty()),
             journal_stream: text("JOURNAL_STREAM"),
             runtime_directory: path("RUNTIME_DIRECTORY"),

@@ -67,7 +67,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if err.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     match cli.command {
@@ -92,7 +96,10 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::CONFIG)
             }
         },
-        Commands::Start { config, log_to_stdout } => start(&config, environment, log_to_stdout),
+        Commands::Start {
+            config,
+            log_to_stdout,
+        } => start(&config, environment, log_to_stdout),
     }
 }
 
@@ -113,10 +120,16 @@ fn init_logging(environment: &Environment, log_to_stdout: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The journal stamps every line itself.
     let under_journal = environment.journal_stream.is_some() && !log_to_stdout;
-    let builder = fmt().with_env_filter(filter).with_target(false).with_ansi(false);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false);
     let result = match (log_to_stdout, under_journal) {
         (true, _) => builder.with_writer(std::io::stdout).try_init(),
-        (false, true) => builder.without_time().with_writer(std::io::stderr).try_init(),
+        (false, true) => builder
+            .without_time()
+            .with_writer(std::io::stderr)
+            .try_init(),
         (false, false) => builder.with_writer(std::io::stderr).try_init(),
     };
     let _ = result;
@@ -155,10 +168,20 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
-    let foreign_pid = environment.listen.pid.as_deref().and_then(|p| p.parse::<u32>().ok()).filter(|&p| p != own_pid);
+    let foreign_pid = environment
+        .listen
+        .pid
+        .as_deref()
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|&p| p != own_pid);
     let spec = match listen::parse(&environment.listen, own_pid) {
         Ok(spec) => spec,
-        Err(err) => return fail(exit::SOCKETS, format!("invalid socket activation variables: {err}")),
+        Err(err) => {
+            return fail(
+                exit::SOCKETS,
+                format!("invalid socket activation variables: {err}"),
+            )
+        }
     };
     let inherited = match &spec {
         Some(spec) => match handover_sys::inherit::take_listen_fds(spec) {
@@ -186,25 +209,52 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
         tracing::warn!("no sockets configured or passed: workers get none");
     }
 
-    let context = spec::SpecContext { inherited_env: environment.vars.clone(), sockets };
+    let context = spec::SpecContext {
+        inherited_env: environment.vars.clone(),
+        sockets,
+    };
     let generation = match context.build(&config, &ReloadOverrides::default()) {
         Ok(spec) => spec,
         Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
     };
     let notify_dir = notify_dir(&config, &environment);
     if let Err(err) = handover_sys::notify::create_private_dir(&notify_dir) {
-        return fail(exit::INTERNAL, format!("cannot create {}: {err}", notify_dir.display()));
+        return fail(
+            exit::INTERNAL,
+            format!("cannot create {}: {err}", notify_dir.display()),
+        );
     }
-    let notify_owner = generation.exec.uid.map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
-    let plan = Plan { generation, reload: spec::reload_policy(&config), notify_dir: notify_dir.clone(), notify_owner };
+    let notify_owner = generation
+        .exec
+        .uid
+        .map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
+    let plan = Plan {
+        generation,
+        reload: spec::reload_policy(&config),
+        notify_dir: notify_dir.clone(),
+        notify_owner,
+    };
 
     let spawner = match handover_sys::spawn::Spawner::start() {
         Ok(spawner) => spawner,
-        Err(err) => return fail(exit::INTERNAL, format!("cannot start the spawning thread: {err}")),
+        Err(err) => {
+            return fail(
+                exit::INTERNAL,
+                format!("cannot start the spawning thread: {err}"),
+            )
+        }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(err) => return fail(exit::INTERNAL, format!("cannot start the event loop: {err}")),
+        Err(err) => {
+            return fail(
+                exit::INTERNAL,
+                format!("cannot start the event loop: {err}"),
+            )
+        }
     };
     let (_commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let config_path = config.path.clone();
@@ -217,7 +267,13 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
         }
         context.build(&config, overrides)
     });
-    let result = runtime.block_on(handover_supervisor::run(plan, spawner, environment.notify_socket, commands_rx, reloader));
+    let result = runtime.block_on(handover_supervisor::run(
+        plan,
+        spawner,
+        environment.notify_socket,
+        commands_rx,
+        reloader,
+    ));
     let _ = std::fs::remove_dir_all(&notify_dir);
     match result {
         Ok(result) => match result.outcome {
@@ -225,7 +281,9 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
                 tracing::info!("stopped");
                 ExitCode::from(exit::OK)
             }
-            Outcome::StartFailed(reason) => fail(exit::START_FAILED, format!("start failed: {reason}")),
+            Outcome::StartFailed(reason) => {
+                fail(exit::START_FAILED, format!("start failed: {reason}"))
+            }
             Outcome::Forced => fail(exit::START_FAILED, "stop forced by repeated signals"),
         },
         Err(err) => fail(exit::INTERNAL, err),

@@ -42,13 +42,23 @@ pub enum SocketError {
 }
 
 fn owner_ids(socket: &SocketConfig) -> Result<Option<(Option<u32>, Option<u32>)>, SocketError> {
-    let Some(owner) = &socket.owner else { return Ok(None) };
-    let err = |source| SocketError::Owner { name: socket.name.clone(), owner: owner.clone(), source };
+    let Some(owner) = &socket.owner else {
+        return Ok(None);
+    };
+    let err = |source| SocketError::Owner {
+        name: socket.name.clone(),
+        owner: owner.clone(),
+        source,
+    };
     let (user, group) = match owner.split_once(':') {
         Some((user, group)) => (user, Some(group)),
         None => (owner.as_str(), None),
     };
-    let uid = if user.is_empty() { None } else { Some(handover_sys::users::user(user).map_err(err)?.uid) };
+    let uid = if user.is_empty() {
+        None
+    } else {
+        Some(handover_sys::users::user(user).map_err(err)?.uid)
+    };
     let gid = match group {
         Some(group) if !group.is_empty() => Some(handover_sys::users::group(group).map_err(err)?),
         _ => None,
@@ -62,7 +72,10 @@ pub fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketErro
         Some(ListenAddress::Tcp(addr)) => BindAddress::Tcp(*addr),
         Some(ListenAddress::Unix(path)) => BindAddress::Unix(path.clone()),
         None => {
-            return Err(SocketError::NotPassed { name: socket.name.clone(), passed: "it has no listen address".into() })
+            return Err(SocketError::NotPassed {
+                name: socket.name.clone(),
+                passed: "it has no listen address".into(),
+            })
         }
     };
     let spec = BindSpec {
@@ -72,18 +85,29 @@ pub fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketErro
         mode: socket.mode,
         owner: owner_ids(socket)?,
     };
-    let fd = bind_listener(&spec).map_err(|source| SocketError::Bind { name: socket.name.clone(), source })?;
+    let fd = bind_listener(&spec).map_err(|source| SocketError::Bind {
+        name: socket.name.clone(),
+        source,
+    })?;
     // Port 0 binds an ephemeral port: report the real one.
     let shown = handover_sys::sockaddr::local_addr(std::os::fd::AsFd::as_fd(&fd))
         .map(|a| a.to_string())
         .unwrap_or_else(|_| address.to_string());
-    Ok(ListenSocket { name: socket.name.clone(), address: shown, fd: Arc::new(fd), from_systemd: false })
+    Ok(ListenSocket {
+        name: socket.name.clone(),
+        address: shown,
+        fd: Arc::new(fd),
+        from_systemd: false,
+    })
 }
 
 /// Builds the socket list in fd order: configured sockets in file order (each taken from
 /// systemd when it passed one of that name, else bound), then sockets systemd passed that
 /// the configuration does not name, in the order systemd passed them.
-pub fn resolve(config: &Config, inherited: Vec<InheritedSocket>) -> Result<Vec<ListenSocket>, SocketError> {
+pub fn resolve(
+    config: &Config,
+    inherited: Vec<InheritedSocket>,
+) -> Result<Vec<ListenSocket>, SocketError> {
     let passed_names: Vec<String> = inherited.iter().map(|s| s.name.clone()).collect();
     let mut inherited: Vec<Option<InheritedSocket>> = inherited.into_iter().map(Some).collect();
     let mut sockets = Vec::new();
@@ -111,7 +135,10 @@ pub fn resolve(config: &Config, inherited: Vec<InheritedSocket>) -> Result<Vec<L
             } else {
                 format!("systemd passed only {}", passed_names.join(", "))
             };
-            return Err(SocketError::NotPassed { name: socket.name.clone(), passed });
+            return Err(SocketError::NotPassed {
+                name: socket.name.clone(),
+                passed,
+            });
         }
         let bound = bind_configured(socket)?;
         tracing::info!(socket = %bound.name, address = %bound.address, "bound");
@@ -119,7 +146,12 @@ pub fn resolve(config: &Config, inherited: Vec<InheritedSocket>) -> Result<Vec<L
     }
     for s in inherited.into_iter().flatten() {
         tracing::info!(socket = %s.name, address = %s.info.local, fd = s.arrived_at, "passing on a socket systemd passed that the configuration does not name");
-        sockets.push(ListenSocket { name: s.name, address: s.info.local.to_string(), fd: Arc::new(s.fd), from_systemd: true });
+        sockets.push(ListenSocket {
+            name: s.name,
+            address: s.info.local.to_string(),
+            fd: Arc::new(s.fd),
+            from_systemd: true,
+        });
     }
     Ok(sockets)
 }

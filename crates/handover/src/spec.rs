@@ -29,7 +29,9 @@ pub struct Identity {
 
 /// Resolves `user`/`group` to ids and supplementary groups; `None` when workers run as
 /// handover's own user.
-pub fn resolve_identity(worker: &config::WorkerConfig) -> Result<Option<(Identity, Vec<u32>)>, String> {
+pub fn resolve_identity(
+    worker: &config::WorkerConfig,
+) -> Result<Option<(Identity, Vec<u32>)>, String> {
     if worker.user.is_none() && worker.group.is_none() {
         return Ok(None);
     }
@@ -53,7 +55,9 @@ pub fn resolve_identity(worker: &config::WorkerConfig) -> Result<Option<(Identit
         ));
     }
     let groups = match &user {
-        Some(user) => handover_sys::users::group_list(user, gid).map_err(|e| format!("worker.user: {e}"))?,
+        Some(user) => {
+            handover_sys::users::group_list(user, gid).map_err(|e| format!("worker.user: {e}"))?
+        }
         None => vec![gid],
     };
     Ok(Some((Identity { uid, gid }, groups)))
@@ -69,11 +73,17 @@ pub fn base_env(
         Vec::new()
     } else {
         match &worker.inherit_env {
-            InheritEnv::All => inherited.iter().filter(|(k, _)| !is_reserved(k.as_bytes())).cloned().collect(),
+            InheritEnv::All => inherited
+                .iter()
+                .filter(|(k, _)| !is_reserved(k.as_bytes()))
+                .cloned()
+                .collect(),
             InheritEnv::Nothing => Vec::new(),
             InheritEnv::Only(names) => inherited
                 .iter()
-                .filter(|(k, _)| names.iter().any(|n| n.as_bytes() == k.as_bytes()) && !is_reserved(k.as_bytes()))
+                .filter(|(k, _)| {
+                    names.iter().any(|n| n.as_bytes() == k.as_bytes()) && !is_reserved(k.as_bytes())
+                })
                 .cloned()
                 .collect(),
         }
@@ -106,7 +116,11 @@ pub struct SpecContext {
 
 impl SpecContext {
     /// Builds a generation spec from a configuration.
-    pub fn build(&self, config: &Config, overrides: &ReloadOverrides) -> Result<Arc<GenerationSpec>, String> {
+    pub fn build(
+        &self,
+        config: &Config,
+        overrides: &ReloadOverrides,
+    ) -> Result<Arc<GenerationSpec>, String> {
         let worker = &config.worker;
         let identity = resolve_identity(worker)?;
         let (uid, gid, groups) = match identity {
@@ -115,7 +129,13 @@ impl SpecContext {
         };
         let cwd: Option<PathBuf> = overrides.cwd.clone().or_else(|| worker.cwd.clone());
         Ok(Arc::new(GenerationSpec {
-            exec: WorkerExec { argv: worker.command.iter().map(OsString::from).collect(), cwd, uid, gid, groups },
+            exec: WorkerExec {
+                argv: worker.command.iter().map(OsString::from).collect(),
+                cwd,
+                uid,
+                gid,
+                groups,
+            },
             env: base_env(&self.inherited_env, worker, overrides),
             count: overrides.workers.unwrap_or(worker.count),
             sockets: self.sockets.clone(),
@@ -139,7 +159,10 @@ impl SpecContext {
 pub fn reload_policy(config: &Config) -> ReloadPolicy {
     let (batch_size, max_extra) = match config.reload.strategy {
         Strategy::AllAtOnce => (None, 0),
-        Strategy::Rolling { batch_size, max_extra } => (Some(batch_size), max_extra),
+        Strategy::Rolling {
+            batch_size,
+            max_extra,
+        } => (Some(batch_size), max_extra),
     };
     ReloadPolicy {
         timeout: config.reload.timeout,

@@ -1,1 +1,1026 @@
-fn main() {}
+//! `handover-test-worker`: a synchronous, flag-driven worker that end-to-end tests compose into
+//! well-behaved, slow, crashing, hostile or leaky workers, and that can report exactly what it
+//! inherited from its supervisor.
+//!
+//! The binary defines its own C `main` (`#![no_main]`) on purpose: Rust's usual start-up code
+//! sets SIGPIPE to "ignore" before user code runs, which would hide whether the supervisor
+//! leaked an ignored SIGPIPE into its workers. Skipping it lets `--report` show the signal
+//! dispositions exactly as inherited. Everything else in std works as usual on Linux.
+#![cfg_attr(not(test), no_main)]
+// Unit tests use the harness's entry point, so the code reached only from ours looks unused.
+#![cfg_attr(test, allow(dead_code, unused_imports, unused_macros))]
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Writes a line to stderr and ignores failure: a closed log pipe must never make this
+/// program panic (Rust ignores SIGPIPE, so such a write fails with EPIPE instead).
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Like `log!`, for stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+const USAGE: &str = "\
+usage: handover-test-worker [OPTIONS]
+
+  --report DIR             write DIR/<pid>.json describing the inherited process state
+  --ready-after MS         send READY=1 to NOTIFY_SOCKET MS ms after start
+  --ready-via-child        send readiness by running `systemd-notify --ready` instead
+  --status TEXT            also send STATUS=TEXT with READY=1
+  --exit-after MS CODE     exit with CODE MS ms after start
+  --exit-after-ready CODE  exit with CODE right after sending READY=1
+  --ignore-term            ignore SIGTERM (default: report it on stderr and exit 0)
+  --child                  start `sleep 3600` in the same process group
+  --grandchild             start `sleep 3600` double-forked into a new session
+  --marker VALUE           HANDOVER_TEST_MARKER value for --child/--grandchild (default child)
+  --stderr TEXT            write TEXT as a line to stderr at start (repeatable)
+  --serve                  answer HTTP requests on fd 3 with the pid
+  --notify-raw HEX         send this hex-encoded datagram to NOTIFY_SOCKET (repeatable)
+  --notify-raw-repeat N    send each raw datagram N times (1..=1000000)
+  --sleep-forever          after all actions, sleep until a signal (the default)
+  -h, --help               show this help";
+
+/// Timers beyond a day make no sense in tests and would only hide mistakes.
+const MAX_MS: u64 = 86_400_000;
+/// The worker sleeps at most this long once everything is done, so a forgotten one goes away.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The raw datagram repeat count is capped so a typo cannot flood forever.
+const MAX_REPEAT: u64 = 1_000_000;
+/// `LISTEN_FDS` beyond this is not believed when describing sockets.
+const MAX_LISTEN_FDS: usize = 1024;
+/// At most this many connections are served at once by `--serve`.
+const MAX_SERVE_THREADS: usize = 64;
+/// `--serve` gives up after this many accept failures in a row instead of spinning.
+const MAX_ACCEPT_ERRORS: u32 = 1000;
+/// A request head is read up to this size before it is answered anyway.
+const MAX_HEAD: usize = 16 * 1024;
+
+#[derive(Debug, Default)]
+struct Config {
+    report: Option<PathBuf>,
+    ready_after: Option<u64>,
+    ready_via_child: bool,
+    status: Option<String>,
+    exit_after: Option<(u64, i32)>,
+    exit_after_ready: Option<i32>,
+    ignore_term: bool,
+    child: bool,
+    grandchild: bool,
+    marker: Option<String>,
+    stderr_lines: Vec<String>,
+    serve: bool,
+    notify_raw: Vec<Vec<u8>>,
+    notify_raw_repeat: u64,
+}
+
+enum Parsed {
+    Run(Config),
+    Help,
+}
+
+/// The C entry point; see the module documentation for why std's start-up is skipped. Unit
+/// tests use the harness's own entry point instead.
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    let start = Instant::now();
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match parse_args(&args) {
+        Ok(Parsed::Run(cfg)) => run(&cfg, start),
+        Ok(Parsed::Help) => {
+            out!("{USAGE}");
+            0
+        }
+        Err(msg) => {
+            log!("handover-test-worker: {msg}");
+            log!("{USAGE}");
+            2
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Parsed, String> {
+    let mut cfg = Config {
+        notify_raw_repeat: 1,
+        ..Config::default()
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |what: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs {what}"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--report" => cfg.report = Some(PathBuf::from(value("a directory")?)),
+            "--ready-after" => cfg.ready_after = Some(parse_ms(&value("milliseconds")?)?),
+            "--ready-via-child" => cfg.ready_via_child = true,
+            "--status" => cfg.status = Some(value("a text")?),
+            "--exit-after" => {
+                let ms = parse_ms(&value("milliseconds and an exit code")?)?;
+                let code = parse_code(&value("an exit code")?)?;
+                cfg.exit_after = Some((ms, code));
+            }
+            "--exit-after-ready" => {
+                cfg.exit_after_ready = Some(parse_code(&value("an exit code")?)?)
+            }
+            "--ignore-term" => cfg.ignore_term = true,
+            "--child" => cfg.child = true,
+            "--grandchild" => cfg.grandchild = true,
+            "--marker" => cfg.marker = Some(value("a value")?),
+            "--stderr" => cfg.stderr_lines.push(value("a text")?),
+            "--serve" => cfg.serve = true,
+            "--notify-raw" => {
+                let hex = value("hex bytes")?;
+                cfg.notify_raw.push(
+                    decode_hex(&hex).ok_or_else(|| format!("--notify-raw: {hex:?} is not hex"))?,
+                );
+            }
+            "--notify-raw-repeat" => {
+                let v = value("a count")?;
+                cfg.notify_raw_repeat = match v.parse::<u64>() {
+                    Ok(n) if (1..=MAX_REPEAT).contains(&n) => n,
+                    _ => {
+                        return Err(format!(
+                            "--notify-raw-repeat: {v:?} is not in 1..={MAX_REPEAT}"
+                        ))
+                    }
+                };
+            }
+            "--sleep-forever" => {}
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Parsed::Run(cfg))
+}
+
+fn parse_ms(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(ms) if ms <= MAX_MS => Ok(ms),
+        _ => Err(format!(
+            "{v:?} is not a number of milliseconds (0..={MAX_MS})"
+        )),
+    }
+}
+
+fn parse_code(v: &str) -> Result<i32, String> {
+    v.parse::<u8>()
+        .map(i32::from)
+        .map_err(|_| format!("{v:?} is not an exit code (0..=255)"))
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    let hex = hex.as_bytes();
+    // An odd count cannot be whole bytes. (`is_multiple_of` would need Rust 1.87.)
+    if hex.len() & 1 == 1 {
+        return None;
+    }
+    hex.chunks(2)
+        .map(|pair| {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
+}
+
+fn run(cfg: &Config, start: Instant) -> c_int {
+    let me = std::process::id();
+    for line in &cfg.stderr_lines {
+        log!("{line}");
+    }
+    // The report is gathered first, while the process state is still exactly what the
+    // supervisor handed over. The status lines come before anything else, so that the signal
+    // mask they show is the inherited one.
+    let status = cfg.report.as_ref().map(|_| status_lines());
+
+    // SIGTERM stays blocked until our disposition is in place, so a stop that arrives during
+    // start-up is handled as configured instead of killing us with the default action.
+    let term_set = sigset_of(libc::SIGTERM);
+    // The inherited mask is kept for our children, which should not see our temporary block.
+    let mut inherited_mask = sigset_of_none();
+    // SAFETY: changing this thread's signal mask with a properly initialised set; the old mask
+    // is written to valid memory.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &term_set, &mut inherited_mask) };
+    let report = status.map(collect_report);
+    // From here on a closed peer must show up as EPIPE, not kill the worker, as in any Rust
+    // program; this happens only after the inherited disposition was recorded.
+    // SAFETY: setting a signal disposition to the constant SIG_IGN.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    if let (Some(dir), Some(report)) = (&cfg.report, report) {
+        if let Err(e) = write_report(dir, me, &report) {
+            log!(
+                "test-worker {me}: cannot write report to {}: {e}",
+                dir.display()
+            );
+            return 1;
+        }
+    }
+    let marker = cfg.marker.as_deref().unwrap_or("child");
+    // Children are started before any thread exists, which keeps fork() in spawn_grandchild
+    // safe, and before our SIGTERM disposition is set, so that they do not inherit an ignored
+    // SIGTERM.
+    if cfg.child {
+        match sleep_command(marker, inherited_mask).spawn() {
+            Ok(child) => log!("test-worker {me}: child {} started", child.id()),
+            Err(e) => log!("test-worker {me}: cannot start child: {e}"),
+        }
+    }
+    if cfg.grandchild {
+        if let Err(e) = spawn_grandchild(marker, inherited_mask) {
+            log!("test-worker {me}: cannot start grandchild: {e}");
+        }
+    }
+
+    if cfg.ignore_term {
+        // SAFETY: setting a signal disposition to the constant SIG_IGN.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    } else {
+        install_term_handler();
+    }
+    // SAFETY: changing this thread's signal mask with a properly initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &term_set, std::ptr::null_mut()) };
+
+    for datagram in &cfg.notify_raw {
+        send_raw_repeated(me, datagram, cfg.notify_raw_repeat);
+    }
+    if cfg.serve {
+        start_serving(me);
+    }
+
+    // The timed actions run in time order; readiness goes first when both fall together.
+    let ready_at = cfg
+        .ready_after
+        .or(if cfg.ready_via_child { Some(0) } else { None });
+    let mut events: Vec<(u64, Option<i32>)> = Vec::new();
+    if let Some(ms) = ready_at {
+        events.push((ms, None));
+    }
+    if let Some((ms, code)) = cfg.exit_after {
+        events.push((ms, Some(code)));
+    }
+    events.sort_by_key(|(ms, exit)| (*ms, exit.is_some()));
+    for (ms, exit) in events {
+        sleep_until(start + Duration::from_millis(ms));
+        match exit {
+            Some(code) => {
+                log!("test-worker {me}: exiting with {code} as asked");
+                std::process::exit(code);
+            }
+            None => {
+                send_ready(me, cfg);
+                if let Some(code) = cfg.exit_after_ready {
+                    log!("test-worker {me}: exiting with {code} after READY=1");
+                    std::process::exit(code);
+                }
+            }
+        }
+    }
+    sleep_until(start + MAX_LIFETIME);
+    log!("test-worker {me}: lived for the maximum lifetime, exiting");
+    0
+}
+
+/// Sleeps until `deadline`; std's sleep resumes after signal interruptions, and each pass
+/// sleeps for the whole remaining time, so this neither spins nor overshoots.
+fn sleep_until(deadline: Instant) {
+    for _ in 0..1000 {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        std::thread::sleep(deadline - now);
+    }
+}
+
+fn sigset_of_none() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset then initialises it properly.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    set
+}
+
+fn sigset_of(sig: c_int) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset then initialises it properly.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+    }
+    set
+}
+
+/// Handles SIGTERM with only async-signal-safe calls: format the pid by hand, write, _exit.
+extern "C" fn on_term(_sig: c_int) {
+    let mut buf = [0u8; 64];
+    let prefix = b"worker ";
+    let suffix = b" got SIGTERM\n";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut len = prefix.len();
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 || n == digits.len() {
+            break;
+        }
+    }
+    for i in (0..n).rev() {
+        buf[len] = digits[i];
+        len += 1;
+    }
+    buf[len..len + suffix.len()].copy_from_slice(suffix);
+    len += suffix.len();
+    // SAFETY: write and _exit are async-signal-safe; buf holds len initialised bytes.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+        libc::_exit(0);
+    }
+}
+
+fn install_term_handler() {
+    // SAFETY: sigaction is plain data; zero is a valid starting value for every field.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_term as extern "C" fn(c_int) as usize;
+    // SAFETY: sa_mask is a valid sigset_t inside action; the handler only uses
+    // async-signal-safe functions.
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+}
+
+/// `sleep 3600` carrying the marker in its environment, so tests can find it in /proc. It
+/// starts with `mask`, the signal mask this worker inherited: std's spawn keeps the caller's
+/// mask, which here still blocks SIGTERM, and a child that cannot be terminated would make
+/// every test about stray children meaningless.
+fn sleep_command(marker: &str, mask: libc::sigset_t) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("3600").env("HANDOVER_TEST_MARKER", marker);
+    // SAFETY: the hook runs between fork and exec and only calls pthread_sigmask, which is
+    // async-signal-safe, on a mask captured by value.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Double-forks so that the sleeper ends up in a new session, reparented away from us.
+fn spawn_grandchild(marker: &str, mask: libc::sigset_t) -> io::Result<()> {
+    // SAFETY: the process has a single thread here (see run()), so the child may allocate
+    // and use std freely before it exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: setsid has no memory-safety preconditions.
+        let sid = unsafe { libc::setsid() };
+        let code = if sid < 0 {
+            3
+        } else {
+            match sleep_command(marker, mask).spawn() {
+                Ok(grandchild) => {
+                    log!(
+                        "test-worker {}: grandchild {} started in a new session",
+                        std::process::id(),
+                        grandchild.id()
+                    );
+                    0
+                }
+                Err(_) => 4,
+            }
+        };
+        // _exit skips destructors and buffers that belong to the parent's copy of the state.
+        // SAFETY: _exit never returns and has no preconditions.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status: c_int = 0;
+    // SAFETY: waiting for the child we just forked; status is valid memory.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "intermediate process ended with status {status:#x}"
+        )))
+    }
+}
+
+/// Sends one datagram to `NOTIFY_SOCKET`, supporting '@' for the abstract namespace.
+fn send_notify(payload: &[u8]) -> io::Result<()> {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "NOTIFY_SOCKET is not set",
+        ));
+    };
+    let sock = UnixDatagram::unbound()?;
+    // A receiver that never reads must not hang the worker.
+    sock.set_write_timeout(Some(Duration::from_secs(1)))?;
+    let bytes = target.as_bytes();
+    match bytes.first() {
+        Some(b'/') => sock.send_to(payload, Path::new(&target))?,
+        Some(b'@') => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
+            sock.send_to_addr(payload, &addr)?
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET is neither an absolute path nor an abstract name",
+            ))
+        }
+    };
+    Ok(())
+}
+
+fn send_raw_repeated(me: u32, datagram: &[u8], repeat: u64) {
+    for i in 0..repeat {
+        if let Err(e) = send_notify(datagram) {
+            // A refusing or stuck receiver stays that way; more attempts would only add noise.
+            log!("test-worker {me}: raw datagram {i} of {repeat} not sent: {e}");
+            return;
+        }
+    }
+}
+
+fn send_ready(me: u32, cfg: &Config) {
+    if cfg.ready_via_child {
+        let mut cmd = Command::new("systemd-notify");
+        cmd.arg("--ready");
+        if let Some(status) = &cfg.status {
+            cmd.arg(format!("--status={status}"));
+        }
+        match run_bounded(cmd, Duration::from_secs(10)) {
+            Ok(status) => {
+                log!("test-worker {me}: systemd-notify --ready exited with {status}")
+            }
+            Err(e) => log!("test-worker {me}: systemd-notify --ready failed: {e}"),
+        }
+        return;
+    }
+    let mut message = String::from("READY=1");
+    if let Some(status) = &cfg.status {
+        message.push_str("\nSTATUS=");
+        message.push_str(status);
+    }
+    match send_notify(message.as_bytes()) {
+        Ok(()) => log!("test-worker {me}: sent READY=1"),
+        Err(e) => log!("test-worker {me}: cannot send READY=1: {e}"),
+    }
+}
+
+/// Runs a command and waits at most `limit` for it, killing it if it overstays.
+fn run_bounded(mut cmd: Command, limit: Duration) -> io::Result<std::process::ExitStatus> {
+    let mut child = cmd.stdin(Stdio::null()).spawn()?;
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    child.wait()
+}
+
+// ----------------------------------------------------------------------------------------
+// --report
+// ----------------------------------------------------------------------------------------
+
+fn collect_report(status: Value) -> Value {
+    // SAFETY: these process queries have no preconditions and cannot fail for ourselves.
+    let (pid, ppid, pgid, sid) = unsafe {
+        (
+            libc::getpid(),
+            libc::getppid(),
+            libc::getpgrp(),
+            libc::getsid(0),
+        )
+    };
+    // The fd list is taken first, before reading other files opens descriptors of its own.
+    let fds = list_fds();
+    let listen_fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_LISTEN_FDS);
+    let sockets: Vec<Value> = (0..listen_fds)
+        .map(|i| describe_socket(3 + i as RawFd))
+        .collect();
+    let dev_fd_open = if fd_is_open(3) {
+        Value::String(try_open_dev_fd3())
+    } else {
+        Value::Null
+    };
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let cwd = std::env::current_dir()
+        .map(|p| Value::String(p.to_string_lossy().into_owned()))
+        .unwrap_or(Value::Null);
+    json!({
+        "pid": pid,
+        "ppid": ppid,
+        "pgid": pgid,
+        "sid": sid,
+        "argv": argv,
+        "cwd": cwd,
+        "env": env,
+        "fds": fds,
+        "sockets": sockets,
+        "status": status,
+        "dev_fd_open": dev_fd_open,
+    })
+}
+
+fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Lists /proc/self/fd. The directory's own descriptor is closed before the entries are
+/// examined, so it is recognised by no longer being open and left out.
+fn list_fds() -> Value {
+    let numbers: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .take(65_536)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut entries = Vec::new();
+    let mut sorted = numbers;
+    sorted.sort_unstable();
+    for fd in sorted {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            continue;
+        }
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| Value::String(p.to_string_lossy().into_owned()))
+            .unwrap_or(Value::Null);
+        entries.push(json!({
+            "fd": fd,
+            "target": target,
+            "cloexec": flags & libc::FD_CLOEXEC != 0,
+        }));
+    }
+    Value::Array(entries)
+}
+
+fn getsockopt_int(fd: RawFd, opt: c_int) -> io::Result<c_int> {
+    let mut value: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: value and len describe valid memory of the announced size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// The local address of a socket, with its family.
+enum Local {
+    Inet(String),
+    Inet6(String),
+    Unix(String),
+    Other(c_int),
+}
+
+fn local_address(fd: RawFd) -> io::Result<Local> {
+    // SAFETY: sockaddr_storage is plain data; all-zero bytes are a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage is large enough for any address and len says so.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    Ok(match c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel filled a sockaddr_in; storage is large and aligned enough.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Local::Inet(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).to_string())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel filled a sockaddr_in6; storage is large and aligned enough.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let addr = SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            );
+            Local::Inet6(addr.to_string())
+        }
+        libc::AF_UNIX => {
+            // SAFETY: the kernel filled a sockaddr_un; storage is large and aligned enough.
+            let sun: libc::sockaddr_un =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let offset = std::mem::size_of::<libc::sa_family_t>();
+            let path_len = len.saturating_sub(offset).min(sun.sun_path.len());
+            let raw: Vec<u8> = sun.sun_path[..path_len].iter().map(|c| *c as u8).collect();
+            Local::Unix(render_unix_path(&raw))
+        }
+        other => Local::Other(other),
+    })
+}
+
+/// Renders a unix socket path: abstract names get the conventional '@' prefix.
+fn render_unix_path(raw: &[u8]) -> String {
+    match raw.first() {
+        None => String::new(),
+        Some(0) => format!("@{}", String::from_utf8_lossy(&raw[1..])),
+        Some(_) => {
+            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        }
+    }
+}
+
+fn describe_socket(fd: RawFd) -> Value {
+    let sock_type = match getsockopt_int(fd, libc::SO_TYPE) {
+        Ok(libc::SOCK_STREAM) => "stream",
+        Ok(libc::SOCK_DGRAM) => "dgram",
+        _ => "other",
+    };
+    let listening = getsockopt_int(fd, libc::SO_ACCEPTCONN)
+        .map(|v| v != 0)
+        .unwrap_or(false);
+    let (family, local, error) = match local_address(fd) {
+        Ok(Local::Inet(a)) => ("inet", Value::String(a), Value::Null),
+        Ok(Local::Inet6(a)) => ("inet6", Value::String(a), Value::Null),
+        Ok(Local::Unix(a)) => ("unix", Value::String(a), Value::Null),
+        Ok(Local::Other(f)) => ("other", Value::Null, Value::String(format!("family {f}"))),
+        Err(e) => (
+            "other",
+            Value::Null,
+            Value::String(errno_name(e.raw_os_error().unwrap_or(0))),
+        ),
+    };
+    json!({
+        "fd": fd,
+        "family": family,
+        "type": sock_type,
+        "listening": listening,
+        "local": local,
+        "error": error,
+    })
+}
+
+/// Opens /dev/fd/3, which Linux refuses for sockets with ENXIO; anything else is worth seeing.
+fn try_open_dev_fd3() -> String {
+    let path = c"/dev/fd/3";
+    // O_NONBLOCK keeps a FIFO at fd 3 from blocking the report.
+    // SAFETY: path is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return errno_name(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: closing the descriptor we just opened.
+    unsafe { libc::close(fd) };
+    "ok".to_owned()
+}
+
+fn status_lines() -> Value {
+    const KEYS: [&str; 8] = [
+        "Uid",
+        "Gid",
+        "Groups",
+        "SigBlk",
+        "SigIgn",
+        "SigCgt",
+        "NoNewPrivs",
+        "CapEff",
+    ];
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for key in KEYS {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(':')))
+            .map(|v| Value::String(v.trim().to_owned()))
+            .unwrap_or(Value::Null);
+        out.insert(key.to_owned(), value);
+    }
+    Value::Object(out)
+}
+
+fn errno_name(code: c_int) -> String {
+    let name = match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EPIPE => "EPIPE",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => return format!("E{code}"),
+    };
+    name.to_owned()
+}
+
+fn write_report(dir: &Path, pid: u32, report: &Value) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(report).map_err(io::Error::other)?;
+    let tmp = dir.join(format!(".{pid}.json.tmp"));
+    let dest = dir.join(format!("{pid}.json"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    // A rename is atomic, so a reader sees either no report or a complete one.
+    std::fs::rename(&tmp, &dest)
+}
+
+// ----------------------------------------------------------------------------------------
+// --serve
+// ----------------------------------------------------------------------------------------
+
+/// A listening socket taken from fd 3.
+enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+fn start_serving(me: u32) {
+    if !fd_is_open(3) {
+        log!("test-worker {me}: --serve given but fd 3 is not open");
+        return;
+    }
+    let listener = match local_address(3) {
+        // SAFETY: fd 3 is an open socket handed over by the activation protocol; nothing
+        // else in this process uses it, and it is wrapped exactly once.
+        Ok(Local::Inet(_)) | Ok(Local::Inet6(_)) => {
+            Listener::Tcp(unsafe { std::net::TcpListener::from_raw_fd(3) })
+        }
+        // SAFETY: as above, for a unix socket.
+        Ok(Local::Unix(_)) => {
+            Listener::Unix(unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) })
+        }
+        Ok(Local::Other(f)) => {
+            log!("test-worker {me}: fd 3 has unsupported family {f}");
+            return;
+        }
+        Err(e) => {
+            log!("test-worker {me}: fd 3 is not a socket: {e}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("serve".to_owned())
+        .spawn(move || accept_loop(me, listener));
+    if let Err(e) = spawned {
+        log!("test-worker {me}: cannot start the serving thread: {e}");
+    }
+}
+
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+fn accept_loop(me: u32, listener: Listener) {
+    let mut errors = 0u32;
+    // The loop lives as long as the process unless accepting keeps failing.
+    while errors < MAX_ACCEPT_ERRORS {
+        let accepted: io::Result<Box<dyn Conn>> = match &listener {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn Conn>),
+            Listener::Unix(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn Conn>),
+        };
+        let conn = match accepted {
+            Ok(c) => {
+                errors = 0;
+                c
+            }
+            Err(e) => {
+                errors += 1;
+                log!("test-worker {me}: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if ACTIVE.fetch_add(1, Ordering::SeqCst) < MAX_SERVE_THREADS {
+            let spawned = std::thread::Builder::new().spawn(move || {
+                answer(me, conn);
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
+            }
+        } else {
+            // Too many threads already: serve this one inline, which also applies back-pressure.
+            answer(me, conn);
+            ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    log!("test-worker {me}: too many accept errors, no longer serving");
+}
+
+/// What `answer` needs from a TCP or unix stream.
+trait Conn: Read + Write + Send {
+    fn set_timeouts(&self, t: Duration);
+    fn shutdown_write(&self);
+}
+
+impl Conn for std::net::TcpStream {
+    fn set_timeouts(&self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+        let _ = self.set_write_timeout(Some(t));
+    }
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+        let _ = self.set_write_timeout(Some(t));
+    }
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Reads one request head (bounded in size and time) and answers with our pid.
+fn answer(me: u32, mut conn: Box<dyn Conn>) {
+    conn.set_timeouts(Duration::from_secs(5));
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    if head.is_empty() {
+        return;
+    }
+    let body = format!("{me}\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if conn.write_all(response.as_bytes()).is_err() {
+        return;
+    }
+    conn.shutdown_write();
+    // Reading until the client closes keeps unread bytes from turning our close into a reset.
+    conn.set_timeouts(Duration::from_secs(1));
+    let mut discarded = 0;
+    while discarded < 64 * 1024 {
+        match conn.read(&mut chunk) {
+            Ok(n) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Parsed, String> {
+        parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn hex_decoding() {
+        assert_eq!(decode_hex("52454144593d31"), Some(b"READY=1".to_vec()));
+        assert_eq!(decode_hex(""), Some(Vec::new()));
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
+    }
+
+    #[test]
+    fn flags_parse() {
+        match args(&[
+            "--exit-after",
+            "10",
+            "3",
+            "--stderr",
+            "a",
+            "--stderr",
+            "b",
+            "--notify-raw",
+            "00ff",
+        ]) {
+            Ok(Parsed::Run(c)) => {
+                assert_eq!(c.exit_after, Some((10, 3)));
+                assert_eq!(c.stderr_lines, vec!["a", "b"]);
+                assert_eq!(c.notify_raw, vec![vec![0, 255]]);
+            }
+            _ => panic!("valid flags rejected"),
+        }
+        assert!(args(&["--nope"]).is_err());
+        assert!(args(&["--exit-after", "10"]).is_err());
+        assert!(args(&["--notify-raw-repeat", "0"]).is_err());
+        assert!(args(&["--exit-after-ready", "256"]).is_err());
+    }
+
+    #[test]
+    fn unix_paths_render() {
+        assert_eq!(render_unix_path(b"/run/x.sock\0\0"), "/run/x.sock");
+        assert_eq!(render_unix_path(b"\0abstract"), "@abstract");
+        assert_eq!(render_unix_path(b""), "");
+    }
+}

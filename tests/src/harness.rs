@@ -1,0 +1,555 @@
+//! Running the real `handover` binary in tests: build and find binaries, write configs, play
+//! systemd (pass sockets, listen on a `NOTIFY_SOCKET`), collect logs, and clean up always.
+//!
+//! Waiting is done on events (a log line, a datagram, a file, a process exit) with generous
+//! deadlines that only guard against hangs; nothing here measures speed.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The guard deadline for anything a test waits for.
+pub const GUARD: Duration = Duration::from_secs(30);
+
+/// The directory holding this build's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Builds every binary of the workspace once per test process and returns the path of `name`.
+///
+/// Integration tests run the real binaries; building them here makes a plain `cargo test`
+/// never run a stale `handover`.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = bin_dir();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let target_dir = dir.parent().expect("target dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins", "--quiet", "--target-dir"])
+            .arg(&target_dir);
+        if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the workspace's binaries failed");
+    });
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A fresh private directory, removed on drop (kept when `HANDOVER_KEEP_TEST_DIRS` is set).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates one under the target directory (never /tmp: systemd tests mount over it).
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = bin_dir().join("test-tmp");
+        std::fs::create_dir_all(&base).expect("create test-tmp");
+        let dir = base.join(format!("{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("HANDOVER_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A local TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Collected output lines of a process, with waiting for a line.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn push(&self, line: String) {
+        let (lock, cvar) = &*self.0;
+        lock.lock().expect("lines lock").push(line);
+        cvar.notify_all();
+    }
+
+    /// Everything so far, joined by newlines.
+    pub fn text(&self) -> String {
+        self.0 .0.lock().expect("lines lock").join("\n")
+    }
+
+    /// Waits until a line contains `needle`; returns it. Panics after [`GUARD`].
+    pub fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_count(needle, 1)
+    }
+
+    /// Waits until `count` lines contain `needle`; returns the last of them.
+    pub fn wait_for_count(&self, needle: &str, count: usize) -> String {
+        let (lock, cvar) = &*self.0;
+        let deadline = Instant::now() + GUARD;
+        let mut lines = lock.lock().expect("lines lock");
+        loop {
+            let hits: Vec<&String> = lines.iter().filter(|l| l.contains(needle)).collect();
+            if hits.len() >= count {
+                return hits[count - 1].clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("timed out waiting for {count} line(s) containing {needle:?}; output so far:\n{}", lines.join("\n"));
+            }
+            lines = cvar
+                .wait_timeout(lines, deadline - now)
+                .expect("lines lock")
+                .0;
+        }
+    }
+
+    /// How many lines contain `needle` now.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0
+             .0
+            .lock()
+            .expect("lines lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, lines: Lines, echo: bool) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("  | {line}");
+            }
+            lines.push(line);
+        }
+    });
+}
+
+/// A `NOTIFY_SOCKET` the test listens on, as systemd would.
+pub struct NotifyListener {
+    socket: UnixDatagram,
+    path: PathBuf,
+    /// Every datagram received so far.
+    pub received: Vec<String>,
+}
+
+impl NotifyListener {
+    /// Binds at `dir/notify.sock`.
+    pub fn new(dir: &Path) -> NotifyListener {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        NotifyListener {
+            socket,
+            path,
+            received: Vec::new(),
+        }
+    }
+
+    /// The path to put in `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for a datagram containing `needle` (as a line); returns the whole datagram.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + GUARD;
+        if let Some(found) = self
+            .received
+            .iter()
+            .find(|d| d.lines().any(|l| l == needle || l.starts_with(needle)))
+        {
+            return found.clone();
+        }
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for notification {needle:?}; got {:?}",
+                self.received
+            );
+            self.socket
+                .set_read_timeout(Some(left))
+                .expect("set timeout");
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) => panic!("notify recv: {err}"),
+            };
+            let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.received.push(datagram.clone());
+            if datagram
+                .lines()
+                .any(|l| l == needle || l.starts_with(needle))
+            {
+                return datagram;
+            }
+        }
+    }
+}
+
+/// How to start handover.
+#[derive(Default)]
+pub struct Options {
+    /// Extra environment variables for handover.
+    pub env: Vec<(String, String)>,
+    /// Sockets to pass through `systemd-socket-activate`: (listen address, name).
+    pub activate: Vec<(String, String)>,
+    /// Listen for handover's own sd_notify messages.
+    pub notify: bool,
+    /// Echo handover's output to the test's stderr.
+    pub echo: bool,
+}
+
+/// A running `handover start`, killed (with its workers) when dropped.
+pub struct Handover {
+    child: Option<Child>,
+    /// The test's directory (config, reports).
+    pub dir: TempDir,
+    /// handover's stderr and stdout lines.
+    pub log: Lines,
+    /// The systemd side of handover's notifications, when requested.
+    pub notify: Option<NotifyListener>,
+    /// The config file.
+    pub config: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Handover {
+    /// Writes `config` (with `{dir}` replaced by the test directory and `{worker}` by the
+    /// test worker's path) and starts handover on it.
+    pub fn start(label: &str, config: &str, options: Options) -> Handover {
+        let dir = TempDir::new(label);
+        let config = expand(config, dir.path());
+        std::fs::create_dir_all(dir.path().join("reports")).expect("create reports dir");
+        let config_path = dir.path().join("handover.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let notify = options.notify.then(|| NotifyListener::new(dir.path()));
+        let handover = binary("handover");
+        let mut cmd = if options.activate.is_empty() {
+            Command::new(&handover)
+        } else {
+            let mut cmd = Command::new("systemd-socket-activate");
+            for (address, _) in &options.activate {
+                cmd.arg("-l").arg(address);
+            }
+            let names: Vec<&str> = options.activate.iter().map(|(_, n)| n.as_str()).collect();
+            cmd.arg(format!("--fdname={}", names.join(":")));
+            for (key, value) in &options.env {
+                cmd.arg("-E").arg(format!("{key}={value}"));
+            }
+            if let Some(listener) = &notify {
+                cmd.arg("-E")
+                    .arg(format!("NOTIFY_SOCKET={}", listener.path().display()));
+            }
+            cmd.arg("-E").arg("HANDOVER_TEST_PARENT_MARKER=1");
+            cmd.arg("--").arg(&handover);
+            cmd
+        };
+        cmd.arg("start").arg("--config").arg(&config_path);
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES");
+        cmd.env_remove("JOURNAL_STREAM");
+        for (key, value) in &options.env {
+            cmd.env(key, value);
+        }
+        if let Some(listener) = &notify {
+            cmd.env("NOTIFY_SOCKET", listener.path());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn handover");
+        let log = Lines::default();
+        collect(
+            child.stdout.take().expect("stdout"),
+            log.clone(),
+            options.echo,
+        );
+        collect(
+            child.stderr.take().expect("stderr"),
+            log.clone(),
+            options.echo,
+        );
+        if !options.activate.is_empty() {
+            // systemd-socket-activate starts its program on the first connection.
+            log.wait_for("Listening on");
+            let first = &options.activate[0].0;
+            if !first.starts_with('/') {
+                let deadline = Instant::now() + GUARD;
+                while std::net::TcpStream::connect(first.as_str()).is_err() {
+                    assert!(Instant::now() < deadline, "could not knock on {first}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                let _ = std::os::unix::net::UnixStream::connect(first);
+            }
+        }
+        Handover {
+            child: Some(child),
+            dir,
+            log,
+            notify,
+            config: config_path,
+            exit: None,
+        }
+    }
+
+    /// handover's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Sends a signal to handover.
+    pub fn signal(&self, signal: i32) {
+        // Only while our child is unreaped, so the pid cannot belong to anybody else.
+        let pid = self.pid();
+        if pid > 0 && self.exit.is_none() {
+            unsafe_kill(pid, signal);
+        }
+    }
+
+    /// Waits for handover to exit (guarded), returning its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let child = self.child.as_mut().expect("child");
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.exit = Some(status);
+                // Let the output threads catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "handover did not exit; log:\n{}",
+                self.log.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// Waits until `n` worker reports exist in `{dir}/reports` and returns them, by pid.
+    pub fn reports(&self, n: usize) -> BTreeMap<i32, serde_json::Value> {
+        wait_reports(&self.dir.path().join("reports"), n)
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.exit.is_none() {
+                unsafe_kill(child.id() as i32, libc::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn unsafe_kill(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: i32, signal: i32) {
+    unsafe_kill(pid, signal)
+}
+
+/// Replaces `{dir}` and `{worker}` in a config template.
+pub fn expand(template: &str, dir: &Path) -> String {
+    template
+        .replace("{dir}", &dir.display().to_string())
+        .replace(
+            "{worker}",
+            &binary("handover-test-worker").display().to_string(),
+        )
+        .replace(
+            "{http}",
+            &binary("handover-example-http").display().to_string(),
+        )
+}
+
+/// Waits until `dir` holds `n` `*.json` reports; returns them by pid.
+pub fn wait_reports(dir: &Path, n: usize) -> BTreeMap<i32, serde_json::Value> {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let reports = read_reports(dir);
+        if reports.len() >= n {
+            return reports;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} reports in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The reports in `dir`, by pid.
+pub fn read_reports(dir: &Path) -> BTreeMap<i32, serde_json::Value> {
+    let mut reports = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return reports;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if let Some(pid) = value["pid"].as_i64() {
+                        reports.insert(pid as i32, value);
+                    }
+                }
+            }
+        }
+    }
+    reports
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+            !matches!(state.as_deref(), Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits (guarded) until none of `pids` is alive.
+pub fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + GUARD;
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes still alive: {:?}",
+            pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Live processes whose environment contains `marker` (as `HANDOVER_TEST_MARKER=marker`).
+pub fn marked_processes(marker: &str) -> Vec<i32> {
+    let needle = format!("HANDOVER_TEST_MARKER={marker}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A marker unique to this test run.
+pub fn unique_marker(label: &str) -> String {
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )
+}
+
+/// Runs `handover` with `args` to completion (guarded); returns (status, stdout, stderr).
+pub fn run_handover(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(binary("handover"));
+    cmd.args(args).stdin(Stdio::null());
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    output_guarded(cmd)
+}
+
+/// Runs a command to completion with the guard deadline.
+pub fn output_guarded(mut cmd: Command) -> (ExitStatus, String, String) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let out = Lines::default();
+    let err = Lines::default();
+    collect(child.stdout.take().expect("stdout"), out.clone(), false);
+    collect(child.stderr.take().expect("stderr"), err.clone(), false);
+    let deadline = Instant::now() + GUARD;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "command did not finish: {:?}\nstderr so far:\n{}",
+                cmd,
+                err.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    (status, out.text(), err.text())
+}
