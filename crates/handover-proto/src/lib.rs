@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod fdmap;
 pub mod listen;
 pub mod notify;

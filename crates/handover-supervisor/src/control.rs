@@ -16,6 +16,8 @@ pub struct ReloadOverrides {
     pub replace_env: bool,
     /// New working directory.
     pub cwd: Option<PathBuf>,
+    /// Abort this reload if it has not finished after this long (instead of `reload.timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Progress and outcome of a reload, streamed to whoever asked.

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod control_server;
 pub mod plan;
 mod supervisor;
 mod systemd;

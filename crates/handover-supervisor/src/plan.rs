@@ -90,4 +90,8 @@ pub struct Plan {
     pub notify_dir: PathBuf,
     /// Owner (uid, gid) for notify sockets when workers run as another user.
     pub notify_owner: Option<(u32, u32)>,
+    /// Where SIGUSR2 writes a state dump: the first directory that accepts the file.
+    pub dump_dirs: Vec<PathBuf>,
+    /// Told `ready` once the first generation is ready (`--daemon`).
+    pub on_ready: Option<Arc<std::fs::File>>,
 }

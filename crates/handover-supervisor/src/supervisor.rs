@@ -689,6 +689,10 @@ impl Supervisor {
                     let status = self.status_line();
                     info!(generation, "all {total} workers ready");
                     self.systemd.ready(&status);
+                    if let Some(pipe) = self.plan.on_ready.take() {
+                        use std::io::Write;
+                        let _ = (&*pipe).write_all(b"ready\n");
+                    }
                 }
             }
             (Phase::Running, GenState::Starting) => {
@@ -1163,7 +1167,7 @@ impl Supervisor {
         let now = Instant::now();
         self.reload = Some(ReloadRun {
             generation,
-            deadline: now + self.plan.reload.timeout,
+            deadline: now + overrides.timeout.unwrap_or(self.plan.reload.timeout),
             replies: reply.into_iter().collect(),
             started: now,
         });
@@ -1383,8 +1387,25 @@ impl Supervisor {
         })
     }
 
+    /// SIGUSR2: writes the state as JSON to the first writable dump directory.
     fn dump_state(&self) {
-        info!("state: {}", self.snapshot());
+        let snapshot = serde_json::to_string_pretty(&self.snapshot()).unwrap_or_default();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let name = format!("handover-state-{}-{stamp}.json", self.my_pid);
+        for dir in &self.plan.dump_dirs {
+            let path = dir.join(&name);
+            match std::fs::write(&path, &snapshot) {
+                Ok(()) => {
+                    info!("SIGUSR2: state written to {}", path.display());
+                    return;
+                }
+                Err(err) => debug!("SIGUSR2: cannot write {}: {err}", path.display()),
+            }
+        }
+        warn!("SIGUSR2: no directory accepted the state dump; state: {snapshot}");
     }
 }
 

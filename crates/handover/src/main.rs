@@ -4,6 +4,7 @@
 //! This binary alone knows the command line, the configuration file format and logging;
 //! the supervisor and the OS plumbing live in their own crates.
 
+mod client;
 mod config;
 mod env;
 mod exit;
@@ -16,6 +17,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use handover_proto::listen;
+use std::time::Duration;
+
+use handover_proto::control::{Request, Response};
 use handover_supervisor::{Outcome, Plan, ReloadOverrides};
 use handover_sys::stub::{StubArgs, STUB_COMMAND};
 
@@ -33,14 +37,77 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
-    /// Run the supervisor in the foreground (systemd's ExecStart=).
+    /// Run the supervisor (systemd's ExecStart=). Foreground unless --daemon.
     Start {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// The instance name (systemd's %N), for the default control socket path.
+        #[arg(long)]
+        service_name: Option<String>,
         /// Log to stdout instead of stderr or the journal.
         #[arg(long)]
         log_to_stdout: bool,
+        /// Detach: return once the first generation is ready (exit 0) or failed (exit 1).
+        #[arg(long)]
+        daemon: bool,
+        /// With --daemon: write the supervisor's pid to this file.
+        #[arg(long, requires = "daemon")]
+        pidfile: Option<PathBuf>,
+        /// With --daemon: append logs to this file (default: discard).
+        #[arg(long, requires = "daemon")]
+        log_file: Option<PathBuf>,
+    },
+    /// Start a new generation and wait until it serves (systemd's ExecReload=).
+    ///
+    /// Exits 0 once the new generation is ready and the old one drains; non-zero with the
+    /// reason when the reload was aborted, refused or timed out (the old generation serves on).
+    Reload {
+        #[command(flatten)]
+        instance: Instance,
+        /// Abort the reload if it has not finished after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+        /// Number of workers of the new generation.
+        #[arg(long)]
+        workers: Option<u32>,
+        /// Set a variable in the new generation (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Replace the environment with the --env variables instead of overriding.
+        #[arg(long)]
+        replace_env: bool,
+        /// Working directory of the new generation.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+    },
+    /// Stop gracefully and wait until everything is down (systemd's ExecStop=).
+    Stop {
+        #[command(flatten)]
+        instance: Instance,
+        /// Give up waiting after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
+    /// Show generations, workers and sockets.
+    Status {
+        #[command(flatten)]
+        instance: Instance,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort a running reload; the old generation keeps serving.
+    Abort {
+        #[command(flatten)]
+        instance: Instance,
+    },
+    /// Change the number of workers of the serving generation.
+    Scale {
+        #[command(flatten)]
+        instance: Instance,
+        /// The new number of workers.
+        count: u32,
     },
     /// Validate a configuration file without side effects.
     Check {
@@ -50,6 +117,20 @@ enum Commands {
     },
     /// Print the version.
     Version,
+}
+
+/// Which running instance a command talks to.
+#[derive(Debug, clap::Args)]
+struct Instance {
+    /// The instance's configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The instance name (systemd's %N), as given to `start --service-name`.
+    #[arg(long)]
+    service_name: Option<String>,
+    /// The control socket itself.
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -96,11 +177,166 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::CONFIG)
             }
         },
-        Commands::Start {
-            config,
-            log_to_stdout,
-        } => start(&config, environment, log_to_stdout),
+        Commands::Start { config, service_name, log_to_stdout, daemon, pidfile, log_file } => {
+            let options = StartOptions { service_name, log_to_stdout, daemon, pidfile, log_file };
+            start(&config, environment, options)
+        }
+        Commands::Reload { instance, timeout, workers, env, replace_env, cwd } => {
+            let mut pairs = Vec::new();
+            for item in env {
+                match item.split_once('=') {
+                    Some((key, value)) if !key.is_empty() => pairs.push((key.to_string(), value.to_string())),
+                    _ => return usage(format!("--env {item:?}: expected KEY=VALUE")),
+                }
+            }
+            let cwd = match cwd.map(|c| c.into_os_string().into_string()) {
+                Some(Ok(cwd)) => Some(cwd),
+                Some(Err(_)) => return usage("--cwd must be valid UTF-8"),
+                None => None,
+            };
+            let timeout_ms = timeout.map(|t| (t.max(0.0) * 1000.0) as u64);
+            let request = Request::Reload { workers, env: pairs, replace_env, cwd, timeout_ms };
+            control_command(&instance, &environment, request, None)
+        }
+        Commands::Stop { instance, timeout } => {
+            control_command(&instance, &environment, Request::Stop, timeout.map(Duration::from_secs_f64))
+        }
+        Commands::Status { instance, json } => {
+            let path = match instance_socket(&instance, &environment) {
+                Ok(path) => path,
+                Err(code) => return code,
+            };
+            match client::request(&path, &Request::Status, Some(Duration::from_secs(10)), |_| {}) {
+                Ok((Some(Response::Status { status }), _)) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                    } else {
+                        print!("{}", client::render_status(&status));
+                    }
+                    ExitCode::from(exit::OK)
+                }
+                Ok((other, _)) => report_failure(other),
+                Err(err) => client_error(err),
+            }
+        }
+        Commands::Abort { instance } => control_command(&instance, &environment, Request::Abort, None),
+        Commands::Scale { instance, count } => {
+            control_command(&instance, &environment, Request::Scale { count }, None)
+        }
     }
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("handover: {message}");
+    ExitCode::from(exit::USAGE)
+}
+
+fn instance_socket(instance: &Instance, environment: &Environment) -> Result<PathBuf, ExitCode> {
+    if let Some(socket) = &instance.socket {
+        return Ok(socket.clone());
+    }
+    let config = match &instance.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("handover: {err}");
+                return Err(ExitCode::from(exit::CONFIG));
+            }
+        },
+        None => None,
+    };
+    client::socket_path(config.as_ref(), instance.service_name.as_deref(), instance.config.as_deref(), environment)
+        .map_err(|message| {
+            eprintln!("handover: {message}");
+            ExitCode::from(exit::USAGE)
+        })
+}
+
+fn client_error(err: client::ClientError) -> ExitCode {
+    match err {
+        client::ClientError::Connect(message) => {
+            eprintln!("handover: {message}");
+            ExitCode::from(exit::CONTROL)
+        }
+        client::ClientError::Failed(message) => {
+            eprintln!("handover: {message}");
+            ExitCode::from(exit::REQUEST_FAILED)
+        }
+    }
+}
+
+fn report_failure(response: Option<Response>) -> ExitCode {
+    let message = match response {
+        Some(Response::Failed { reason }) => format!("reload failed: {reason}"),
+        Some(Response::Busy { generation }) => format!("busy: a reload to generation {generation} is running"),
+        Some(Response::Error { message }) => message,
+        Some(other) => format!("unexpected answer: {other:?}"),
+        None => "the connection closed without an answer".into(),
+    };
+    eprintln!("handover: {message}");
+    ExitCode::from(exit::REQUEST_FAILED)
+}
+
+/// Sends a request that needs no special rendering, printing progress lines as they come.
+fn control_command(instance: &Instance, environment: &Environment, request: Request, wait: Option<Duration>) -> ExitCode {
+    let path = match instance_socket(instance, environment) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
+    let is_stop = request == Request::Stop;
+    // A reload's own timeout is enforced by handover; the client only guards against a
+    // handover that stops answering altogether.
+    let deadline = match &request {
+        Request::Reload { timeout_ms: Some(ms), .. } => Some(Duration::from_millis(*ms) + Duration::from_secs(30)),
+        Request::Reload { .. } | Request::Stop => wait,
+        _ => Some(Duration::from_secs(30)),
+    };
+    let started = std::time::Instant::now();
+    let result = client::request(&path, &request, deadline, |response| match response {
+        Response::Progress { message } => println!("{message}"),
+        Response::Stopping => println!("stopping"),
+        _ => {}
+    });
+    match result {
+        Ok((Some(Response::Done { generation }), _)) => {
+            println!("reload done: generation {generation} serves");
+            ExitCode::from(exit::OK)
+        }
+        Ok((Some(Response::Ok { message }), _)) => {
+            println!("{message}");
+            ExitCode::from(exit::OK)
+        }
+        Ok((None, pid)) if is_stop => {
+            // End of file: handover closed the connection on its way out. Wait for the
+            // process itself to be gone.
+            if let Some(pid) = pid {
+                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    if wait.is_some_and(|w| started.elapsed() >= w) {
+                        eprintln!("handover: pid {pid} still running after {:.0?}", started.elapsed());
+                        return ExitCode::from(exit::REQUEST_FAILED);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            println!("stopped");
+            ExitCode::from(exit::OK)
+        }
+        Ok((other, _)) => report_failure(other),
+        Err(client::ClientError::Failed(message)) if is_stop => {
+            eprintln!("handover: still stopping: {message}");
+            ExitCode::from(exit::REQUEST_FAILED)
+        }
+        Err(err) => client_error(err),
+    }
+}
+
+/// Options of `handover start`.
+struct StartOptions {
+    service_name: Option<String>,
+    log_to_stdout: bool,
+    daemon: bool,
+    pidfile: Option<PathBuf>,
+    log_file: Option<PathBuf>,
 }
 
 /// The `__exec-worker` stub: never returns.
@@ -141,6 +377,19 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Where SIGUSR2 state dumps go: the working directory, `$HOME`, `$TMPDIR`, /tmp.
+fn dump_dirs(environment: &Environment) -> Vec<PathBuf> {
+    let var = |key: &str| environment.vars.iter().find(|(k, _)| k == key).map(|(_, v)| PathBuf::from(v));
+    let mut dirs = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.push(cwd);
+    }
+    dirs.extend(var("HOME"));
+    dirs.extend(var("TMPDIR"));
+    dirs.push(PathBuf::from("/tmp"));
+    dirs
+}
+
 /// The directory for per-worker notify sockets: private, unique to this run.
 fn notify_dir(config: &Config, environment: &Environment) -> PathBuf {
     let base = config
@@ -159,12 +408,33 @@ fn notify_dir(config: &Config, environment: &Environment) -> PathBuf {
     base.join(format!("handover.{}.notify", std::process::id()))
 }
 
-fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> ExitCode {
-    init_logging(&environment, log_to_stdout);
+fn start(config_path: &Path, environment: Environment, options: StartOptions) -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(config) => config,
-        Err(err) => return fail(exit::CONFIG, err),
+        Err(err) => {
+            eprintln!("handover: {err}");
+            return ExitCode::from(exit::CONFIG);
+        }
     };
+    // Detach before anything else: no thread may exist when forking.
+    let mut ready_pipe = None;
+    if options.daemon {
+        match handover_sys::daemon::daemonize(options.log_file.as_deref()) {
+            Ok(handover_sys::daemon::Daemonized::Parent(code)) => return ExitCode::from(code),
+            Ok(handover_sys::daemon::Daemonized::Daemon(pipe)) => ready_pipe = Some(pipe),
+            Err(err) => {
+                eprintln!("handover: cannot detach: {err}");
+                return ExitCode::from(exit::INTERNAL);
+            }
+        }
+        if let Some(pidfile) = &options.pidfile {
+            if let Err(err) = std::fs::write(pidfile, format!("{}\n", std::process::id())) {
+                eprintln!("handover: cannot write {}: {err}", pidfile.display());
+                return ExitCode::from(exit::INTERNAL);
+            }
+        }
+    }
+    init_logging(&environment, options.log_to_stdout);
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -201,6 +471,18 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
         }
         tracing::warn!("ignoring LISTEN_FDS: LISTEN_PID={foreign} is not handover's pid {own_pid}");
     }
+    // Claimed before any listening socket is bound, so a second instance is told "already
+    // running" rather than "address in use".
+    let control_path = match client::socket_path(Some(&config), options.service_name.as_deref(), Some(config_path), &environment) {
+        Ok(path) => path,
+        Err(err) => return fail(exit::CONTROL, format!("control socket: {err}")),
+    };
+    let create_parent = config.control.socket.is_none() && environment.runtime_directory.is_none();
+    let control = match handover_sys::control::bind_control(&control_path, create_parent, !config.control.allow_uids.is_empty()) {
+        Ok(control) => control,
+        Err(err) => return fail(exit::CONTROL, format!("control socket: {err}")),
+    };
+    tracing::info!("control socket: {}", control.path().display());
     let sockets = match sockets::resolve(&config, inherited) {
         Ok(sockets) => sockets,
         Err(err) => return fail(exit::SOCKETS, err),
@@ -228,12 +510,16 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
         .exec
         .uid
         .map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
+    let ready_pipe = ready_pipe.map(std::sync::Arc::new);
     let plan = Plan {
         generation,
         reload: spec::reload_policy(&config),
         notify_dir: notify_dir.clone(),
         notify_owner,
+        dump_dirs: dump_dirs(&environment),
+        on_ready: ready_pipe.clone(),
     };
+
 
     let spawner = match handover_sys::spawn::Spawner::start() {
         Ok(spawner) => spawner,
@@ -256,7 +542,19 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
             )
         }
     };
-    let (_commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let access = handover_supervisor::control_server::Access {
+        own_uid: handover_sys::users::effective_uid(),
+        allowed: config.control.allow_uids.clone(),
+    };
+    let control_fd = match control.fd.try_clone() {
+        Ok(fd) => fd,
+        Err(err) => return fail(exit::INTERNAL, format!("control socket: {err}")),
+    };
+    let served = runtime.block_on(async { handover_supervisor::control_server::serve(control_fd, access, commands_tx) });
+    if let Err(err) = served {
+        return fail(exit::INTERNAL, format!("control socket: {err}"));
+    }
     let config_path = config.path.clone();
     let reloader: handover_supervisor::Reloader = Box::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
@@ -275,6 +573,13 @@ fn start(config_path: &Path, environment: Environment, log_to_stdout: bool) -> E
         reloader,
     ));
     let _ = std::fs::remove_dir_all(&notify_dir);
+    drop(control);
+    if let (Some(pipe), Ok(result)) = (&ready_pipe, &result) {
+        if let Outcome::StartFailed(reason) = &result.outcome {
+            handover_sys::daemon::report(pipe, Err(reason));
+        }
+    }
+    drop(ready_pipe);
     match result {
         Ok(result) => match result.outcome {
             Outcome::Stopped => {

@@ -1,0 +1,209 @@
+//! Serving the control socket: one JSON request line per connection, answered with JSON lines.
+//!
+//! The server never blocks the supervisor: each connection is its own task that talks to the
+//! supervisor through the command channel. Requests are bounded in size and in time, the
+//! number of connections is capped, and peers are checked by their credentials.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use handover_proto::control::{self, Request, Response, MAX_REQUEST};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, warn};
+
+use crate::control::{Command, ReloadOverrides, ReloadReply};
+
+/// How long a client may take to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one response line may take to be written.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more are answered "busy" and closed.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Who may use the control socket.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// handover's own effective uid.
+    pub own_uid: u32,
+    /// Further uids allowed by the configuration.
+    pub allowed: Vec<u32>,
+}
+
+impl Access {
+    fn permits(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.own_uid || self.allowed.contains(&uid)
+    }
+}
+
+/// Starts serving `listener` (a listening, non-blocking unix socket) on the current runtime.
+pub fn serve(listener: OwnedFd, access: Access, commands: mpsc::UnboundedSender<Command>) -> std::io::Result<()> {
+    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(listener))?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let access = Arc::new(access);
+    tokio::spawn(async move {
+        let mut accept_errors = 0u32;
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    accept_errors = 0;
+                    stream
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning, and log rarely.
+                    accept_errors = accept_errors.saturating_add(1);
+                    if accept_errors.is_power_of_two() {
+                        warn!("control socket: accept failed ({accept_errors} in a row): {err}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let busy = Response::Error { message: format!("too many control connections (limit {MAX_CONNECTIONS})") };
+                    let _ = tokio::time::timeout(WRITE_DEADLINE, stream.write_all(busy.to_line().as_bytes())).await;
+                });
+                continue;
+            };
+            let commands = commands.clone();
+            let access = access.clone();
+            tokio::spawn(async move {
+                handle(stream, &access, &commands).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn send(stream: &mut UnixStream, response: Response) -> bool {
+    matches!(tokio::time::timeout(WRITE_DEADLINE, stream.write_all(response.to_line().as_bytes())).await, Ok(Ok(())))
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    let mut line = Vec::new();
+    match tokio::time::timeout(REQUEST_DEADLINE, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(format!("no request within {}s", REQUEST_DEADLINE.as_secs())),
+        Ok(Err(err)) => return Err(format!("reading the request: {err}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(if line.len() >= MAX_REQUEST {
+            format!("request longer than {MAX_REQUEST} bytes")
+        } else {
+            "request not terminated by a newline".into()
+        });
+    }
+    control::parse_request(&line[..line.len() - 1]).map_err(|e| e.to_string())
+}
+
+async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::UnboundedSender<Command>) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(err) => {
+            debug!("control socket: no peer credentials: {err}");
+            return;
+        }
+    };
+    if !access.permits(peer.uid()) {
+        warn!(uid = peer.uid(), pid = peer.pid(), "control socket: refused a client of uid {}", peer.uid());
+        send(&mut stream, Response::Error { message: format!("uid {} may not control this handover", peer.uid()) }).await;
+        return;
+    }
+    let request = match read_request(&mut stream).await {
+        Ok(request) => request,
+        Err(message) => {
+            debug!(pid = peer.pid(), "control socket: {message}");
+            send(&mut stream, Response::Error { message }).await;
+            return;
+        }
+    };
+    debug!(pid = peer.pid(), uid = peer.uid(), "control request: {request:?}");
+    let gone = || Response::Error { message: "handover is shutting down".into() };
+    match request {
+        Request::Reload { workers, env, replace_env, cwd, timeout_ms } => {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let overrides = ReloadOverrides {
+                workers,
+                env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                replace_env,
+                cwd: cwd.map(Into::into),
+                timeout: timeout_ms.map(Duration::from_millis),
+            };
+            if commands.send(Command::Reload { overrides, reply: Some(tx) }).is_err() {
+                send(&mut stream, gone()).await;
+                return;
+            }
+            loop {
+                let Some(reply) = rx.recv().await else {
+                    send(&mut stream, Response::Failed { reason: "handover stopped during the reload".into() }).await;
+                    return;
+                };
+                let response = match reply {
+                    ReloadReply::Progress(message) => Response::Progress { message },
+                    ReloadReply::Done { generation } => Response::Done { generation },
+                    ReloadReply::Failed { reason } => Response::Failed { reason },
+                    ReloadReply::Busy { generation } => Response::Busy { generation },
+                };
+                let last = response.is_final();
+                if !send(&mut stream, response).await || last {
+                    return;
+                }
+            }
+        }
+        Request::Abort => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Abort { reply: tx }).is_err() {
+                send(&mut stream, gone()).await;
+                return;
+            }
+            let response = match rx.await {
+                Ok(true) => Response::Ok { message: "reload aborted".into() },
+                Ok(false) => Response::Error { message: "no reload is running".into() },
+                Err(_) => gone(),
+            };
+            send(&mut stream, response).await;
+        }
+        Request::Scale { count } => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Scale { count, reply: tx }).is_err() {
+                send(&mut stream, gone()).await;
+                return;
+            }
+            let response = match rx.await {
+                Ok(Ok(())) => Response::Ok { message: format!("scaling to {count} workers") },
+                Ok(Err(message)) => Response::Error { message },
+                Err(_) => gone(),
+            };
+            send(&mut stream, response).await;
+        }
+        Request::Status => {
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Status { reply: tx }).is_err() {
+                send(&mut stream, gone()).await;
+                return;
+            }
+            let response = match rx.await {
+                Ok(status) => Response::Status { status },
+                Err(_) => gone(),
+            };
+            send(&mut stream, response).await;
+        }
+        Request::Stop => {
+            if commands.send(Command::Stop).is_err() {
+                send(&mut stream, gone()).await;
+                return;
+            }
+            // The connection stays open until handover exits: the client's end of file
+            // means "everything is down".
+            if send(&mut stream, Response::Stopping).await {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The command-line side of the control socket: finding the instance, sending one request,
+//! printing what comes back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use handover_proto::control::{self, Request, Response};
+
+use crate::config::Config;
+use crate::env::Environment;
+
+/// Where an instance's control socket is.
+///
+/// In order: `control.socket` from the configuration; `$RUNTIME_DIRECTORY/control.sock` (set
+/// by systemd's `RuntimeDirectory=`, for ExecStart and ExecReload alike); otherwise
+/// `/run/handover/NAME/control.sock` for root or `$XDG_RUNTIME_DIR/handover/NAME/control.sock`,
+/// where NAME is `--service-name` or the configuration file's name without extension.
+/// Never /tmp.
+pub fn socket_path(config: Option<&Config>, service_name: Option<&str>, config_path: Option<&Path>, environment: &Environment) -> Result<PathBuf, String> {
+    if let Some(path) = config.and_then(|c| c.control.socket.clone()) {
+        return Ok(path);
+    }
+    if let Some(dir) = &environment.runtime_directory {
+        return Ok(dir.join("control.sock"));
+    }
+    let name = match (service_name, config_path) {
+        (Some(name), _) => name.to_string(),
+        (None, Some(path)) => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "handover".into()),
+        (None, None) => return Err("say which instance: --config FILE or --service-name NAME".into()),
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!("{name:?} is not a usable instance name"));
+    }
+    let base = if handover_sys::users::effective_uid() == 0 {
+        PathBuf::from("/run/handover")
+    } else {
+        match &environment.xdg_runtime_dir {
+            Some(dir) => dir.join("handover"),
+            None => {
+                return Err("XDG_RUNTIME_DIR is not set: set control.socket in the configuration (handover never puts its control socket in /tmp)".into())
+            }
+        }
+    };
+    Ok(base.join(name).join("control.sock"))
+}
+
+/// A failed control request.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Could not reach the instance.
+    Connect(String),
+    /// The instance answered with a failure.
+    Failed(String),
+}
+
+/// Sends `request` and hands every response line to `on_response` until the final one.
+/// Returns the final response (or `None` at end of file) and the server's pid.
+pub fn request(path: &Path, request: &Request, deadline: Option<Duration>, mut on_response: impl FnMut(&Response)) -> Result<(Option<Response>, Option<i32>), ClientError> {
+    let mut stream = UnixStream::connect(path).map_err(|err| {
+        ClientError::Connect(match err.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => format!("no handover is running on {} ({err})", path.display()),
+            _ => format!("cannot connect to {}: {err}", path.display()),
+        })
+    })?;
+    let pid = handover_sys::control::listening_pid(path).ok().flatten().flatten();
+    let started = Instant::now();
+    stream.set_read_timeout(deadline).map_err(|e| ClientError::Connect(e.to_string()))?;
+    stream.write_all(request.to_line().as_bytes()).map_err(|e| ClientError::Connect(format!("sending the request: {e}")))?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return Ok((None, pid)),
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(ClientError::Failed(format!("no answer within {:.0?}", started.elapsed())));
+            }
+            Err(err) => return Err(ClientError::Connect(format!("reading the answer: {err}"))),
+        }
+        let response = control::parse_response(line.trim_ascii_end())
+            .map_err(|e| ClientError::Failed(format!("unreadable answer: {e}")))?;
+        on_response(&response);
+        if response.is_final() {
+            return Ok((Some(response), pid));
+        }
+    }
+}
+
+fn ms(value: &serde_json::Value) -> String {
+    match value.as_u64() {
+        None => "-".into(),
+        Some(ms) if ms < 1000 => format!("{ms}ms"),
+        Some(ms) if ms < 120_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) if ms < 7_200_000 => format!("{}m", ms / 60_000),
+        Some(ms) => format!("{}h", ms / 3_600_000),
+    }
+}
+
+/// Renders `handover status` as a table.
+pub fn render_status(status: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    out.push_str(&format!(
+        "handover pid {}, {}, up {}: {}\n",
+        status["pid"],
+        text(&status["phase"]),
+        ms(&status["uptime_ms"]),
+        text(&status["status"])
+    ));
+    if let Some(generation) = status["reloading"].as_u64() {
+        out.push_str(&format!("reload in progress: generation {generation}\n"));
+    }
+    out.push_str("\nSOCKET       FD  ADDRESS                         FROM\n");
+    for socket in status["sockets"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<12} {:<3} {:<31} {}\n",
+            text(&socket["name"]),
+            text(&socket["fd"]),
+            text(&socket["address"]),
+            if socket["from_systemd"].as_bool() == Some(true) { "systemd" } else { "handover" }
+        ));
+    }
+    for generation in status["generations"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\ngeneration {} ({}, {} workers, age {})\n",
+            generation["generation"],
+            text(&generation["state"]),
+            generation["count"],
+            ms(&generation["age_ms"])
+        ));
+        out.push_str("  WORKER  PID      STATE     READY FOR  RESTARTS  LAST EXIT\n");
+        for worker in generation["workers"].as_array().into_iter().flatten() {
+            let pid = worker["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let last_exit = worker["last_exit"].as_str().unwrap_or("-");
+            out.push_str(&format!(
+                "  {:<7} {:<8} {:<9} {:<10} {:<9} {}\n",
+                text(&worker["index"]),
+                pid,
+                text(&worker["state"]),
+                ms(&worker["ready_for_ms"]),
+                text(&worker["restarts"]),
+                last_exit
+            ));
+        }
+    }
+    out
+}
