@@ -251,7 +251,11 @@ impl Handover {
     /// test worker's path) and starts handover on it.
     pub fn start(label: &str, config: &str, options: Options) -> Handover {
         let dir = TempDir::new(label);
-        let config = expand(config, dir.path());
+        let mut config = expand(config, dir.path());
+        if !config.contains("[control]") {
+            // Each test its own control socket (the default path is shared by instance name).
+            config.push_str(&format!("\n[control]\nsocket = \"{}/control.sock\"\n", dir.path().display()));
+        }
         std::fs::create_dir_all(dir.path().join("reports")).expect("create reports dir");
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -289,6 +293,7 @@ impl Handover {
         if let Some(listener) = &notify {
             cmd.env("NOTIFY_SOCKET", listener.path());
         }
+        cmd.current_dir(dir.path());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -369,6 +374,20 @@ impl Handover {
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait()
+    }
+
+    /// Runs `handover ARGS --config CONFIG` (a control command) to completion; returns
+    /// (status, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let config = self.config.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", config.as_str()]);
+        run_handover(&all, &[])
+    }
+
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
     }
 
     /// Waits until `n` worker reports exist in `{dir}/reports` and returns them, by pid.
