@@ -117,8 +117,13 @@ impl Response {
 
     /// Renders as one line, newline included.
     pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(&ResponseLine { v: VERSION, response: self.clone() })
-            .unwrap_or_else(|_| r#"{"v":1,"event":"error","message":"unrenderable response"}"#.to_string());
+        let mut line = serde_json::to_string(&ResponseLine {
+            v: VERSION,
+            response: self.clone(),
+        })
+        .unwrap_or_else(|_| {
+            r#"{"v":1,"event":"error","message":"unrenderable response"}"#.to_string()
+        });
         line.push('\n');
         line
     }
@@ -127,8 +132,11 @@ impl Response {
 impl Request {
     /// Renders as one line, newline included.
     pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(&RequestLine { v: VERSION, request: self.clone() })
-            .unwrap_or_else(|_| r#"{"v":1,"cmd":"status"}"#.to_string());
+        let mut line = serde_json::to_string(&RequestLine {
+            v: VERSION,
+            request: self.clone(),
+        })
+        .unwrap_or_else(|_| r#"{"v":1,"cmd":"status"}"#.to_string());
         line.push('\n');
         line
     }
@@ -157,14 +165,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         .and_then(|v| v.as_u64())
         .ok_or_else(|| RequestError::Malformed("missing protocol version \"v\"".into()))?;
     if version != u64::from(VERSION) {
-        return Err(RequestError::Version(u32::try_from(version).unwrap_or(u32::MAX)));
+        return Err(RequestError::Version(
+            u32::try_from(version).unwrap_or(u32::MAX),
+        ));
     }
     serde_json::from_value(value).map_err(malformed)
 }
 
 /// Parses one response line.
 pub fn parse_response(line: &[u8]) -> Result<Response, RequestError> {
-    let parsed: ResponseLine = serde_json::from_slice(line).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let parsed: ResponseLine =
+        serde_json::from_slice(line).map_err(|e| RequestError::Malformed(e.to_string()))?;
     Ok(parsed.response)
 }
 
@@ -182,7 +193,13 @@ mod tests {
                 cwd: Some("/srv/2".into()),
                 timeout_ms: Some(1000),
             },
-            Request::Reload { workers: None, env: vec![], replace_env: false, cwd: None, timeout_ms: None },
+            Request::Reload {
+                workers: None,
+                env: vec![],
+                replace_env: false,
+                cwd: None,
+                timeout_ms: None,
+            },
             Request::Abort,
             Request::Stop,
             Request::Scale { count: 4 },
@@ -198,23 +215,51 @@ mod tests {
     #[test]
     fn wire_format_is_stable() {
         assert_eq!(Request::Status.to_line(), "{\"v\":1,\"cmd\":\"status\"}\n");
-        assert_eq!(Request::Scale { count: 2 }.to_line(), "{\"v\":1,\"cmd\":\"scale\",\"count\":2}\n");
-        assert_eq!(Response::Done { generation: 7 }.to_line(), "{\"v\":1,\"event\":\"done\",\"generation\":7}\n");
+        assert_eq!(
+            Request::Scale { count: 2 }.to_line(),
+            "{\"v\":1,\"cmd\":\"scale\",\"count\":2}\n"
+        );
+        assert_eq!(
+            Response::Done { generation: 7 }.to_line(),
+            "{\"v\":1,\"event\":\"done\",\"generation\":7}\n"
+        );
     }
 
     #[test]
     fn bad_requests_are_errors_not_panics() {
-        for line in [&b""[..], b"{", b"null", b"{\"v\":1}", b"{\"v\":1,\"cmd\":\"explode\"}", b"{\"v\":2,\"cmd\":\"status\"}", b"{\"v\":1,\"cmd\":\"scale\",\"count\":-1}", b"\xff\xfe"] {
-            assert!(parse_request(line).is_err(), "{:?}", String::from_utf8_lossy(line));
+        for line in [
+            &b""[..],
+            b"{",
+            b"null",
+            b"{\"v\":1}",
+            b"{\"v\":1,\"cmd\":\"explode\"}",
+            b"{\"v\":2,\"cmd\":\"status\"}",
+            b"{\"v\":1,\"cmd\":\"scale\",\"count\":-1}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse_request(line).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
-        assert_eq!(parse_request(b"{\"v\":2,\"cmd\":\"status\"}"), Err(RequestError::Version(2)));
+        assert_eq!(
+            parse_request(b"{\"v\":2,\"cmd\":\"status\"}"),
+            Err(RequestError::Version(2))
+        );
     }
 
     #[test]
     fn only_progress_and_stopping_are_not_final() {
-        assert!(!Response::Progress { message: String::new() }.is_final());
+        assert!(!Response::Progress {
+            message: String::new()
+        }
+        .is_final());
         assert!(!Response::Stopping.is_final());
-        assert!(Response::Failed { reason: String::new() }.is_final());
+        assert!(Response::Failed {
+            reason: String::new()
+        }
+        .is_final());
         assert!(Response::Busy { generation: 1 }.is_final());
     }
 }

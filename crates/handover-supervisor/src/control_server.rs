@@ -39,7 +39,11 @@ impl Access {
 }
 
 /// Starts serving `listener` (a listening, non-blocking unix socket) on the current runtime.
-pub fn serve(listener: OwnedFd, access: Access, commands: mpsc::UnboundedSender<Command>) -> std::io::Result<()> {
+pub fn serve(
+    listener: OwnedFd,
+    access: Access,
+    commands: mpsc::UnboundedSender<Command>,
+) -> std::io::Result<()> {
     let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(listener))?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let access = Arc::new(access);
@@ -64,8 +68,14 @@ pub fn serve(listener: OwnedFd, access: Access, commands: mpsc::UnboundedSender<
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let busy = Response::Error { message: format!("too many control connections (limit {MAX_CONNECTIONS})") };
-                    let _ = tokio::time::timeout(WRITE_DEADLINE, stream.write_all(busy.to_line().as_bytes())).await;
+                    let busy = Response::Error {
+                        message: format!("too many control connections (limit {MAX_CONNECTIONS})"),
+                    };
+                    let _ = tokio::time::timeout(
+                        WRITE_DEADLINE,
+                        stream.write_all(busy.to_line().as_bytes()),
+                    )
+                    .await;
                 });
                 continue;
             };
@@ -81,7 +91,14 @@ pub fn serve(listener: OwnedFd, access: Access, commands: mpsc::UnboundedSender<
 }
 
 async fn send(stream: &mut UnixStream, response: Response) -> bool {
-    matches!(tokio::time::timeout(WRITE_DEADLINE, stream.write_all(response.to_line().as_bytes())).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(
+            WRITE_DEADLINE,
+            stream.write_all(response.to_line().as_bytes())
+        )
+        .await,
+        Ok(Ok(()))
+    )
 }
 
 async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
@@ -102,7 +119,11 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     control::parse_request(&line[..line.len() - 1]).map_err(|e| e.to_string())
 }
 
-async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::UnboundedSender<Command>) {
+async fn handle(
+    mut stream: UnixStream,
+    access: &Access,
+    commands: &mpsc::UnboundedSender<Command>,
+) {
     let peer = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(err) => {
@@ -111,8 +132,19 @@ async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::Unboun
         }
     };
     if !access.permits(peer.uid()) {
-        warn!(uid = peer.uid(), pid = peer.pid(), "control socket: refused a client of uid {}", peer.uid());
-        send(&mut stream, Response::Error { message: format!("uid {} may not control this handover", peer.uid()) }).await;
+        warn!(
+            uid = peer.uid(),
+            pid = peer.pid(),
+            "control socket: refused a client of uid {}",
+            peer.uid()
+        );
+        send(
+            &mut stream,
+            Response::Error {
+                message: format!("uid {} may not control this handover", peer.uid()),
+            },
+        )
+        .await;
         return;
     }
     let request = match read_request(&mut stream).await {
@@ -123,10 +155,22 @@ async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::Unboun
             return;
         }
     };
-    debug!(pid = peer.pid(), uid = peer.uid(), "control request: {request:?}");
-    let gone = || Response::Error { message: "handover is shutting down".into() };
+    debug!(
+        pid = peer.pid(),
+        uid = peer.uid(),
+        "control request: {request:?}"
+    );
+    let gone = || Response::Error {
+        message: "handover is shutting down".into(),
+    };
     match request {
-        Request::Reload { workers, env, replace_env, cwd, timeout_ms } => {
+        Request::Reload {
+            workers,
+            env,
+            replace_env,
+            cwd,
+            timeout_ms,
+        } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let overrides = ReloadOverrides {
                 workers,
@@ -135,13 +179,25 @@ async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::Unboun
                 cwd: cwd.map(Into::into),
                 timeout: timeout_ms.map(Duration::from_millis),
             };
-            if commands.send(Command::Reload { overrides, reply: Some(tx) }).is_err() {
+            if commands
+                .send(Command::Reload {
+                    overrides,
+                    reply: Some(tx),
+                })
+                .is_err()
+            {
                 send(&mut stream, gone()).await;
                 return;
             }
             loop {
                 let Some(reply) = rx.recv().await else {
-                    send(&mut stream, Response::Failed { reason: "handover stopped during the reload".into() }).await;
+                    send(
+                        &mut stream,
+                        Response::Failed {
+                            reason: "handover stopped during the reload".into(),
+                        },
+                    )
+                    .await;
                     return;
                 };
                 let response = match reply {
@@ -163,8 +219,12 @@ async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::Unboun
                 return;
             }
             let response = match rx.await {
-                Ok(true) => Response::Ok { message: "reload aborted".into() },
-                Ok(false) => Response::Error { message: "no reload is running".into() },
+                Ok(true) => Response::Ok {
+                    message: "reload aborted".into(),
+                },
+                Ok(false) => Response::Error {
+                    message: "no reload is running".into(),
+                },
                 Err(_) => gone(),
             };
             send(&mut stream, response).await;
@@ -176,7 +236,9 @@ async fn handle(mut stream: UnixStream, access: &Access, commands: &mpsc::Unboun
                 return;
             }
             let response = match rx.await {
-                Ok(Ok(())) => Response::Ok { message: format!("scaling to {count} workers") },
+                Ok(Ok(())) => Response::Ok {
+                    message: format!("scaling to {count} workers"),
+                },
                 Ok(Err(message)) => Response::Error { message },
                 Err(_) => gone(),
             };

@@ -19,6 +19,9 @@ pub struct ListenSocket {
     pub fd: Arc<OwnedFd>,
     /// Whether systemd passed it (as opposed to handover binding it).
     pub from_systemd: bool,
+    /// For a socket handover bound: the configured `listen` value, to tell on reload whether
+    /// the configuration still asks for the same socket.
+    pub configured: Option<String>,
 }
 
 /// How a worker tells it is ready.

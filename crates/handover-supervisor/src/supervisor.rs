@@ -171,7 +171,7 @@ pub async fn run(
         started: Instant::now(),
     };
     let first = sup.plan.generation.clone();
-    let generation = sup.start_generation(first, GenState::Starting);
+    let generation = sup.start_generation(first, GenState::Starting, true);
     info!(generation, "starting {} workers", sup.plan.generation.count);
     let mut commands_open = true;
 
@@ -330,7 +330,14 @@ impl Supervisor {
 
     // ---- generations and workers -------------------------------------------------------
 
-    fn start_generation(&mut self, spec: Arc<GenerationSpec>, state: GenState) -> u64 {
+    /// Creates a generation; `spawn_all` starts all its workers now (otherwise
+    /// [`Supervisor::advance_reload`] starts them by the reload strategy).
+    fn start_generation(
+        &mut self,
+        spec: Arc<GenerationSpec>,
+        state: GenState,
+        spawn_all: bool,
+    ) -> u64 {
         let id = self.next_generation;
         self.next_generation += 1;
         let count = spec.count;
@@ -351,10 +358,86 @@ impl Supervisor {
                 started: Instant::now(),
             },
         );
-        for index in 0..count {
-            self.spawn_into_slot(id, index, None);
+        if spawn_all {
+            for index in 0..count {
+                self.spawn_into_slot(id, index, None);
+            }
         }
         id
+    }
+
+    /// Moves a running reload forward after any readiness or exit: finishes it once every
+    /// new worker is ready, otherwise starts new workers and retires old ones according to
+    /// the strategy (all at once, or rolling in batches within `max_extra`; after a canary).
+    fn advance_reload(&mut self) {
+        let Some(reload) = &self.reload else { return };
+        let new = reload.generation;
+        let Some(new_gen) = self.generations.get(&new) else {
+            return;
+        };
+        let count = new_gen.slots.len();
+        let ready_new = self.ready_count(new);
+        if ready_new == count {
+            self.finish_reload(new);
+            return;
+        }
+        let policy = self.plan.reload.clone();
+        let unspawned: Vec<u32> = new_gen
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.worker.is_none())
+            .map(|(index, _)| index as u32)
+            .collect();
+        let spawned_new = count - unspawned.len();
+        if policy.canary && ready_new == 0 {
+            if spawned_new == 0 {
+                self.progress(format!("starting a canary worker in generation {new}"));
+                self.spawn_into_slot(new, 0, None);
+            }
+            return;
+        }
+        let Some(batch) = policy.batch_size else {
+            for index in unspawned {
+                self.spawn_into_slot(new, index, None);
+            }
+            return;
+        };
+        // Rolling: one old worker retires for each new worker that is ready.
+        if let Some(old) = self
+            .generations
+            .values()
+            .rev()
+            .find(|g| g.state == GenState::Serving)
+            .map(|g| g.id)
+        {
+            let serving_old: Vec<u64> = self
+                .workers
+                .values()
+                .filter(|w| w.generation == old && !w.retiring)
+                .map(|w| w.id)
+                .collect();
+            let old_count = self.generations.get(&old).map_or(0, |g| g.slots.len());
+            let keep = old_count.saturating_sub(ready_new);
+            let drain = policy.drain_timeout;
+            for id in serving_old
+                .iter()
+                .rev()
+                .skip(keep)
+                .copied()
+                .collect::<Vec<_>>()
+            {
+                self.ask_to_stop(id, Some(drain));
+            }
+        }
+        let in_flight = spawned_new.saturating_sub(ready_new);
+        let alive = self.workers.len();
+        let cap = count + policy.max_extra as usize;
+        let room = batch.saturating_sub(in_flight as u32) as usize;
+        let room = room.min(cap.saturating_sub(alive));
+        for index in unspawned.into_iter().take(room) {
+            self.spawn_into_slot(new, index, None);
+        }
     }
 
     /// Creates a worker for a slot; `delay` makes it wait first (restart backoff).
@@ -697,9 +780,7 @@ impl Supervisor {
             }
             (Phase::Running, GenState::Starting) => {
                 self.progress(format!("{ready}/{total} ready in generation {generation}"));
-                if ready == total {
-                    self.finish_reload(generation);
-                }
+                self.advance_reload();
             }
             (Phase::Running, GenState::Serving) => {
                 self.systemd.status(&self.status_line());
@@ -754,6 +835,8 @@ impl Supervisor {
         let _ = process::signal_group(pid, libc::SIGKILL);
         let _ = process::reap(pid);
         self.worker_exited(id, status);
+        // An old worker gone makes room for the next new one in a rolling reload.
+        self.advance_reload();
     }
 
     fn describe_exit(worker: &Worker, status: ExitStatus) -> String {
@@ -1175,8 +1258,9 @@ impl Supervisor {
         self.progress(format!(
             "spawning generation {generation} ({count} workers)"
         ));
-        let started = self.start_generation(spec, GenState::Starting);
+        let started = self.start_generation(spec, GenState::Starting, false);
         debug_assert_eq!(started, generation);
+        self.advance_reload();
     }
 
     fn finish_reload(&mut self, generation: u64) {
@@ -1251,6 +1335,30 @@ impl Supervisor {
             self.ask_to_stop(id, None);
         }
         self.generation_maybe_gone(generation);
+        // A rolling reload may have retired old workers already: fill their slots again from
+        // the old generation's own spec.
+        if let Some(old) = self
+            .generations
+            .values()
+            .rev()
+            .find(|g| g.state == GenState::Serving)
+        {
+            let old_id = old.id;
+            let empty: Vec<u32> = old
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| {
+                    slot.worker
+                        .and_then(|id| self.workers.get(&id))
+                        .is_none_or(|w| w.retiring)
+                })
+                .map(|(index, _)| index as u32)
+                .collect();
+            for index in empty {
+                self.spawn_into_slot(old_id, index, None);
+            }
+        }
         let serving = self.serving_or_starting().map(|g| g.id).unwrap_or(0);
         let message = format!("reload aborted, generation {serving} keeps serving: {reason}");
         error!("{message}");
@@ -1368,9 +1476,11 @@ impl Supervisor {
                 })
             })
             .collect();
-        let sockets: Vec<serde_json::Value> = self
-            .plan
-            .generation
+        let serving_spec = self
+            .serving_or_starting()
+            .map(|g| g.spec.clone())
+            .unwrap_or_else(|| self.plan.generation.clone());
+        let sockets: Vec<serde_json::Value> = serving_spec
             .sockets
             .iter()
             .enumerate()

@@ -79,14 +79,24 @@ pub enum ControlSocketError {
     },
 }
 
-fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ControlSocketError + 'a {
-    move |source| ControlSocketError::Io { step, path: path.to_path_buf(), source }
+fn io_err<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ControlSocketError + 'a {
+    move |source| ControlSocketError::Io {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Checks that `dir` is a real directory that only we (or root) can write.
 fn check_private_dir(dir: &Path) -> Result<(), ControlSocketError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err("inspecting", dir))?;
-    let unsafe_dir = |why: String| ControlSocketError::UnsafeDir { path: dir.to_path_buf(), why };
+    let unsafe_dir = |why: String| ControlSocketError::UnsafeDir {
+        path: dir.to_path_buf(),
+        why,
+    };
     if meta.file_type().is_symlink() {
         return Err(unsafe_dir("it is a symbolic link".into()));
     }
@@ -95,10 +105,16 @@ fn check_private_dir(dir: &Path) -> Result<(), ControlSocketError> {
     }
     let euid = crate::users::effective_uid();
     if meta.uid() != euid && meta.uid() != 0 {
-        return Err(unsafe_dir(format!("it is owned by uid {}, not {euid}", meta.uid())));
+        return Err(unsafe_dir(format!(
+            "it is owned by uid {}, not {euid}",
+            meta.uid()
+        )));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_dir(format!("others can write to it (mode {:o})", meta.mode() & 0o7777)));
+        return Err(unsafe_dir(format!(
+            "others can write to it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
     }
     Ok(())
 }
@@ -107,53 +123,101 @@ fn check_private_dir(dir: &Path) -> Result<(), ControlSocketError> {
 pub fn listening_pid(path: &Path) -> io::Result<Option<Option<i32>>> {
     let stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(stream) => stream,
-        Err(err) if matches!(err.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT)) => return Ok(None),
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(err) => return Err(err),
     };
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: SO_PEERCRED writes a ucred of `len` bytes into `cred`.
     let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     };
-    Ok(Some(if rc == 0 && cred.pid > 0 { Some(cred.pid) } else { None }))
+    Ok(Some(if rc == 0 && cred.pid > 0 {
+        Some(cred.pid)
+    } else {
+        None
+    }))
 }
-
 
 /// Creates the control socket at `path`. With `create_parent`, a missing parent directory is
 /// created with mode 0700. `shared` makes the socket connectable by other users (mode 0666):
 /// use it only when the server checks every peer's credentials against an allow list.
-pub fn bind_control(path: &Path, create_parent: bool, shared: bool) -> Result<ControlListener, ControlSocketError> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn bind_control(
+    path: &Path,
+    create_parent: bool,
+    shared: bool,
+) -> Result<ControlListener, ControlSocketError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if create_parent && std::fs::symlink_metadata(parent).is_err() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io_err("creating", parent))?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", parent))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err("creating", parent))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", parent))?;
     }
     check_private_dir(parent)?;
 
     let mut lock_name = path.as_os_str().to_os_string();
     lock_name.push(".lock");
     let lock_path = PathBuf::from(lock_name);
-    let c_lock = std::ffi::CString::new(lock_path.as_os_str().as_bytes())
-        .map_err(|_| ControlSocketError::Occupied { path: lock_path.clone(), what: "a path with a NUL byte".into() })?;
+    let c_lock = std::ffi::CString::new(lock_path.as_os_str().as_bytes()).map_err(|_| {
+        ControlSocketError::Occupied {
+            path: lock_path.clone(),
+            what: "a path with a NUL byte".into(),
+        }
+    })?;
     // SAFETY: open with O_NOFOLLOW|O_CLOEXEC; the fd is owned right after.
     let raw = unsafe {
-        libc::open(c_lock.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600 as libc::c_uint)
+        libc::open(
+            c_lock.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600 as libc::c_uint,
+        )
     };
     if raw < 0 {
-        return Err(io_err("opening the lock file", &lock_path)(io::Error::last_os_error()));
+        return Err(io_err("opening the lock file", &lock_path)(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: just opened.
     let lock = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: flock on our own fd.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
         let pid = listening_pid(path).ok().flatten().flatten();
-        return Err(ControlSocketError::AlreadyRunning { path: path.to_path_buf(), pid });
+        return Err(ControlSocketError::AlreadyRunning {
+            path: path.to_path_buf(),
+            pid,
+        });
     }
 
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
-            let occupied = |what: &str| ControlSocketError::Occupied { path: path.to_path_buf(), what: what.into() };
+            let occupied = |what: &str| ControlSocketError::Occupied {
+                path: path.to_path_buf(),
+                what: what.into(),
+            };
             if meta.file_type().is_symlink() {
                 return Err(occupied("a symbolic link"));
             }
@@ -164,7 +228,10 @@ pub fn bind_control(path: &Path, create_parent: bool, shared: bool) -> Result<Co
                 return Err(occupied(&format!("a socket owned by uid {}", meta.uid())));
             }
             if let Some(pid) = listening_pid(path).map_err(io_err("probing", path))? {
-                return Err(ControlSocketError::AlreadyRunning { path: path.to_path_buf(), pid });
+                return Err(ControlSocketError::AlreadyRunning {
+                    path: path.to_path_buf(),
+                    pid,
+                });
             }
             std::fs::remove_file(path).map_err(io_err("removing the stale socket", path))?;
         }
@@ -172,25 +239,47 @@ pub fn bind_control(path: &Path, create_parent: bool, shared: bool) -> Result<Co
         Err(err) => return Err(io_err("inspecting", path)(err)),
     }
 
-    let (sun, len) = unix_sockaddr(path).map_err(|e| ControlSocketError::Occupied { path: path.to_path_buf(), what: e.to_string() })?;
+    let (sun, len) = unix_sockaddr(path).map_err(|e| ControlSocketError::Occupied {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
     // SAFETY: a new socket, owned at once.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
     if raw < 0 {
-        return Err(io_err("creating a socket for", path)(io::Error::last_os_error()));
+        return Err(io_err("creating a socket for", path)(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: just created.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: bind/listen on our socket with the sockaddr_un built above.
     unsafe {
-        if libc::bind(fd.as_raw_fd(), (&sun as *const libc::sockaddr_un).cast(), len) < 0 {
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&sun as *const libc::sockaddr_un).cast(),
+            len,
+        ) < 0
+        {
             return Err(io_err("binding", path)(io::Error::last_os_error()));
         }
     }
     let mode = if shared { 0o666 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))?;
     // SAFETY: listen on our socket.
     if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
         return Err(io_err("listening on", path)(io::Error::last_os_error()));
     }
-    Ok(ControlListener { fd, path: path.to_path_buf(), lock_path, _lock: lock })
+    Ok(ControlListener {
+        fd,
+        path: path.to_path_buf(),
+        lock_path,
+        _lock: lock,
+    })
 }

@@ -23,7 +23,11 @@ pub enum Daemonized {
 /// (appended) or /dev/null.
 pub fn daemonize(log_file: Option<&Path>) -> io::Result<Daemonized> {
     let output: OwnedFd = match log_file {
-        Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path)?.into(),
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .into(),
         None => dev_null()?,
     };
     let null = dev_null()?;
@@ -37,13 +41,18 @@ pub fn daemonize(log_file: Option<&Path>) -> io::Result<Daemonized> {
     if first > 0 {
         drop(write_end);
         let mut status = String::new();
-        let _ = std::fs::File::from(read_end).take(64 * 1024).read_to_string(&mut status);
+        let _ = std::fs::File::from(read_end)
+            .take(64 * 1024)
+            .read_to_string(&mut status);
         // SAFETY: reaping the intermediate child, which exits at once.
         unsafe { libc::waitpid(first, std::ptr::null_mut(), 0) };
         return Ok(Daemonized::Parent(match status.lines().next() {
             Some("ready") => 0,
             Some(line) => {
-                eprintln!("handover: {}", line.strip_prefix("failed: ").unwrap_or(line));
+                eprintln!(
+                    "handover: {}",
+                    line.strip_prefix("failed: ").unwrap_or(line)
+                );
                 1
             }
             None => {
@@ -81,4 +90,3 @@ pub fn report(pipe: &std::fs::File, outcome: Result<(), &str>) {
         Err(reason) => writeln!(pipe, "failed: {reason}"),
     };
 }
-

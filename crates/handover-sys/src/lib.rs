@@ -9,8 +9,8 @@
 #![deny(missing_docs)]
 
 pub mod bind;
-pub mod daemon;
 pub mod control;
+pub mod daemon;
 pub mod fd;
 pub mod inherit;
 pub mod notify;

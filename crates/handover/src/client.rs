@@ -18,7 +18,12 @@ use crate::env::Environment;
 /// `/run/handover/NAME/control.sock` for root or `$XDG_RUNTIME_DIR/handover/NAME/control.sock`,
 /// where NAME is `--service-name` or the configuration file's name without extension.
 /// Never /tmp.
-pub fn socket_path(config: Option<&Config>, service_name: Option<&str>, config_path: Option<&Path>, environment: &Environment) -> Result<PathBuf, String> {
+pub fn socket_path(
+    config: Option<&Config>,
+    service_name: Option<&str>,
+    config_path: Option<&Path>,
+    environment: &Environment,
+) -> Result<PathBuf, String> {
     if let Some(path) = config.and_then(|c| c.control.socket.clone()) {
         return Ok(path);
     }
@@ -27,8 +32,13 @@ pub fn socket_path(config: Option<&Config>, service_name: Option<&str>, config_p
     }
     let name = match (service_name, config_path) {
         (Some(name), _) => name.to_string(),
-        (None, Some(path)) => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "handover".into()),
-        (None, None) => return Err("say which instance: --config FILE or --service-name NAME".into()),
+        (None, Some(path)) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "handover".into()),
+        (None, None) => {
+            return Err("say which instance: --config FILE or --service-name NAME".into())
+        }
     };
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(format!("{name:?} is not a usable instance name"));
@@ -57,17 +67,31 @@ pub enum ClientError {
 
 /// Sends `request` and hands every response line to `on_response` until the final one.
 /// Returns the final response (or `None` at end of file) and the server's pid.
-pub fn request(path: &Path, request: &Request, deadline: Option<Duration>, mut on_response: impl FnMut(&Response)) -> Result<(Option<Response>, Option<i32>), ClientError> {
+pub fn request(
+    path: &Path,
+    request: &Request,
+    deadline: Option<Duration>,
+    mut on_response: impl FnMut(&Response),
+) -> Result<(Option<Response>, Option<i32>), ClientError> {
     let mut stream = UnixStream::connect(path).map_err(|err| {
         ClientError::Connect(match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => format!("no handover is running on {} ({err})", path.display()),
+            Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
+                format!("no handover is running on {} ({err})", path.display())
+            }
             _ => format!("cannot connect to {}: {err}", path.display()),
         })
     })?;
-    let pid = handover_sys::control::listening_pid(path).ok().flatten().flatten();
+    let pid = handover_sys::control::listening_pid(path)
+        .ok()
+        .flatten()
+        .flatten();
     let started = Instant::now();
-    stream.set_read_timeout(deadline).map_err(|e| ClientError::Connect(e.to_string()))?;
-    stream.write_all(request.to_line().as_bytes()).map_err(|e| ClientError::Connect(format!("sending the request: {e}")))?;
+    stream
+        .set_read_timeout(deadline)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    stream
+        .write_all(request.to_line().as_bytes())
+        .map_err(|e| ClientError::Connect(format!("sending the request: {e}")))?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -75,8 +99,16 @@ pub fn request(path: &Path, request: &Request, deadline: Option<Duration>, mut o
         match reader.read_until(b'\n', &mut line) {
             Ok(0) => return Ok((None, pid)),
             Ok(_) => {}
-            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(ClientError::Failed(format!("no answer within {:.0?}", started.elapsed())));
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Failed(format!(
+                    "no answer within {:.0?}",
+                    started.elapsed()
+                )));
             }
             Err(err) => return Err(ClientError::Connect(format!("reading the answer: {err}"))),
         }
@@ -102,7 +134,11 @@ fn ms(value: &serde_json::Value) -> String {
 /// Renders `handover status` as a table.
 pub fn render_status(status: &serde_json::Value) -> String {
     let mut out = String::new();
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
     out.push_str(&format!(
         "handover pid {}, {}, up {}: {}\n",
         status["pid"],
@@ -120,7 +156,11 @@ pub fn render_status(status: &serde_json::Value) -> String {
             text(&socket["name"]),
             text(&socket["fd"]),
             text(&socket["address"]),
-            if socket["from_systemd"].as_bool() == Some(true) { "systemd" } else { "handover" }
+            if socket["from_systemd"].as_bool() == Some(true) {
+                "systemd"
+            } else {
+                "handover"
+            }
         ));
     }
     for generation in status["generations"].as_array().into_iter().flatten() {
@@ -133,7 +173,10 @@ pub fn render_status(status: &serde_json::Value) -> String {
         ));
         out.push_str("  WORKER  PID      STATE     READY FOR  RESTARTS  LAST EXIT\n");
         for worker in generation["workers"].as_array().into_iter().flatten() {
-            let pid = worker["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let pid = worker["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into());
             let last_exit = worker["last_exit"].as_str().unwrap_or("-");
             out.push_str(&format!(
                 "  {:<7} {:<8} {:<9} {:<10} {:<9} {}\n",

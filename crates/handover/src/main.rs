@@ -177,15 +177,37 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::CONFIG)
             }
         },
-        Commands::Start { config, service_name, log_to_stdout, daemon, pidfile, log_file } => {
-            let options = StartOptions { service_name, log_to_stdout, daemon, pidfile, log_file };
+        Commands::Start {
+            config,
+            service_name,
+            log_to_stdout,
+            daemon,
+            pidfile,
+            log_file,
+        } => {
+            let options = StartOptions {
+                service_name,
+                log_to_stdout,
+                daemon,
+                pidfile,
+                log_file,
+            };
             start(&config, environment, options)
         }
-        Commands::Reload { instance, timeout, workers, env, replace_env, cwd } => {
+        Commands::Reload {
+            instance,
+            timeout,
+            workers,
+            env,
+            replace_env,
+            cwd,
+        } => {
             let mut pairs = Vec::new();
             for item in env {
                 match item.split_once('=') {
-                    Some((key, value)) if !key.is_empty() => pairs.push((key.to_string(), value.to_string())),
+                    Some((key, value)) if !key.is_empty() => {
+                        pairs.push((key.to_string(), value.to_string()))
+                    }
                     _ => return usage(format!("--env {item:?}: expected KEY=VALUE")),
                 }
             }
@@ -195,21 +217,38 @@ fn main() -> ExitCode {
                 None => None,
             };
             let timeout_ms = timeout.map(|t| (t.max(0.0) * 1000.0) as u64);
-            let request = Request::Reload { workers, env: pairs, replace_env, cwd, timeout_ms };
+            let request = Request::Reload {
+                workers,
+                env: pairs,
+                replace_env,
+                cwd,
+                timeout_ms,
+            };
             control_command(&instance, &environment, request, None)
         }
-        Commands::Stop { instance, timeout } => {
-            control_command(&instance, &environment, Request::Stop, timeout.map(Duration::from_secs_f64))
-        }
+        Commands::Stop { instance, timeout } => control_command(
+            &instance,
+            &environment,
+            Request::Stop,
+            timeout.map(Duration::from_secs_f64),
+        ),
         Commands::Status { instance, json } => {
             let path = match instance_socket(&instance, &environment) {
                 Ok(path) => path,
                 Err(code) => return code,
             };
-            match client::request(&path, &Request::Status, Some(Duration::from_secs(10)), |_| {}) {
+            match client::request(
+                &path,
+                &Request::Status,
+                Some(Duration::from_secs(10)),
+                |_| {},
+            ) {
                 Ok((Some(Response::Status { status }), _)) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&status).unwrap_or_default()
+                        );
                     } else {
                         print!("{}", client::render_status(&status));
                     }
@@ -219,7 +258,9 @@ fn main() -> ExitCode {
                 Err(err) => client_error(err),
             }
         }
-        Commands::Abort { instance } => control_command(&instance, &environment, Request::Abort, None),
+        Commands::Abort { instance } => {
+            control_command(&instance, &environment, Request::Abort, None)
+        }
         Commands::Scale { instance, count } => {
             control_command(&instance, &environment, Request::Scale { count }, None)
         }
@@ -245,11 +286,16 @@ fn instance_socket(instance: &Instance, environment: &Environment) -> Result<Pat
         },
         None => None,
     };
-    client::socket_path(config.as_ref(), instance.service_name.as_deref(), instance.config.as_deref(), environment)
-        .map_err(|message| {
-            eprintln!("handover: {message}");
-            ExitCode::from(exit::USAGE)
-        })
+    client::socket_path(
+        config.as_ref(),
+        instance.service_name.as_deref(),
+        instance.config.as_deref(),
+        environment,
+    )
+    .map_err(|message| {
+        eprintln!("handover: {message}");
+        ExitCode::from(exit::USAGE)
+    })
 }
 
 fn client_error(err: client::ClientError) -> ExitCode {
@@ -268,7 +314,9 @@ fn client_error(err: client::ClientError) -> ExitCode {
 fn report_failure(response: Option<Response>) -> ExitCode {
     let message = match response {
         Some(Response::Failed { reason }) => format!("reload failed: {reason}"),
-        Some(Response::Busy { generation }) => format!("busy: a reload to generation {generation} is running"),
+        Some(Response::Busy { generation }) => {
+            format!("busy: a reload to generation {generation} is running")
+        }
         Some(Response::Error { message }) => message,
         Some(other) => format!("unexpected answer: {other:?}"),
         None => "the connection closed without an answer".into(),
@@ -278,7 +326,12 @@ fn report_failure(response: Option<Response>) -> ExitCode {
 }
 
 /// Sends a request that needs no special rendering, printing progress lines as they come.
-fn control_command(instance: &Instance, environment: &Environment, request: Request, wait: Option<Duration>) -> ExitCode {
+fn control_command(
+    instance: &Instance,
+    environment: &Environment,
+    request: Request,
+    wait: Option<Duration>,
+) -> ExitCode {
     let path = match instance_socket(instance, environment) {
         Ok(path) => path,
         Err(code) => return code,
@@ -287,7 +340,10 @@ fn control_command(instance: &Instance, environment: &Environment, request: Requ
     // A reload's own timeout is enforced by handover; the client only guards against a
     // handover that stops answering altogether.
     let deadline = match &request {
-        Request::Reload { timeout_ms: Some(ms), .. } => Some(Duration::from_millis(*ms) + Duration::from_secs(30)),
+        Request::Reload {
+            timeout_ms: Some(ms),
+            ..
+        } => Some(Duration::from_millis(*ms) + Duration::from_secs(30)),
         Request::Reload { .. } | Request::Stop => wait,
         _ => Some(Duration::from_secs(30)),
     };
@@ -312,7 +368,10 @@ fn control_command(instance: &Instance, environment: &Environment, request: Requ
             if let Some(pid) = pid {
                 while std::path::Path::new(&format!("/proc/{pid}")).exists() {
                     if wait.is_some_and(|w| started.elapsed() >= w) {
-                        eprintln!("handover: pid {pid} still running after {:.0?}", started.elapsed());
+                        eprintln!(
+                            "handover: pid {pid} still running after {:.0?}",
+                            started.elapsed()
+                        );
                         return ExitCode::from(exit::REQUEST_FAILED);
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -379,7 +438,13 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 /// Where SIGUSR2 state dumps go: the working directory, `$HOME`, `$TMPDIR`, /tmp.
 fn dump_dirs(environment: &Environment) -> Vec<PathBuf> {
-    let var = |key: &str| environment.vars.iter().find(|(k, _)| k == key).map(|(_, v)| PathBuf::from(v));
+    let var = |key: &str| {
+        environment
+            .vars
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| PathBuf::from(v))
+    };
     let mut dirs = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         dirs.push(cwd);
@@ -473,12 +538,21 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     }
     // Claimed before any listening socket is bound, so a second instance is told "already
     // running" rather than "address in use".
-    let control_path = match client::socket_path(Some(&config), options.service_name.as_deref(), Some(config_path), &environment) {
+    let control_path = match client::socket_path(
+        Some(&config),
+        options.service_name.as_deref(),
+        Some(config_path),
+        &environment,
+    ) {
         Ok(path) => path,
         Err(err) => return fail(exit::CONTROL, format!("control socket: {err}")),
     };
     let create_parent = config.control.socket.is_none() && environment.runtime_directory.is_none();
-    let control = match handover_sys::control::bind_control(&control_path, create_parent, !config.control.allow_uids.is_empty()) {
+    let control = match handover_sys::control::bind_control(
+        &control_path,
+        create_parent,
+        !config.control.allow_uids.is_empty(),
+    ) {
         Ok(control) => control,
         Err(err) => return fail(exit::CONTROL, format!("control socket: {err}")),
     };
@@ -493,9 +567,8 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
 
     let context = spec::SpecContext {
         inherited_env: environment.vars.clone(),
-        sockets,
     };
-    let generation = match context.build(&config, &ReloadOverrides::default()) {
+    let generation = match context.build(&config, sockets, &ReloadOverrides::default()) {
         Ok(spec) => spec,
         Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
     };
@@ -519,7 +592,6 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         dump_dirs: dump_dirs(&environment),
         on_ready: ready_pipe.clone(),
     };
-
 
     let spawner = match handover_sys::spawn::Spawner::start() {
         Ok(spawner) => spawner,
@@ -551,19 +623,17 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(fd) => fd,
         Err(err) => return fail(exit::INTERNAL, format!("control socket: {err}")),
     };
-    let served = runtime.block_on(async { handover_supervisor::control_server::serve(control_fd, access, commands_tx) });
+    let served = runtime.block_on(async {
+        handover_supervisor::control_server::serve(control_fd, access, commands_tx)
+    });
     if let Err(err) = served {
         return fail(exit::INTERNAL, format!("control socket: {err}"));
     }
     let config_path = config.path.clone();
     let reloader: handover_supervisor::Reloader = Box::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
-        let new_names: Vec<&str> = config.sockets.iter().map(|s| s.name.as_str()).collect();
-        let old_names: Vec<&str> = current.sockets.iter().map(|s| s.name.as_str()).collect();
-        if !new_names.iter().all(|n| old_names.contains(n)) {
-            return Err("the socket set changed; restart handover to change sockets".into());
-        }
-        context.build(&config, overrides)
+        let sockets = sockets::for_reload(&config, &current.sockets)?;
+        context.build(&config, sockets, overrides)
     });
     let result = runtime.block_on(handover_supervisor::run(
         plan,

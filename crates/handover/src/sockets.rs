@@ -98,6 +98,7 @@ pub fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketErro
         address: shown,
         fd: Arc::new(fd),
         from_systemd: false,
+        configured: socket.listen.as_ref().map(|l| l.to_string()),
     })
 }
 
@@ -122,6 +123,7 @@ pub fn resolve(
                     address: s.info.local.to_string(),
                     fd: Arc::new(s.fd),
                     from_systemd: true,
+                    configured: None,
                 });
                 found = true;
             }
@@ -151,7 +153,59 @@ pub fn resolve(
             address: s.info.local.to_string(),
             fd: Arc::new(s.fd),
             from_systemd: true,
+            configured: None,
         });
+    }
+    Ok(sockets)
+}
+
+/// The socket list for a new generation after the configuration was re-read.
+///
+/// Sockets systemd passed stay exactly as they are: a configuration that asks to add one is
+/// refused (only a restart can change what systemd passes), and passed sockets the new
+/// configuration no longer names are still passed on. Sockets handover bound are kept when
+/// the configuration still asks for the same address, bound anew when it is new or changed,
+/// and left out when it is gone; a left-out socket closes when the last generation holding it
+/// has ended.
+pub fn for_reload(config: &Config, current: &[ListenSocket]) -> Result<Vec<ListenSocket>, String> {
+    let mut sockets = Vec::new();
+    for socket in &config.sockets {
+        let existing = current
+            .iter()
+            .filter(|s| s.name == socket.name)
+            .collect::<Vec<_>>();
+        let from_systemd: Vec<&ListenSocket> = existing
+            .iter()
+            .copied()
+            .filter(|s| s.from_systemd)
+            .collect();
+        if !from_systemd.is_empty() {
+            sockets.extend(from_systemd.into_iter().cloned());
+            continue;
+        }
+        if socket.from_systemd {
+            return Err(format!(
+                "socket {:?} is marked from_systemd, but systemd did not pass it at start; sockets from systemd change only with a restart",
+                socket.name
+            ));
+        }
+        let wanted = socket.listen.as_ref().map(|l| l.to_string());
+        match existing
+            .iter()
+            .find(|s| s.configured.is_some() && s.configured == wanted)
+        {
+            Some(same) => sockets.push((*same).clone()),
+            None => {
+                let bound = bind_configured(socket).map_err(|e| e.to_string())?;
+                tracing::info!(socket = %bound.name, address = %bound.address, "bound for the new generation");
+                sockets.push(bound);
+            }
+        }
+    }
+    for passed in current.iter().filter(|s| s.from_systemd) {
+        if !config.sockets.iter().any(|c| c.name == passed.name) {
+            sockets.push(passed.clone());
+        }
     }
     Ok(sockets)
 }

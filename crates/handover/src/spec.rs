@@ -110,15 +110,14 @@ pub fn base_env(
 pub struct SpecContext {
     /// handover's own environment, as inherited.
     pub inherited_env: Vec<(OsString, OsString)>,
-    /// The sockets, in fd order.
-    pub sockets: Vec<ListenSocket>,
 }
 
 impl SpecContext {
-    /// Builds a generation spec from a configuration.
+    /// Builds a generation spec from a configuration, for the given sockets (in fd order).
     pub fn build(
         &self,
         config: &Config,
+        sockets: Vec<ListenSocket>,
         overrides: &ReloadOverrides,
     ) -> Result<Arc<GenerationSpec>, String> {
         let worker = &config.worker;
@@ -138,7 +137,7 @@ impl SpecContext {
             },
             env: base_env(&self.inherited_env, worker, overrides),
             count: overrides.workers.unwrap_or(worker.count),
-            sockets: self.sockets.clone(),
+            sockets,
             fds_env: config.handover.fds_env.clone(),
             stop_signal: worker.stop_signal,
             stop_timeout: worker.stop_timeout,
