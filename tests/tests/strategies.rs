@@ -1,0 +1,223 @@
+//! Issue 3: reload strategies (all at once, rolling, canary), rolling aborts, and socket
+//! changes on reload. Reloads are driven with `handover reload`, which waits for the outcome.
+
+use std::collections::BTreeSet;
+
+use handover_tests::harness::{self, wait_gone, Handover, Options};
+use serde_json::Value;
+
+fn status(h: &Handover) -> Value {
+    let (st, out, err) = h.ctl(&["status", "--json"]);
+    assert!(st.success(), "status failed: {err}");
+    serde_json::from_str(&out).expect("status json")
+}
+
+fn serving_pids(h: &Handover) -> BTreeSet<i64> {
+    let status = status(h);
+    status["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["state"] == "serving")
+        .flat_map(|g| g["workers"].as_array().unwrap().iter().filter_map(|w| w["pid"].as_i64()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The log lines of starts and stops, in order, to replay how many workers were alive.
+fn max_alive_during_reload(log: &str) -> usize {
+    let mut alive: i64 = 0;
+    let mut max = 0;
+    let mut in_reload = false;
+    for line in log.lines() {
+        if line.contains("spawning generation 2") {
+            in_reload = true;
+        }
+        if line.contains("worker started") {
+            alive += 1;
+        } else if line.contains("worker stopped") || line.contains("worker died") {
+            alive -= 1;
+        }
+        if in_reload {
+            max = max.max(alive);
+        }
+        if line.contains("reload done") {
+            break;
+        }
+    }
+    max as usize
+}
+
+const ROLLING: &str = r#"
+[worker]
+command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "100"]
+count = 4
+
+[reload]
+strategy = "rolling"
+batch_size = 1
+max_extra = 1
+drain_timeout = "5s"
+"#;
+
+/// Rolling with batch 1 and max_extra 1: never more than 5 workers alive, every old worker
+/// replaced, `reload` exits 0.
+#[test]
+fn rolling_reload_stays_within_max_extra() {
+    let h = Handover::start("rolling", ROLLING, Options::default());
+    h.log.wait_for("all 4 workers ready");
+    let before = serving_pids(&h);
+    let (st, out, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{out}\n{err}\n{}", h.log.text());
+    assert!(out.contains("reload done: generation 2 serves"), "{out}");
+    let after = serving_pids(&h);
+    assert_eq!(after.len(), 4);
+    assert!(after.is_disjoint(&before), "every worker was replaced");
+    wait_gone(&before.iter().map(|&p| p as i32).collect::<Vec<_>>());
+    let max = max_alive_during_reload(&h.log.text());
+    assert!(max <= 5, "at most count + max_extra workers alive, saw {max}\n{}", h.log.text());
+}
+
+/// A rolling reload whose new workers crash is aborted, and the old generation is back to
+/// its full count.
+#[test]
+fn aborted_rolling_reload_restores_the_old_generation() {
+    let h = Handover::start("rolling-abort", ROLLING, Options::default());
+    h.log.wait_for("all 4 workers ready");
+    // The second new worker fails: by then one old worker has been retired.
+    let broken = ROLLING.replace(
+        r#"command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "100"]"#,
+        r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ]; then exit 9; fi; exec {worker} --ready-after 100"]"#,
+    );
+    std::fs::write(&h.config, harness::expand(&broken, h.dir.path()) + &format!("\n[control]\nsocket = \"{}\"\n", h.control_socket().display())).unwrap();
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert!(err.contains("aborted") && err.contains("exited with code 9"), "{err}");
+    let deadline = std::time::Instant::now() + harness::GUARD;
+    loop {
+        let status = status(&h);
+        let serving = status["generations"].as_array().unwrap().iter().find(|g| g["state"] == "serving").cloned().unwrap();
+        assert_eq!(serving["generation"], 1, "generation 1 still serves");
+        let ready = serving["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "ready" && w["retiring"] == false).count();
+        if ready == 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "old generation not back to 4 ready workers: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// With a canary, one new worker starts alone; the rest start only once it is ready.
+#[test]
+fn canary_starts_alone() {
+    let h = Handover::start(
+        "canary",
+        r#"
+[worker]
+command = ["{worker}", "--ready-after", "200"]
+count = 3
+
+[reload]
+canary = true
+"#,
+        Options::default(),
+    );
+    h.log.wait_for("all 3 workers ready");
+    let (st, out, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{out}{err}");
+    let log = h.log.text();
+    let canary_at = log.find("starting a canary worker in generation 2").expect("canary announced");
+    let after_canary = &log[canary_at..];
+    let first_ready = after_canary.find("1/3 ready in generation 2").expect("canary ready");
+    let started_before_ready = after_canary[..first_ready].matches("worker started generation=2").count();
+    assert_eq!(started_before_ready, 1, "only the canary starts before it is ready:\n{after_canary}");
+}
+
+/// A failing canary aborts the reload without starting the others.
+#[test]
+fn failing_canary_aborts_early() {
+    let h = Handover::start(
+        "canary-fail",
+        r#"
+[worker]
+command = ["{worker}", "--ready-after", "50"]
+count = 3
+
+[reload]
+canary = true
+"#,
+        Options::default(),
+    );
+    h.log.wait_for("all 3 workers ready");
+    let text = std::fs::read_to_string(&h.config).unwrap().replace(r#""--ready-after", "50""#, r#""--exit-after", "0", "4""#);
+    std::fs::write(&h.config, text).unwrap();
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert_eq!(h.log.count("worker started generation=2"), 1, "{}", h.log.text());
+}
+
+/// Self-bound sockets can be added on reload (the new generation gets them, in config
+/// order) and removed (closed once no generation uses them).
+#[test]
+fn reload_adds_and_removes_self_bound_sockets() {
+    let (p1, p2) = (harness::free_port(), harness::free_port());
+    let config = |sockets: &str| {
+        format!(
+            r#"{sockets}
+[worker]
+command = ["{{worker}}", "--report", "{{dir}}/reports", "--ready-after", "0"]
+
+[reload]
+drain_timeout = "2s"
+"#
+        )
+    };
+    let one = format!("[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:{p1}\"\n");
+    let two = format!("{one}\n[[socket]]\nname = \"b\"\nlisten = \"127.0.0.1:{p2}\"\n");
+    let h = Handover::start("socket-change", &config(&one), Options::default());
+    h.reports(1);
+    let write = |text: &str| {
+        let full = harness::expand(text, h.dir.path()) + &format!("\n[control]\nsocket = \"{}\"\n", h.control_socket().display());
+        std::fs::write(&h.config, full).unwrap();
+    };
+    write(&config(&two));
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{err}");
+    let reports = h.reports(2);
+    let newest = reports.values().max_by_key(|r| r["env"]["HANDOVER_GENERATION"].as_str().unwrap().to_string()).unwrap();
+    assert_eq!(newest["env"]["LISTEN_FDNAMES"], "a:b");
+    std::net::TcpStream::connect(("127.0.0.1", p2)).expect("the added socket listens");
+
+    write(&config(&one));
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{err}");
+    // Once generation 2 has drained away, nobody holds socket b any more.
+    h.log.wait_for("generation draining has no workers left generation=2");
+    std::net::TcpListener::bind(("127.0.0.1", p2)).expect("the removed socket was closed");
+    std::net::TcpStream::connect(("127.0.0.1", p1)).expect("socket a still listens");
+}
+
+/// Sockets from systemd cannot be added by a reload: the reload fails with an explanation and
+/// nothing changes.
+#[test]
+fn reload_refuses_a_new_systemd_socket() {
+    let port = harness::free_port();
+    let h = Handover::start(
+        "socket-systemd",
+        r#"
+[[socket]]
+name = "http"
+from_systemd = true
+
+[worker]
+command = ["{worker}", "--ready-after", "0"]
+"#,
+        Options { activate: vec![(format!("127.0.0.1:{port}"), "http".into())], ..Default::default() },
+    );
+    h.log.wait_for("all 1 workers ready");
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(&h.config, text.replacen("[worker]", "[[socket]]\nname = \"extra\"\nfrom_systemd = true\n\n[worker]", 1)).unwrap();
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert!(err.contains("sockets from systemd change only with a restart"), "{err}");
+    assert_eq!(status(&h)["generations"][0]["generation"], 1);
+}
