@@ -1,0 +1,227 @@
+//! Issue 2: bad input from outside gets a clear error naming what and where, and a documented
+//! exit code (3 config, 4 sockets, 1 start failed); nothing panics.
+
+use std::process::Command;
+
+use handover_tests::harness::{self, output_guarded, run_handover, Handover, Options, TempDir};
+
+/// Runs `sh -c SCRIPT` where `$H` is handover and `$C` a config file with `config`.
+fn sh(label: &str, config: &str, script: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new(label);
+    let path = dir.path().join("handover.toml");
+    let mut text = harness::expand(config, dir.path());
+    text.push_str(&format!("\n[control]\nsocket = \"{}/control.sock\"\n", dir.path().display()));
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).env("H", harness::binary("handover")).env("C", &path).current_dir(dir.path());
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"] {
+        cmd.env_remove(var);
+    }
+    let (status, out, err) = output_guarded(cmd);
+    let text = format!("{out}{err}");
+    assert!(!text.contains("panicked"), "{text}");
+    (status.code(), text)
+}
+
+const FROM_SYSTEMD: &str = r#"
+[[socket]]
+name = "http"
+from_systemd = true
+
+[worker]
+command = ["{worker}", "--ready-after", "0"]
+"#;
+
+/// Scenario 1: sockets meant for another process, while the config needs systemd's.
+#[test]
+fn listen_pid_of_another_process() {
+    let (code, text) = sh("lpid", FROM_SYSTEMD, r#"exec 3<>/dev/null; LISTEN_PID=1 LISTEN_FDS=1 exec "$H" start --config "$C""#);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("LISTEN_PID=1") && text.contains("handover's pid is"), "{text}");
+}
+
+/// Scenario 2: malformed socket-activation variables.
+#[test]
+fn malformed_listen_variables() {
+    for (vars, needle) in [
+        ("LISTEN_PID=$$ LISTEN_FDS=12a", r#"LISTEN_FDS="12a""#),
+        ("LISTEN_PID=$$ LISTEN_FDS=-1", r#"LISTEN_FDS="-1""#),
+        ("LISTEN_PID=$$ LISTEN_FDS=", r#"LISTEN_FDS="""#),
+        ("LISTEN_PID=12a LISTEN_FDS=1", r#"LISTEN_PID="12a""#),
+        ("LISTEN_PID=$$ LISTEN_FDS=2147483647", "LISTEN_FDS"),
+        ("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b", "LISTEN_FDNAMES has 2 names but LISTEN_FDS=1"),
+        ("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b:", "LISTEN_FDNAMES has 3 names"),
+        ("LISTEN_PID=$$ LISTEN_FDS=2", "fd 3"),
+    ] {
+        // `exec env` keeps the shell's pid for handover, so LISTEN_PID=$pid names handover.
+        let script = format!("pid=$$; exec env {} \"$H\" start --config \"$C\"", vars.replace("$$", "$pid"));
+        let (code, text) = sh("lfds", FROM_SYSTEMD, &script);
+        assert_eq!(code, Some(4), "{vars}: {text}");
+        assert!(text.contains(needle), "{vars}: expected {needle:?} in {text}");
+    }
+}
+
+/// Scenario 4: fd 3 is a regular file, or a UDP socket, not a listening stream socket.
+#[test]
+fn passed_fd_that_is_not_a_listening_socket() {
+    // (dash makes fds opened by `exec 3<file` close-on-exec, so python places fd 3.)
+    let (code, text) = sh(
+        "regular",
+        FROM_SYSTEMD,
+        r#"exec python3 -c '
+import os
+fd = os.open("/etc/hostname", os.O_RDONLY); os.dup2(fd, 3); os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(os.environ["H"], ["handover", "start", "--config", os.environ["C"]])'"#,
+    );
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("fd 3") && text.contains("not a socket"), "{text}");
+    // A datagram socket at fd 3, made by python (on every machine of this kind).
+    let (code, text) = sh(
+        "udp",
+        FROM_SYSTEMD,
+        r#"exec python3 -c '
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+os.dup2(s.fileno(), 3); os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(os.environ["H"], ["handover", "start", "--config", os.environ["C"]])'"#,
+    );
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("datagram"), "{text}");
+}
+
+/// Scenario 8: own binds that cannot work, each named with its address.
+#[test]
+fn bind_errors_name_the_socket_and_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let config = format!("[[socket]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\n\n[worker]\ncommand = [\"true\"]\n");
+    let (code, text) = sh("busy", &config, r#"exec "$H" start --config "$C""#);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains(&format!("socket \"web\": address 127.0.0.1:{port} is already in use")), "{text}");
+
+    let config = "[[socket]]\nname = \"nope\"\nlisten = \"192.0.2.1:80\"\n\n[worker]\ncommand = [\"true\"]\n";
+    let (code, text) = sh("notavail", config, r#"exec "$H" start --config "$C""#);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("192.0.2.1:80 is not available"), "{text}");
+
+    // A regular file where the unix socket should be is never replaced.
+    let dir = TempDir::new("unixfile");
+    let path = dir.path().join("app.sock");
+    std::fs::write(&path, "precious").unwrap();
+    let config = format!("[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"true\"]\n", path.display());
+    let (code, text) = sh("unixfile-run", &config, r#"exec "$H" start --config "$C""#);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("not a socket; refusing to replace it"), "{text}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+
+    // A live unix socket is refused; a stale one (nobody listening) is replaced.
+    let live_path = dir.path().join("live.sock");
+    let live = std::os::unix::net::UnixListener::bind(&live_path).unwrap();
+    let config = format!("[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"true\"]\n", live_path.display());
+    let (code, text) = sh("unixlive", &config, r#"exec "$H" start --config "$C""#);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("already in use"), "{text}");
+    drop(live);
+    let mut h = Handover::start(
+        "unixstale",
+        &format!(
+            "[[socket]]\nname = \"u\"\nlisten = \"{}\"\nmode = \"0660\"\n\n[worker]\ncommand = [\"{{worker}}\", \"--ready-after\", \"0\"]\n",
+            live_path.display()
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&live_path).unwrap().permissions().mode() & 0o777, 0o660);
+    std::os::unix::net::UnixStream::connect(&live_path).expect("the replaced socket listens");
+    assert!(h.stop().success());
+}
+
+/// Every class of configuration error, through the real binary: exit 3 and file:line:column.
+#[test]
+fn config_errors_are_located() {
+    let dir = TempDir::new("config-errors");
+    let cases = [
+        ("worker = [", ":1:", "expected"),
+        ("[worker]\ncommand = [\"x\"]\ncount = 0\n", ":3:", "worker.count"),
+        ("[worker]\ncommand = [\"x\"]\nbogus = 1\n", ":3:", "bogus"),
+        ("[[socket]]\nname = \"a\"\nlisten = \"localhost:80\"\n[worker]\ncommand = [\"x\"]\n", ":3:", "listen"),
+        ("[worker]\ncommand = [\"x\"]\nstop_timeout = \"10\"\n", ":3:", "stop_timeout"),
+        ("[worker]\ncommand = [\"x\"]\nenv = { LISTEN_FDS = \"1\" }\n", ":3:", "LISTEN_FDS"),
+        (&format!("[[socket]]\nname = \"a\"\nlisten = \"/{}\"\n[worker]\ncommand = [\"x\"]\n", "x".repeat(120)), ":3:", "107"),
+        ("[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:2\"\n[worker]\ncommand = [\"x\"]\n", ":", "a"),
+        ("", ":", "worker"),
+    ];
+    for (i, (text, location, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (status, _, err) = run_handover(&["check", "--config", path.to_str().unwrap()], &[]);
+        assert_eq!(status.code(), Some(3), "case {i}: {err}");
+        let expected = format!("{}{location}", path.display());
+        assert!(err.contains(&expected), "case {i}: expected {expected:?} in {err}");
+        assert!(err.contains(needle), "case {i}: expected {needle:?} in {err}");
+    }
+    let (status, _, err) = run_handover(&["check", "--config", "/nonexistent/handover.toml"], &[]);
+    assert_eq!(status.code(), Some(3));
+    assert!(err.contains("/nonexistent/handover.toml"), "{err}");
+    let (status, _, err) = run_handover(&["check", "--config", "/dev/zero"], &[]);
+    assert_eq!(status.code(), Some(3), "{err}");
+    let (status, out, _) = run_handover(&["check", "--config", &format!("{}/../examples/handover.toml", env!("CARGO_MANIFEST_DIR"))], &[]);
+    assert!(status.success(), "{out}");
+}
+
+/// Scenario 12: a process of another uid cannot make a worker ready.
+#[test]
+fn notifications_from_another_uid_do_not_count() {
+    let mut h = Handover::start(
+        "other-uid",
+        r#"
+[worker]
+command = ["sh", "-c", "setpriv --reuid=65534 --regid=65534 --clear-groups {worker} --notify-raw 52454144593d31 --exit-after 0 0; exec sleep 1000"]
+ready_timeout = "1s"
+"#,
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
+    assert!(h.log.text().contains("not ready within"), "{}", h.log.text());
+}
+
+/// Scenario 17: a worker flooding its notify socket does not stop handover from answering,
+/// nor other workers from being served.
+#[test]
+fn notify_flood_does_not_block_the_supervisor() {
+    let h = Handover::start(
+        "flood",
+        r#"
+[worker]
+command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 0 ]; then exec {worker} --ready-after 0 --notify-raw 5354415455533d666c6f6f64 --notify-raw-repeat 200000; else exec {worker} --ready-after 0; fi"]
+count = 2
+"#,
+        Options::default(),
+    );
+    h.log.wait_for("all 2 workers ready");
+    for _ in 0..5 {
+        let (st, out, err) = h.ctl(&["status"]);
+        assert!(st.success(), "{out}{err}");
+        assert!(out.contains("2/2 workers ready"), "{out}");
+    }
+}
+
+/// Scenario 26: more ways to fail at exec, each reported with the OS error.
+#[test]
+fn exec_failures_name_the_cause() {
+    let dir = TempDir::new("exec-causes");
+    let not_exec = dir.path().join("not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    for (command, extra, needle) in [
+        (not_exec.display().to_string(), "", "Permission denied"),
+        ("true".to_string(), "cwd = \"/nonexistent-dir\"\n", "changing directory to /nonexistent-dir"),
+        ("no-such-program-anywhere".to_string(), "", "No such file or directory"),
+    ] {
+        let mut h = Handover::start("exec-cause", &format!("[worker]\ncommand = [\"{command}\"]\n{extra}"), Options::default());
+        assert_eq!(h.wait().code(), Some(1));
+        assert!(h.log.text().contains(needle), "{needle}: {}", h.log.text());
+    }
+}
