@@ -707,3 +707,45 @@ fn cli_basics() {
     let (status, _, err) = run_handover(&["frobnicate"], &[]);
     assert_eq!(status.code(), Some(2), "{err}");
 }
+
+/// Towards systemd: EXTEND_TIMEOUT_USEC while the first generation starts, WATCHDOG=1 while
+/// running (when WATCHDOG_USEC is set for handover), and self-bound sockets handed to the fd
+/// store under their names.
+#[test]
+fn watchdog_extend_timeout_and_fd_store() {
+    let port = harness::free_port();
+    let mut h = Handover::start(
+        "watchdog",
+        &format!(
+            r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0"]
+ready_timeout = "10s"
+"#
+        ),
+        Options {
+            notify: true,
+            env: vec![("WATCHDOG_USEC".into(), "200000".into())],
+            ..Default::default()
+        },
+    );
+    let notify = h.notify.as_mut().unwrap();
+    let stored = notify.wait_for("FDSTORE=1");
+    assert!(stored.contains("FDNAME=web"), "{stored}");
+    let extend = notify.wait_for("EXTEND_TIMEOUT_USEC=");
+    assert!(
+        extend.contains("EXTEND_TIMEOUT_USEC=15000000"),
+        "ready_timeout + 5 s: {extend}"
+    );
+    notify.wait_for("READY=1");
+    // Several keep-alives while running.
+    for _ in 0..3 {
+        notify.received.retain(|d| !d.contains("WATCHDOG=1"));
+        notify.wait_for("WATCHDOG=1");
+    }
+    assert!(h.stop().success());
+}

@@ -10,11 +10,23 @@ fn sh(label: &str, config: &str, script: &str) -> (Option<i32>, String) {
     let dir = TempDir::new(label);
     let path = dir.path().join("handover.toml");
     let mut text = harness::expand(config, dir.path());
-    text.push_str(&format!("\n[control]\nsocket = \"{}/control.sock\"\n", dir.path().display()));
+    text.push_str(&format!(
+        "\n[control]\nsocket = \"{}/control.sock\"\n",
+        dir.path().display()
+    ));
     std::fs::write(&path, text).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(script).env("H", harness::binary("handover")).env("C", &path).current_dir(dir.path());
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"] {
+    cmd.arg("-c")
+        .arg(script)
+        .env("H", harness::binary("handover"))
+        .env("C", &path)
+        .current_dir(dir.path());
+    for var in [
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+    ] {
         cmd.env_remove(var);
     }
     let (status, out, err) = output_guarded(cmd);
@@ -35,9 +47,16 @@ command = ["{worker}", "--ready-after", "0"]
 /// Scenario 1: sockets meant for another process, while the config needs systemd's.
 #[test]
 fn listen_pid_of_another_process() {
-    let (code, text) = sh("lpid", FROM_SYSTEMD, r#"exec 3<>/dev/null; LISTEN_PID=1 LISTEN_FDS=1 exec "$H" start --config "$C""#);
+    let (code, text) = sh(
+        "lpid",
+        FROM_SYSTEMD,
+        r#"exec 3<>/dev/null; LISTEN_PID=1 LISTEN_FDS=1 exec "$H" start --config "$C""#,
+    );
     assert_eq!(code, Some(4), "{text}");
-    assert!(text.contains("LISTEN_PID=1") && text.contains("handover's pid is"), "{text}");
+    assert!(
+        text.contains("LISTEN_PID=1") && text.contains("handover's pid is"),
+        "{text}"
+    );
 }
 
 /// Scenario 2: malformed socket-activation variables.
@@ -49,15 +68,27 @@ fn malformed_listen_variables() {
         ("LISTEN_PID=$$ LISTEN_FDS=", r#"LISTEN_FDS="""#),
         ("LISTEN_PID=12a LISTEN_FDS=1", r#"LISTEN_PID="12a""#),
         ("LISTEN_PID=$$ LISTEN_FDS=2147483647", "LISTEN_FDS"),
-        ("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b", "LISTEN_FDNAMES has 2 names but LISTEN_FDS=1"),
-        ("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b:", "LISTEN_FDNAMES has 3 names"),
+        (
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b",
+            "LISTEN_FDNAMES has 2 names but LISTEN_FDS=1",
+        ),
+        (
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b:",
+            "LISTEN_FDNAMES has 3 names",
+        ),
         ("LISTEN_PID=$$ LISTEN_FDS=2", "fd 3"),
     ] {
         // `exec env` keeps the shell's pid for handover, so LISTEN_PID=$pid names handover.
-        let script = format!("pid=$$; exec env {} \"$H\" start --config \"$C\"", vars.replace("$$", "$pid"));
+        let script = format!(
+            "pid=$$; exec env {} \"$H\" start --config \"$C\"",
+            vars.replace("$$", "$pid")
+        );
         let (code, text) = sh("lfds", FROM_SYSTEMD, &script);
         assert_eq!(code, Some(4), "{vars}: {text}");
-        assert!(text.contains(needle), "{vars}: expected {needle:?} in {text}");
+        assert!(
+            text.contains(needle),
+            "{vars}: expected {needle:?} in {text}"
+        );
     }
 }
 
@@ -75,7 +106,10 @@ os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
 os.execv(os.environ["H"], ["handover", "start", "--config", os.environ["C"]])'"#,
     );
     assert_eq!(code, Some(4), "{text}");
-    assert!(text.contains("fd 3") && text.contains("not a socket"), "{text}");
+    assert!(
+        text.contains("fd 3") && text.contains("not a socket"),
+        "{text}"
+    );
     // A datagram socket at fd 3, made by python (on every machine of this kind).
     let (code, text) = sh(
         "udp",
@@ -99,7 +133,12 @@ fn bind_errors_name_the_socket_and_address() {
     let config = format!("[[socket]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\n\n[worker]\ncommand = [\"true\"]\n");
     let (code, text) = sh("busy", &config, r#"exec "$H" start --config "$C""#);
     assert_eq!(code, Some(4), "{text}");
-    assert!(text.contains(&format!("socket \"web\": address 127.0.0.1:{port} is already in use")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "socket \"web\": address 127.0.0.1:{port} is already in use"
+        )),
+        "{text}"
+    );
 
     let config = "[[socket]]\nname = \"nope\"\nlisten = \"192.0.2.1:80\"\n\n[worker]\ncommand = [\"true\"]\n";
     let (code, text) = sh("notavail", config, r#"exec "$H" start --config "$C""#);
@@ -110,16 +149,25 @@ fn bind_errors_name_the_socket_and_address() {
     let dir = TempDir::new("unixfile");
     let path = dir.path().join("app.sock");
     std::fs::write(&path, "precious").unwrap();
-    let config = format!("[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"true\"]\n", path.display());
+    let config = format!(
+        "[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"true\"]\n",
+        path.display()
+    );
     let (code, text) = sh("unixfile-run", &config, r#"exec "$H" start --config "$C""#);
     assert_eq!(code, Some(4), "{text}");
-    assert!(text.contains("not a socket; refusing to replace it"), "{text}");
+    assert!(
+        text.contains("not a socket; refusing to replace it"),
+        "{text}"
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
 
     // A live unix socket is refused; a stale one (nobody listening) is replaced.
     let live_path = dir.path().join("live.sock");
     let live = std::os::unix::net::UnixListener::bind(&live_path).unwrap();
-    let config = format!("[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"true\"]\n", live_path.display());
+    let config = format!(
+        "[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"true\"]\n",
+        live_path.display()
+    );
     let (code, text) = sh("unixlive", &config, r#"exec "$H" start --config "$C""#);
     assert_eq!(code, Some(4), "{text}");
     assert!(text.contains("already in use"), "{text}");
@@ -134,7 +182,10 @@ fn bind_errors_name_the_socket_and_address() {
     );
     h.log.wait_for("all 1 workers ready");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&live_path).unwrap().permissions().mode() & 0o777, 0o660);
+    assert_eq!(
+        std::fs::metadata(&live_path).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
     std::os::unix::net::UnixStream::connect(&live_path).expect("the replaced socket listens");
     assert!(h.stop().success());
 }
@@ -160,15 +211,28 @@ fn config_errors_are_located() {
         let (status, _, err) = run_handover(&["check", "--config", path.to_str().unwrap()], &[]);
         assert_eq!(status.code(), Some(3), "case {i}: {err}");
         let expected = format!("{}{location}", path.display());
-        assert!(err.contains(&expected), "case {i}: expected {expected:?} in {err}");
-        assert!(err.contains(needle), "case {i}: expected {needle:?} in {err}");
+        assert!(
+            err.contains(&expected),
+            "case {i}: expected {expected:?} in {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "case {i}: expected {needle:?} in {err}"
+        );
     }
     let (status, _, err) = run_handover(&["check", "--config", "/nonexistent/handover.toml"], &[]);
     assert_eq!(status.code(), Some(3));
     assert!(err.contains("/nonexistent/handover.toml"), "{err}");
     let (status, _, err) = run_handover(&["check", "--config", "/dev/zero"], &[]);
     assert_eq!(status.code(), Some(3), "{err}");
-    let (status, out, _) = run_handover(&["check", "--config", &format!("{}/../examples/handover.toml", env!("CARGO_MANIFEST_DIR"))], &[]);
+    let (status, out, _) = run_handover(
+        &[
+            "check",
+            "--config",
+            &format!("{}/../examples/handover.toml", env!("CARGO_MANIFEST_DIR")),
+        ],
+        &[],
+    );
     assert!(status.success(), "{out}");
 }
 
@@ -185,7 +249,11 @@ ready_timeout = "1s"
         Options::default(),
     );
     assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
-    assert!(h.log.text().contains("not ready within"), "{}", h.log.text());
+    assert!(
+        h.log.text().contains("not ready within"),
+        "{}",
+        h.log.text()
+    );
 }
 
 /// Scenario 17: a worker flooding its notify socket does not stop handover from answering,
@@ -217,10 +285,22 @@ fn exec_failures_name_the_cause() {
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
     for (command, extra, needle) in [
         (not_exec.display().to_string(), "", "Permission denied"),
-        ("true".to_string(), "cwd = \"/nonexistent-dir\"\n", "changing directory to /nonexistent-dir"),
-        ("no-such-program-anywhere".to_string(), "", "No such file or directory"),
+        (
+            "true".to_string(),
+            "cwd = \"/nonexistent-dir\"\n",
+            "changing directory to /nonexistent-dir",
+        ),
+        (
+            "no-such-program-anywhere".to_string(),
+            "",
+            "No such file or directory",
+        ),
     ] {
-        let mut h = Handover::start("exec-cause", &format!("[worker]\ncommand = [\"{command}\"]\n{extra}"), Options::default());
+        let mut h = Handover::start(
+            "exec-cause",
+            &format!("[worker]\ncommand = [\"{command}\"]\n{extra}"),
+            Options::default(),
+        );
         assert_eq!(h.wait().code(), Some(1));
         assert!(h.log.text().contains(needle), "{needle}: {}", h.log.text());
     }

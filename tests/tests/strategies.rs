@@ -19,7 +19,14 @@ fn serving_pids(h: &Handover) -> BTreeSet<i64> {
         .unwrap()
         .iter()
         .filter(|g| g["state"] == "serving")
-        .flat_map(|g| g["workers"].as_array().unwrap().iter().filter_map(|w| w["pid"].as_i64()).collect::<Vec<_>>())
+        .flat_map(|g| {
+            g["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|w| w["pid"].as_i64())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -74,7 +81,11 @@ fn rolling_reload_stays_within_max_extra() {
     assert!(after.is_disjoint(&before), "every worker was replaced");
     wait_gone(&before.iter().map(|&p| p as i32).collect::<Vec<_>>());
     let max = max_alive_during_reload(&h.log.text());
-    assert!(max <= 5, "at most count + max_extra workers alive, saw {max}\n{}", h.log.text());
+    assert!(
+        max <= 5,
+        "at most count + max_extra workers alive, saw {max}\n{}",
+        h.log.text()
+    );
 }
 
 /// A rolling reload whose new workers crash is aborted, and the old generation is back to
@@ -88,20 +99,45 @@ fn aborted_rolling_reload_restores_the_old_generation() {
         r#"command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "100"]"#,
         r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ]; then exit 9; fi; exec {worker} --ready-after 100"]"#,
     );
-    std::fs::write(&h.config, harness::expand(&broken, h.dir.path()) + &format!("\n[control]\nsocket = \"{}\"\n", h.control_socket().display())).unwrap();
+    std::fs::write(
+        &h.config,
+        harness::expand(&broken, h.dir.path())
+            + &format!(
+                "\n[control]\nsocket = \"{}\"\n",
+                h.control_socket().display()
+            ),
+    )
+    .unwrap();
     let (st, _, err) = h.ctl(&["reload"]);
     assert_eq!(st.code(), Some(6), "{err}");
-    assert!(err.contains("aborted") && err.contains("exited with code 9"), "{err}");
+    assert!(
+        err.contains("aborted") && err.contains("exited with code 9"),
+        "{err}"
+    );
     let deadline = std::time::Instant::now() + harness::GUARD;
     loop {
         let status = status(&h);
-        let serving = status["generations"].as_array().unwrap().iter().find(|g| g["state"] == "serving").cloned().unwrap();
+        let serving = status["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["state"] == "serving")
+            .cloned()
+            .unwrap();
         assert_eq!(serving["generation"], 1, "generation 1 still serves");
-        let ready = serving["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "ready" && w["retiring"] == false).count();
+        let ready = serving["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "ready" && w["retiring"] == false)
+            .count();
         if ready == 4 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "old generation not back to 4 ready workers: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old generation not back to 4 ready workers: {status}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -125,11 +161,20 @@ canary = true
     let (st, out, err) = h.ctl(&["reload"]);
     assert!(st.success(), "{out}{err}");
     let log = h.log.text();
-    let canary_at = log.find("starting a canary worker in generation 2").expect("canary announced");
+    let canary_at = log
+        .find("starting a canary worker in generation 2")
+        .expect("canary announced");
     let after_canary = &log[canary_at..];
-    let first_ready = after_canary.find("1/3 ready in generation 2").expect("canary ready");
-    let started_before_ready = after_canary[..first_ready].matches("worker started generation=2").count();
-    assert_eq!(started_before_ready, 1, "only the canary starts before it is ready:\n{after_canary}");
+    let first_ready = after_canary
+        .find("1/3 ready in generation 2")
+        .expect("canary ready");
+    let started_before_ready = after_canary[..first_ready]
+        .matches("worker started generation=2")
+        .count();
+    assert_eq!(
+        started_before_ready, 1,
+        "only the canary starts before it is ready:\n{after_canary}"
+    );
 }
 
 /// A failing canary aborts the reload without starting the others.
@@ -148,11 +193,18 @@ canary = true
         Options::default(),
     );
     h.log.wait_for("all 3 workers ready");
-    let text = std::fs::read_to_string(&h.config).unwrap().replace(r#""--ready-after", "50""#, r#""--exit-after", "0", "4""#);
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace(r#""--ready-after", "50""#, r#""--exit-after", "0", "4""#);
     std::fs::write(&h.config, text).unwrap();
     let (st, _, err) = h.ctl(&["reload"]);
     assert_eq!(st.code(), Some(6), "{err}");
-    assert_eq!(h.log.count("worker started generation=2"), 1, "{}", h.log.text());
+    assert_eq!(
+        h.log.count("worker started generation=2"),
+        1,
+        "{}",
+        h.log.text()
+    );
 }
 
 /// Self-bound sockets can be added on reload (the new generation gets them, in config
@@ -176,14 +228,26 @@ drain_timeout = "2s"
     let h = Handover::start("socket-change", &config(&one), Options::default());
     h.reports(1);
     let write = |text: &str| {
-        let full = harness::expand(text, h.dir.path()) + &format!("\n[control]\nsocket = \"{}\"\n", h.control_socket().display());
+        let full = harness::expand(text, h.dir.path())
+            + &format!(
+                "\n[control]\nsocket = \"{}\"\n",
+                h.control_socket().display()
+            );
         std::fs::write(&h.config, full).unwrap();
     };
     write(&config(&two));
     let (st, _, err) = h.ctl(&["reload"]);
     assert!(st.success(), "{err}");
     let reports = h.reports(2);
-    let newest = reports.values().max_by_key(|r| r["env"]["HANDOVER_GENERATION"].as_str().unwrap().to_string()).unwrap();
+    let newest = reports
+        .values()
+        .max_by_key(|r| {
+            r["env"]["HANDOVER_GENERATION"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .unwrap();
     assert_eq!(newest["env"]["LISTEN_FDNAMES"], "a:b");
     std::net::TcpStream::connect(("127.0.0.1", p2)).expect("the added socket listens");
 
@@ -191,7 +255,8 @@ drain_timeout = "2s"
     let (st, _, err) = h.ctl(&["reload"]);
     assert!(st.success(), "{err}");
     // Once generation 2 has drained away, nobody holds socket b any more.
-    h.log.wait_for("generation draining has no workers left generation=2");
+    h.log
+        .wait_for("generation draining has no workers left generation=2");
     std::net::TcpListener::bind(("127.0.0.1", p2)).expect("the removed socket was closed");
     std::net::TcpStream::connect(("127.0.0.1", p1)).expect("socket a still listens");
 }
@@ -211,13 +276,27 @@ from_systemd = true
 [worker]
 command = ["{worker}", "--ready-after", "0"]
 "#,
-        Options { activate: vec![(format!("127.0.0.1:{port}"), "http".into())], ..Default::default() },
+        Options {
+            activate: vec![(format!("127.0.0.1:{port}"), "http".into())],
+            ..Default::default()
+        },
     );
     h.log.wait_for("all 1 workers ready");
     let text = std::fs::read_to_string(&h.config).unwrap();
-    std::fs::write(&h.config, text.replacen("[worker]", "[[socket]]\nname = \"extra\"\nfrom_systemd = true\n\n[worker]", 1)).unwrap();
+    std::fs::write(
+        &h.config,
+        text.replacen(
+            "[worker]",
+            "[[socket]]\nname = \"extra\"\nfrom_systemd = true\n\n[worker]",
+            1,
+        ),
+    )
+    .unwrap();
     let (st, _, err) = h.ctl(&["reload"]);
     assert_eq!(st.code(), Some(6), "{err}");
-    assert!(err.contains("sockets from systemd change only with a restart"), "{err}");
+    assert!(
+        err.contains("sockets from systemd change only with a restart"),
+        "{err}"
+    );
     assert_eq!(status(&h)["generations"][0]["generation"], 1);
 }

@@ -16,5 +16,5 @@ mod systemd;
 mod worker;
 
 pub use control::{Command, Outcome, ReloadOverrides, ReloadReply};
-pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy};
+pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy, WorkerOutput};
 pub use supervisor::{run, Reloader, RunResult};

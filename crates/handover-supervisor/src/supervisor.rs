@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff;
 use crate::control::{Command, Outcome, ReloadOverrides, ReloadReply};
-use crate::plan::{GenerationSpec, Plan, ReadyMode};
+use crate::plan::{GenerationSpec, Plan, ReadyMode, WorkerOutput};
 use crate::systemd::Systemd;
 use crate::worker::{worker_env, State, Worker};
 
@@ -52,6 +52,7 @@ enum Event {
     },
     NotifyReadable(u64),
     StderrReadable(u64),
+    StdoutReadable(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +125,7 @@ struct Supervisor {
     reload_pending: bool,
     stop_signals: u32,
     orphan_deadline: Option<Instant>,
+    next_watchdog: Option<Instant>,
     started: Instant,
     my_pid: i32,
 }
@@ -168,8 +170,16 @@ pub async fn run(
         reload_pending: false,
         stop_signals: 0,
         orphan_deadline: None,
+        next_watchdog: None,
         started: Instant::now(),
     };
+    if let Some(interval) = sup.plan.watchdog {
+        sup.systemd.watchdog();
+        sup.next_watchdog = Some(Instant::now() + interval / 2);
+    }
+    // A slow first generation may need longer than the unit's start timeout.
+    sup.systemd
+        .extend_timeout(sup.plan.generation.ready_timeout + Duration::from_secs(5));
     let first = sup.plan.generation.clone();
     let generation = sup.start_generation(first, GenState::Starting, true);
     info!(generation, "starting {} workers", sup.plan.generation.count);
@@ -325,7 +335,11 @@ impl Supervisor {
             _ => None,
         });
         let reload = self.reload.as_ref().map(|r| r.deadline);
-        workers.chain(reload).chain(self.orphan_deadline).min()
+        workers
+            .chain(reload)
+            .chain(self.orphan_deadline)
+            .chain(self.next_watchdog)
+            .min()
     }
 
     // ---- generations and workers -------------------------------------------------------
@@ -471,6 +485,8 @@ impl Supervisor {
                 watchers: Vec::new(),
                 stderr_tail: VecDeque::new(),
                 stderr_partial: Vec::new(),
+                stdout: None,
+                stdout_partial: Vec::new(),
                 retiring: false,
                 spawned_at: None,
                 status: None,
@@ -506,6 +522,7 @@ impl Supervisor {
         let notify_dir = self.plan.notify_dir.clone();
         let notify_owner = self.plan.notify_owner;
         let events = self.events.clone();
+        let log_output = self.plan.worker_output == WorkerOutput::Log;
         let worker = self
             .workers
             .get_mut(&id)
@@ -529,6 +546,20 @@ impl Supervisor {
             .push(watch(stderr_read.clone(), events, move || {
                 Event::StderrReadable(id)
             })?);
+        let stdout_write = if log_output {
+            let (stdout_read, stdout_write) = handover_sys::fd::pipe_cloexec()?;
+            handover_sys::fd::set_nonblocking(stdout_read.as_fd())?;
+            let stdout_read = Arc::new(std::fs::File::from(stdout_read));
+            worker.watchers.push(watch(
+                stdout_read.clone(),
+                self.events.clone(),
+                move || Event::StdoutReadable(id),
+            )?);
+            worker.stdout = Some(stdout_read);
+            Some(stdout_write)
+        } else {
+            None
+        };
         let env = worker_env(&worker.spec, worker.generation, worker.index, socket.path());
         worker.notify = Some(socket);
         worker.stderr = Some(stderr_read);
@@ -536,7 +567,7 @@ impl Supervisor {
             exec: worker.spec.exec.clone(),
             env,
             sockets: worker.spec.sockets.iter().map(|s| s.fd.clone()).collect(),
-            stdout: None,
+            stdout: stdout_write,
             stderr: Some(stderr_write),
         })
     }
@@ -549,6 +580,7 @@ impl Supervisor {
             }
             Event::NotifyReadable(worker) => self.read_notify(worker),
             Event::StderrReadable(worker) => self.read_stderr(worker),
+            Event::StdoutReadable(worker) => self.read_stdout(worker),
         }
     }
 
@@ -741,7 +773,7 @@ impl Supervisor {
                 Ok(0) => {
                     worker.stderr = None;
                     if let Some(line) = worker.flush_stderr() {
-                        write_stderr(&line);
+                        self.emit(id, "stderr", &line);
                     }
                     return;
                 }
@@ -751,7 +783,67 @@ impl Supervisor {
                 Err(_) => return,
             };
             for line in worker.take_stderr_lines(&buf[..n]) {
-                write_stderr(&line);
+                self.emit(id, "stderr", &line);
+            }
+        }
+    }
+
+    fn read_stdout(&mut self, id: u64) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Some(worker) = self.workers.get_mut(&id) else {
+                return;
+            };
+            let Some(pipe) = worker.stdout.clone() else {
+                return;
+            };
+            let n = match (&*pipe).read(&mut buf) {
+                Ok(0) => {
+                    worker.stdout = None;
+                    let rest = std::mem::take(&mut worker.stdout_partial);
+                    if !rest.is_empty() {
+                        self.emit(id, "stdout", &rest);
+                    }
+                    return;
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            worker.stdout_partial.extend_from_slice(&buf[..n]);
+            let mut lines = Vec::new();
+            while let Some(pos) = worker.stdout_partial.iter().position(|&b| b == b'\n') {
+                lines.push(worker.stdout_partial.drain(..=pos).collect::<Vec<u8>>());
+            }
+            while worker.stdout_partial.len() >= 4096 {
+                lines.push(worker.stdout_partial.drain(..4096).collect());
+            }
+            for line in lines {
+                self.emit(id, "stdout", &line);
+            }
+        }
+    }
+
+    /// Passes one line a worker wrote on: as it is to handover's stderr, or as a log event
+    /// carrying the worker's generation, index and pid.
+    fn emit(&self, id: u64, stream: &'static str, line: &[u8]) {
+        match self.plan.worker_output {
+            WorkerOutput::PassThrough => write_stderr(line),
+            WorkerOutput::Log => {
+                let Some(worker) = self.workers.get(&id) else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(line);
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                info!(
+                    target: "worker",
+                    generation = worker.generation,
+                    worker = worker.index,
+                    pid = worker.pid(),
+                    stream,
+                    "{text}"
+                );
             }
         }
     }
@@ -832,6 +924,7 @@ impl Supervisor {
         self.by_pid.remove(&pid);
         self.read_notify(id);
         self.read_stderr(id);
+        self.read_stdout(id);
         let _ = process::signal_group(pid, libc::SIGKILL);
         let _ = process::reap(pid);
         self.worker_exited(id, status);
@@ -1069,6 +1162,12 @@ impl Supervisor {
 
     fn handle_deadlines(&mut self) {
         let now = Instant::now();
+        if let (Some(at), Some(interval)) = (self.next_watchdog, self.plan.watchdog) {
+            if at <= now {
+                self.watchdog_tick();
+                self.next_watchdog = Some(now + interval / 2);
+            }
+        }
         let due: Vec<(u64, State)> = self
             .workers
             .values()
@@ -1123,6 +1222,22 @@ impl Supervisor {
 
     // ---- start, stop -------------------------------------------------------------------
 
+    /// Sends `WATCHDOG=1` if handover is healthy: its loop runs (this is it) and, when
+    /// `watchdog_min_workers` is set, enough serving workers are ready.
+    fn watchdog_tick(&mut self) {
+        let min = self.plan.watchdog_min_workers as usize;
+        let healthy = self.phase != Phase::Running
+            || min == 0
+            || self
+                .serving_or_starting()
+                .is_some_and(|g| self.ready_count(g.id) >= min);
+        if healthy {
+            self.systemd.watchdog();
+        } else {
+            warn!("fewer than {min} workers ready: not sending WATCHDOG=1");
+        }
+    }
+
     fn start_failed(&mut self, reason: String) {
         if self.phase == Phase::Stopping {
             return;
@@ -1157,6 +1272,14 @@ impl Supervisor {
             self.reload = None;
         }
         self.systemd.stopping("stopping");
+        let longest = self
+            .workers
+            .values()
+            .map(|w| w.spec.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        self.systemd
+            .extend_timeout(longest.max(self.plan.reload.drain_timeout) + Duration::from_secs(5));
         let ids: Vec<u64> = self.workers.keys().copied().collect();
         for id in ids {
             self.ask_to_stop(id, None);
@@ -1255,6 +1378,9 @@ impl Supervisor {
             started: now,
         });
         let count = spec.count;
+        let timeout = overrides.timeout.unwrap_or(self.plan.reload.timeout);
+        self.systemd
+            .extend_timeout(timeout + Duration::from_secs(5));
         self.progress(format!(
             "spawning generation {generation} ({count} workers)"
         ));

@@ -45,6 +45,17 @@ impl Systemd {
         self.send(&[NotifyState::Status(status)]);
     }
 
+    /// The watchdog keep-alive.
+    pub fn watchdog(&self) {
+        self.send(&[NotifyState::Watchdog]);
+    }
+
+    /// Asks for `by` more time before systemd's start, reload or stop timeout fires.
+    pub fn extend_timeout(&self, by: std::time::Duration) {
+        let usec = by.as_micros().min(u32::MAX as u128) as u32;
+        self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+
     /// handover is stopping.
     pub fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);

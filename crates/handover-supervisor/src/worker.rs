@@ -69,6 +69,10 @@ pub struct Worker {
     pub notify: Option<Arc<NotifySocket>>,
     /// Read end of its stderr pipe.
     pub stderr: Option<Arc<std::fs::File>>,
+    /// Read end of its stdout pipe (only when handover logs workers' output).
+    pub stdout: Option<Arc<std::fs::File>>,
+    /// An unfinished stdout line.
+    pub stdout_partial: Vec<u8>,
     /// Tasks watching its fds; aborted when it is gone.
     pub watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Last lines written to stderr.

@@ -42,6 +42,13 @@ pub struct HandoverSection {
     pub fds_env: String,
     /// Where per-worker notify sockets and the control socket live. Default: see docs.
     pub runtime_dir: Option<PathBuf>,
+    /// Under a systemd watchdog (`WatchdogSec=`), send `WATCHDOG=1` only while at least this
+    /// many workers of the serving generation are ready. Default 0 (the loop being alive is
+    /// enough).
+    pub watchdog_min_workers: u32,
+    /// Under systemd, hand sockets handover bound itself to systemd's fd store (`FDSTORE=1`),
+    /// so a restart gets them back. Default true.
+    pub fd_store: bool,
 }
 
 /// One `[[socket]]`.
@@ -413,6 +420,8 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for TableVisitor<T> {
 struct RawHandover {
     fds_env: Option<Val>,
     runtime_dir: Option<Val>,
+    watchdog_min_workers: Option<Val>,
+    fd_store: Option<Val>,
 }
 
 #[derive(Deserialize)]
@@ -1153,9 +1162,19 @@ impl Cx<'_> {
             .as_ref()
             .map(|v| self.absolute_path("handover.runtime_dir", v))
             .transpose()?;
+        let watchdog_min_workers = match &raw.watchdog_min_workers {
+            None => 0,
+            Some(v) => self.integer("handover.watchdog_min_workers", v, 0, 1024)? as u32,
+        };
+        let fd_store = match &raw.fd_store {
+            None => true,
+            Some(v) => self.boolean("handover.fd_store", v)?,
+        };
         Ok(HandoverSection {
             fds_env,
             runtime_dir,
+            watchdog_min_workers,
+            fd_store,
         })
     }
 

@@ -22,6 +22,8 @@ pub struct Environment {
     pub runtime_directory: Option<PathBuf>,
     /// `XDG_RUNTIME_DIR`.
     pub xdg_runtime_dir: Option<PathBuf>,
+    /// The watchdog interval from `WATCHDOG_USEC`, when `WATCHDOG_PID` is unset or ours.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 impl Environment {
@@ -46,6 +48,13 @@ impl Environment {
             journal_stream: text("JOURNAL_STREAM"),
             runtime_directory: path("RUNTIME_DIRECTORY"),
             xdg_runtime_dir: path("XDG_RUNTIME_DIR"),
+            watchdog: text("WATCHDOG_USEC")
+                .and_then(|usec| usec.parse::<u64>().ok())
+                .filter(|&usec| usec > 0)
+                .filter(|_| {
+                    text("WATCHDOG_PID").is_none_or(|pid| pid == std::process::id().to_string())
+                })
+                .map(std::time::Duration::from_micros),
             vars,
         }
     }

@@ -409,31 +409,79 @@ fn run_stub(args: &[OsString]) -> ! {
     }
 }
 
-fn init_logging(environment: &Environment, log_to_stdout: bool) {
-    use tracing_subscriber::fmt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // The journal stamps every line itself.
-    let under_journal = environment.journal_stream.is_some() && !log_to_stdout;
+/// Whether handover's stderr is the journal stream systemd set up (`JOURNAL_STREAM` names
+/// its device and inode), as sd_journal_stream_fd's users check it.
+fn stderr_is_journal(environment: &Environment) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = &environment.journal_stream else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
+}
+
+/// Sets up logging; returns whether it goes to the journal natively (then workers' output
+/// is logged line by line with their fields too).
+fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter =
+        || EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if !log_to_stdout && stderr_is_journal(environment) {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald
+                .with_field_prefix(Some("HANDOVER".into()))
+                .with_syslog_identifier("handover".into());
+            if tracing_subscriber::registry()
+                .with(filter())
+                .with(journald)
+                .try_init()
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
     let builder = fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_target(false)
         .with_ansi(false);
-    let result = match (log_to_stdout, under_journal) {
-        (true, _) => builder.with_writer(std::io::stdout).try_init(),
-        (false, true) => builder
-            .without_time()
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (false, false) => builder.with_writer(std::io::stderr).try_init(),
+    let _ = if log_to_stdout {
+        builder.with_writer(std::io::stdout).try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
     };
-    let _ = result;
+    false
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     tracing::error!("{message}");
     eprintln!("handover: {message}");
     ExitCode::from(code)
+}
+
+/// Hands the sockets handover bound itself to systemd's fd store, so that a restart gets them
+/// back (as `LISTEN_FDS` with their names) and never closes them. Needs
+/// `FileDescriptorStoreMax=` in the unit; without it systemd ignores the request.
+fn store_sockets(sockets: &[handover_supervisor::ListenSocket]) {
+    use std::os::fd::AsFd;
+    for socket in sockets.iter().filter(|s| !s.from_systemd) {
+        let states = [
+            sd_notify::NotifyState::FdStore,
+            sd_notify::NotifyState::FdName(&socket.name),
+        ];
+        match sd_notify::notify_with_fds(false, &states, &[socket.fd.as_fd()]) {
+            Ok(()) => tracing::info!(socket = %socket.name, "handed to systemd's fd store"),
+            Err(err) => {
+                tracing::warn!(socket = %socket.name, "could not hand the socket to systemd's fd store: {err}")
+            }
+        }
+    }
 }
 
 /// Where SIGUSR2 state dumps go: the working directory, `$HOME`, `$TMPDIR`, /tmp.
@@ -499,7 +547,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
             }
         }
     }
-    init_logging(&environment, options.log_to_stdout);
+    let journal = init_logging(&environment, options.log_to_stdout);
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -561,6 +609,9 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(sockets) => sockets,
         Err(err) => return fail(exit::SOCKETS, err),
     };
+    if environment.notify_socket && config.handover.fd_store {
+        store_sockets(&sockets);
+    }
     if sockets.is_empty() {
         tracing::warn!("no sockets configured or passed: workers get none");
     }
@@ -591,6 +642,13 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         notify_owner,
         dump_dirs: dump_dirs(&environment),
         on_ready: ready_pipe.clone(),
+        watchdog: environment.watchdog,
+        watchdog_min_workers: config.handover.watchdog_min_workers,
+        worker_output: if journal {
+            handover_supervisor::WorkerOutput::Log
+        } else {
+            handover_supervisor::WorkerOutput::PassThrough
+        },
     };
 
     let spawner = match handover_sys::spawn::Spawner::start() {

@@ -64,7 +64,9 @@ fn minimal_config_gets_the_defaults() {
         config.handover,
         HandoverSection {
             fds_env: "HANDOVER_FDS".into(),
-            runtime_dir: None
+            runtime_dir: None,
+            watchdog_min_workers: 0,
+            fd_store: true,
         }
     );
     assert!(config.sockets.is_empty());
@@ -111,6 +113,8 @@ const FULL: &str = r#"
 [handover]
 fds_env = "LACTOSERV_FDS"
 runtime_dir = "/run/myapp"
+watchdog_min_workers = 1
+fd_store = false
 
 [[socket]]
 name = "http"
@@ -171,7 +175,9 @@ fn full_config() {
         config.handover,
         HandoverSection {
             fds_env: "LACTOSERV_FDS".into(),
-            runtime_dir: Some("/run/myapp".into())
+            runtime_dir: Some("/run/myapp".into()),
+            watchdog_min_workers: 1,
+            fd_store: false,
         }
     );
     assert_eq!(
