@@ -356,7 +356,10 @@ fn reloads_under_load(label: &str, mode: Mode, count: u32) {
         served.len() >= 3,
         "responses came from several generations: {served:?}"
     );
-    assert!(served.contains(&first) && served.contains(&last), "{served:?}");
+    assert!(
+        served.contains(&first) && served.contains(&last),
+        "{served:?}"
+    );
     wait_gone(&first_pids.iter().copied().collect::<Vec<_>>());
     assert!(last_pids.is_disjoint(&first_pids));
     let log = rig.h.log.text();
@@ -432,7 +435,11 @@ fn aborted_reloads_under_load_lose_nothing() {
     rig.set_workers(&good);
     rig.reload(1);
     let (now, now_pids) = rig.serving();
-    assert_eq!(now, first + ABORTS as u64 + 1, "one generation number per attempt");
+    assert_eq!(
+        now,
+        first + ABORTS as u64 + 1,
+        "one generation number per attempt"
+    );
     assert!(now_pids.is_disjoint(&first_pids));
     let summary = rig.finish_load();
     assert_no_failures(&summary);
@@ -467,7 +474,11 @@ fn invalid_config_on_reload_changes_nothing() {
     let cases = [
         (syntax, "", None),
         (unknown, "worker.countx: unknown key", Some("countx = 3")),
-        (bad_value, "worker.count: must be between 1 and 1024", Some("count = 0")),
+        (
+            bad_value,
+            "worker.count: must be between 1 and 1024",
+            Some("count = 0"),
+        ),
     ];
     for (n, (text, says, at)) in cases.iter().enumerate() {
         rig.write_config(text);
@@ -488,7 +499,12 @@ fn invalid_config_on_reload_changes_nothing() {
         assert_eq!(serving, first, "case {n}");
         assert_eq!(pids, first_pids, "case {n}");
     }
-    assert_eq!(rig.h.log.count("spawning generation"), 0, "{}", rig.h.log.text());
+    assert_eq!(
+        rig.h.log.count("spawning generation"),
+        0,
+        "{}",
+        rig.h.log.text()
+    );
 
     rig.set_workers(&good);
     rig.reload(1);
@@ -657,7 +673,12 @@ fn worker_going_offline_is_replaced_at_once() {
             .expect("workers")
             .iter()
             .find(|w| w["state"] == "ready")
-            .map(|w| (w["pid"].as_i64().unwrap() as i32, w["index"].as_u64().unwrap()))
+            .map(|w| {
+                (
+                    w["pid"].as_i64().unwrap() as i32,
+                    w["index"].as_u64().unwrap(),
+                )
+            })
             .expect("a ready worker");
         harness::kill(victim, libc::SIGTERM);
         let offline = rig
@@ -691,7 +712,11 @@ fn worker_going_offline_is_replaced_at_once() {
     }
     let log = rig.h.log.text();
     assert_eq!(rig.h.log.count("worker died"), 0, "{log}");
-    assert_eq!(rig.h.log.count("restarting in"), 0, "not a crash restart: {log}");
+    assert_eq!(
+        rig.h.log.count("restarting in"),
+        0,
+        "not a crash restart: {log}"
+    );
     assert_eq!(rig.h.log.count("spawning generation"), 0, "{log}");
     let summary = rig.finish_load();
     assert_no_failures(&summary);
