@@ -722,3 +722,219 @@ fn worker_going_offline_is_replaced_at_once() {
     assert_no_failures(&summary);
     rig.stop();
 }
+
+// ---- scenario 31: the socket set on reload ------------------------------------------------
+
+/// Scenario 31: a reload whose config adds a socket is refused with an explanation;
+/// nothing is spawned and the old workers keep serving.
+#[test]
+fn reload_adding_a_socket_is_refused() {
+    let good = WorkerSetup::example(2, 50);
+    let mut rig = Rig::start("reload-add-socket", &good);
+    let (first, first_pids) = rig.serving();
+    rig.start_load(Mode::NewConnection);
+    let other = harness::free_port();
+    let added = good.config(rig.port).replace(
+        "[worker]",
+        &format!("[[socket]]\nname = \"admin\"\nlisten = \"127.0.0.1:{other}\"\n\n[worker]"),
+    );
+    rig.write_config(&added);
+    rig.sighup();
+    let line = rig.h.log.wait_for("reload failed");
+    assert!(line.contains("the socket set changed"), "{line}");
+    assert_eq!(rig.serving(), (first, first_pids));
+    assert_eq!(rig.h.log.count("spawning generation"), 0);
+    let summary = rig.finish_load();
+    assert_no_failures(&summary);
+    rig.stop();
+}
+
+/// Scenario 31: a reload whose config moves a socket to another address, or drops it, must
+/// not be half-applied: handover cannot rebind on reload, so it must refuse the reload and
+/// say so, as it does for an added socket.
+#[test]
+#[ignore = "handover defect: a changed `listen` address or a removed [[socket]] is accepted on reload and silently ignored (the new generation still gets the old socket)"]
+fn reload_moving_or_dropping_a_socket_is_refused() {
+    let good = WorkerSetup::example(2, 50);
+    let mut rig = Rig::start("reload-move-socket", &good);
+    let (first, first_pids) = rig.serving();
+    rig.start_load(Mode::NewConnection);
+    let other = harness::free_port();
+    let moved = good.config(rig.port).replace(
+        &format!("127.0.0.1:{}", rig.port),
+        &format!("127.0.0.1:{other}"),
+    );
+    let good_text = good.config(rig.port);
+    let dropped = &good_text[good_text.find("[worker]").expect("worker table")..];
+    for (n, text) in [moved.as_str(), dropped].iter().enumerate() {
+        rig.write_config(text);
+        rig.sighup();
+        // Either outcome ends with one of these lines.
+        let before = n;
+        let deadline = Instant::now() + GUARD;
+        while rig.h.log.count("reload failed") + rig.h.log.count("reload done in") <= before {
+            assert!(Instant::now() < deadline, "{}", rig.h.log.text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            rig.h.log.count("reload done in"),
+            0,
+            "case {n}: the reload went through with a socket change it cannot apply:\n{}",
+            rig.h.log.text()
+        );
+        assert_eq!(rig.serving(), (first, first_pids.clone()));
+    }
+    let summary = rig.finish_load();
+    assert_no_failures(&summary);
+    rig.stop();
+}
+
+// ---- scenarios 34 and 35: a draining generation -------------------------------------------
+
+/// Scenarios 34 and 35: old workers held up by idle keep-alive connections keep draining
+/// after a reload. One that crashes while draining is not respawned; the other is killed at
+/// `drain_timeout`; then the old generation is gone.
+#[test]
+fn draining_workers_are_not_respawned_and_are_killed_at_drain_timeout() {
+    let setup = WorkerSetup::example(2, 50).with_args(&["--idle-grace-ms", "60000"]);
+    let port = harness::free_port();
+    let config = setup
+        .config(port)
+        .replace("drain_timeout = \"5s\"", "drain_timeout = \"1s\"");
+    let h = Handover::start("reload-drain", &config, Options::default());
+    h.log.wait_for("all 2 workers ready");
+    let rig = Rig {
+        h,
+        port,
+        load: None,
+    };
+    let (_, old) = rig.serving();
+    // An idle keep-alive connection on each old worker (accepts are spread by the kernel;
+    // bounded attempts).
+    let mut held: BTreeMap<i32, std::net::TcpStream> = BTreeMap::new();
+    for _ in 0..200 {
+        if held.len() == old.len() {
+            break;
+        }
+        let (stream, pid) = keep_alive_get(port);
+        held.entry(pid).or_insert(stream);
+    }
+    assert_eq!(held.len(), old.len(), "a connection on every old worker");
+    rig.sighup();
+    rig.h.log.wait_for("reload done in");
+    let mut old_pids = old.iter().copied();
+    let (crasher, straggler) = (old_pids.next().unwrap(), old_pids.next().unwrap());
+    assert!(alive(crasher) && alive(straggler), "both still draining");
+    harness::kill(crasher, libc::SIGKILL);
+    let stopped = wait_line(&rig.h.log, &["worker stopped", &format!("pid={crasher}")]);
+    assert!(stopped.contains("killed by SIGKILL"), "{stopped}");
+    wait_line(
+        &rig.h.log,
+        &[
+            "did not stop in time; sending SIGKILL",
+            &format!("pid={straggler}"),
+        ],
+    );
+    rig.h
+        .log
+        .wait_for("generation draining has no workers left generation=1");
+    let log = rig.h.log.text();
+    assert_eq!(rig.h.log.count("worker started generation=1"), 2, "{log}");
+    assert_eq!(rig.h.log.count("restarting in"), 0, "{log}");
+    assert_eq!(rig.h.log.count("worker died"), 0, "{log}");
+    wait_gone(&[crasher, straggler]);
+    let (generation, _) = rig.serving();
+    assert_eq!(generation, 2);
+    drop(held);
+    let mut rig = rig;
+    rig.stop();
+}
+
+/// Waits (guarded) for a log line that contains every one of `needles`.
+fn wait_line(log: &harness::Lines, needles: &[&str]) -> String {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(line) = log
+            .text()
+            .lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needles:?}:\n{}",
+            log.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One GET on a new keep-alive connection; returns the open connection and the pid that
+/// answered.
+fn keep_alive_get(port: u16) -> (std::net::TcpStream, i32) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The response is one small segment; read until its body line is complete.
+    while !got.ends_with(b"\n") || !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        assert!(got.len() < 64 * 1024);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let pid = text
+        .split("hello from pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    (stream, pid)
+}
+
+// ---- reload strategies ------------------------------------------------------------------
+
+/// docs/configuration.md: with `strategy = "rolling"`, a reload never runs more than
+/// `max_extra` workers beyond `count`. Counted from handover's own "worker started" and
+/// "worker stopped" lines, in log order.
+#[test]
+#[ignore = "handover defect: [reload] strategy = \"rolling\" (batch_size, max_extra) and canary are parsed but not implemented; every reload is all-at-once"]
+fn rolling_reload_stays_within_max_extra() {
+    let setup = WorkerSetup::example(3, 50);
+    let port = harness::free_port();
+    let config = setup.config(port).replace(
+        "max_draining = 4",
+        "max_draining = 4\nstrategy = \"rolling\"\nbatch_size = 1\nmax_extra = 1",
+    );
+    let mut h = Handover::start("reload-rolling", &config, Options::default());
+    h.log.wait_for("all 3 workers ready");
+    h.signal(libc::SIGHUP);
+    h.log.wait_for("reload done in");
+    h.log.wait_for("generation draining has no workers left");
+    let mut alive_now: i32 = 0;
+    let mut most = 0;
+    for line in h.log.text().lines() {
+        if line.contains("worker started") {
+            alive_now += 1;
+        } else if line.contains("worker stopped") || line.contains("worker died") {
+            alive_now -= 1;
+        }
+        most = most.max(alive_now);
+    }
+    assert!(
+        most <= 3 + 1,
+        "{most} workers at once with count 3 and max_extra 1:\n{}",
+        h.log.text()
+    );
+    assert!(h.stop().success());
+}
