@@ -1,0 +1,699 @@
+//! `cargo xtask bench reload|idle`: figures for docs/benchmarks.md.
+//!
+//! Both benches build the workspace in release and run the release `handover` with the
+//! release example worker on a free 127.0.0.1 port. `cargo xtask` itself runs a debug build
+//! of this crate, which would make the load generator the bottleneck, so after building, the
+//! bench re-executes the release build of xtask to do the measuring.
+//!
+//! The figures are printed as plain lines; nothing is asserted.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use handover_tests::loadgen::{self, LoadConfig, Mode, Summary};
+
+/// Set in the environment of the re-executed release xtask: the build is done.
+const BUILT_ENV: &str = "HANDOVER_BENCH_BUILT";
+/// Anything the bench waits for (a ready generation, one reload) may take at most this.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
+/// The load never runs longer than this, whatever happens.
+const LOAD_LIMIT: Duration = Duration::from_secs(3600);
+/// Nor attempts more requests than this.
+const LOAD_MAX_REQUESTS: u64 = 500_000_000;
+/// One load generator run; runs follow each other until the bench stops the load.
+const LOAD_SLICE: Duration = Duration::from_secs(1);
+/// A request taking longer than this counts as a timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const USAGE: &str = "\
+usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
+                                [--mode new|keepalive] [--boot-ms 200]
+       cargo xtask bench idle [--workers 4] [--seconds 10]";
+
+/// Entry point for `cargo xtask bench ...`; `args` follow `bench`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let Some(what) = args.first() else {
+        bail!("{USAGE}");
+    };
+    let options = Options::parse(&args[1..])?;
+    match what.as_str() {
+        "reload" | "idle" => {}
+        "-h" | "--help" => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        other => bail!("unknown bench {other:?}\n{USAGE}"),
+    }
+    if std::env::var_os(BUILT_ENV).is_none() {
+        return build_and_reexec(args);
+    }
+    let paths = Paths::find()?;
+    match what.as_str() {
+        "reload" => bench_reload(&paths, &options),
+        _ => bench_idle(&paths, &options),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    reloads: usize,
+    workers: u32,
+    concurrency: usize,
+    mode: Mode,
+    boot_ms: u64,
+    seconds: u64,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
+        let mut o = Options {
+            reloads: 100,
+            workers: 4,
+            concurrency: 16,
+            mode: Mode::NewConnection,
+            boot_ms: 200,
+            seconds: 10,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let number = |max: u64| -> anyhow::Result<u64> {
+                match value.parse::<u64>() {
+                    Ok(n) if (1..=max).contains(&n) => Ok(n),
+                    _ => bail!("{flag} needs a number in 1..={max}, not {value:?}"),
+                }
+            };
+            match flag.as_str() {
+                "--reloads" => o.reloads = number(100_000)? as usize,
+                "--workers" => o.workers = number(1024)? as u32,
+                "--concurrency" => {
+                    o.concurrency = number(loadgen::MAX_CONCURRENCY as u64)? as usize
+                }
+                "--boot-ms" => o.boot_ms = number(600_000)?,
+                "--seconds" => o.seconds = number(3600)?,
+                "--mode" => {
+                    o.mode = loadgen::parse_mode(value).with_context(|| {
+                        format!("--mode must be new or keepalive, not {value:?}")
+                    })?
+                }
+                _ => bail!("unknown argument {flag:?}\n{USAGE}"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Where the workspace and its release binaries are.
+struct Paths {
+    root: PathBuf,
+    release: PathBuf,
+}
+
+impl Paths {
+    fn find() -> anyhow::Result<Paths> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_path_buf();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    root.join(dir)
+                }
+            }
+            None => root.join("target"),
+        };
+        Ok(Paths {
+            root,
+            release: target.join("release"),
+        })
+    }
+
+    fn bin(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.release.join(name);
+        if !path.exists() {
+            bail!("{} is missing; the release build failed?", path.display());
+        }
+        Ok(path)
+    }
+}
+
+/// `cargo build --release --workspace --bins`, then the release xtask does the rest.
+fn build_and_reexec(args: &[String]) -> anyhow::Result<()> {
+    let paths = Paths::find()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("bench: cargo build --release --workspace --bins");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--workspace", "--bins"])
+        .current_dir(&paths.root)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("the release build failed: {status}");
+    }
+    let status = Command::new(paths.bin("xtask")?)
+        .arg("bench")
+        .args(args)
+        .env(BUILT_ENV, "1")
+        .status()
+        .context("running the release xtask")?;
+    if !status.success() {
+        bail!("the bench failed: {status}");
+    }
+    Ok(())
+}
+
+// ---- handover under observation ------------------------------------------------------------
+
+/// Log lines, each with the moment it was read.
+type Stamped = Vec<(Instant, String)>;
+
+/// handover's log lines with the moment each was read.
+#[derive(Clone, Default)]
+struct Log(Arc<(Mutex<Stamped>, Condvar)>);
+
+impl Log {
+    fn push(&self, line: String) {
+        let (lock, cvar) = &*self.0;
+        lock.lock().expect("log lock").push((Instant::now(), line));
+        cvar.notify_all();
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        let lines = self.0 .0.lock().expect("log lock");
+        lines.iter().filter(|(_, l)| l.contains(needle)).count()
+    }
+
+    /// Waits for the `n`th line containing `needle`; returns it and when it was read.
+    fn wait_nth(&self, needle: &str, n: usize) -> anyhow::Result<(Instant, String)> {
+        let (lock, cvar) = &*self.0;
+        let deadline = Instant::now() + WAIT_LIMIT;
+        let mut lines = lock.lock().expect("log lock");
+        loop {
+            if let Some(hit) = lines.iter().filter(|(_, l)| l.contains(needle)).nth(n - 1) {
+                return Ok(hit.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let tail: Vec<&str> = lines
+                    .iter()
+                    .rev()
+                    .take(30)
+                    .rev()
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                bail!(
+                    "waited {WAIT_LIMIT:?} for line {n} containing {needle:?}; last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
+            lines = cvar
+                .wait_timeout(lines, deadline - now)
+                .expect("log lock")
+                .0;
+        }
+    }
+}
+
+/// A running release handover; stopped (and if need be killed) when dropped.
+struct Running {
+    child: Child,
+    log: Log,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Running {
+    fn start(paths: &Paths, workers: u32, boot_ms: u64) -> anyhow::Result<Running> {
+        let dir = TempDir::new(paths)?;
+        let port = free_port()?;
+        let worker = paths.bin("handover-example-http")?;
+        let config = format!(
+            r#"# written by cargo xtask bench
+[[socket]]
+name = "http"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = [{worker:?}, "--boot-ms", "{boot_ms}", "--idle-grace-ms", "200"]
+count = {workers}
+ready_timeout = "60s"
+stop_timeout = "10s"
+
+[reload]
+drain_timeout = "10s"
+max_draining = 4
+"#
+        );
+        let config_path = dir.0.join("handover.toml");
+        std::fs::write(&config_path, config).context("writing the config")?;
+        let mut cmd = Command::new(paths.bin("handover")?);
+        cmd.arg("start")
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("HANDOVER_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting handover")?;
+        let log = Log::default();
+        let stderr = child.stderr.take().context("handover's stderr")?;
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.push(line);
+                }
+            });
+        }
+        let running = Running {
+            child,
+            log,
+            port,
+            _dir: dir,
+        };
+        running
+            .log
+            .wait_nth(&format!("all {workers} workers ready"), 1)?;
+        Ok(running)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: i32) {
+        // Only while the child is unreaped, so the pid cannot be anybody else's.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// SIGTERM, then wait (bounded); SIGKILL if handover does not exit.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + WAIT_LIMIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    eprintln!("bench: handover exited with {status}");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        bail!("handover did not stop within {WAIT_LIMIT:?}")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// A scratch directory under the target directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(paths: &Paths) -> anyhow::Result<TempDir> {
+        let dir = paths
+            .release
+            .join("bench-tmp")
+            .join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding port 0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The numeric `key: value` lines of /proc/PID/status (values without their units).
+fn proc_status(pid: i32) -> BTreeMap<String, u64> {
+    let mut map = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        for line in text.lines() {
+            if let Some((key, value)) = line.split_once(':') {
+                if let Some(n) = value.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                    map.insert(key.to_string(), n);
+                }
+            }
+        }
+    }
+    map
+}
+
+/// Context switches summed over every thread of `pid`: (voluntary, involuntary, threads).
+fn context_switches(pid: i32) -> (u64, u64, usize) {
+    let mut sums = (0, 0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return sums;
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        sums.2 += 1;
+        for line in text.lines() {
+            let value = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let Some(n) = value("voluntary_ctxt_switches:") {
+                sums.0 += n;
+            }
+            if let Some(n) = value("nonvoluntary_ctxt_switches:") {
+                sums.1 += n;
+            }
+        }
+    }
+    sums
+}
+
+fn print_memory(pid: i32) {
+    let status = proc_status(pid);
+    let kib = |k: &str| status.get(k).copied().unwrap_or(0);
+    println!("handover VmRSS: {} KiB", kib("VmRSS"));
+    println!("handover VmHWM: {} KiB", kib("VmHWM"));
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!("handover open fds: {fds}");
+}
+
+// ---- background load --------------------------------------------------------------------
+
+/// The load generator in its own thread, in back-to-back runs until stopped.
+struct BackgroundLoad {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<(Summary, bool)>>>,
+}
+
+impl BackgroundLoad {
+    fn start(port: u16, mode: Mode, concurrency: usize) -> BackgroundLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = LoadConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            concurrency,
+            duration: LOAD_SLICE,
+            max_requests: LOAD_MAX_REQUESTS,
+            mode,
+            request_timeout: REQUEST_TIMEOUT,
+            path: "/".into(),
+        };
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let began = Instant::now();
+                let mut total = Summary::default();
+                let mut limited = false;
+                // Bounded by LOAD_LIMIT and LOAD_MAX_REQUESTS as well as by the stop flag.
+                while !stop.load(Ordering::SeqCst) {
+                    if began.elapsed() >= LOAD_LIMIT || total.requests >= LOAD_MAX_REQUESTS {
+                        limited = true;
+                        break;
+                    }
+                    let mut slice_cfg = cfg.clone();
+                    slice_cfg.max_requests = LOAD_MAX_REQUESTS - total.requests;
+                    let slice = rt.block_on(loadgen::run(slice_cfg))?;
+                    merge(&mut total, &slice);
+                }
+                Ok((total, limited))
+            })
+        };
+        BackgroundLoad {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> anyhow::Result<(Summary, bool)> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().expect("running").join() {
+            Ok(result) => result,
+            Err(_) => bail!("the load thread panicked"),
+        }
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Adds `b` to `a`. Percentiles cannot be summed: the worst run's are kept.
+fn merge(a: &mut Summary, b: &Summary) {
+    a.requests += b.requests;
+    a.ok += b.ok;
+    a.failures.refused += b.failures.refused;
+    a.failures.reset += b.failures.reset;
+    a.failures.timeout += b.failures.timeout;
+    a.failures.bad_status += b.failures.bad_status;
+    a.failures.other += b.failures.other;
+    a.idle_close_retries += b.idle_close_retries;
+    a.connections += b.connections;
+    a.latency_us.p50 = a.latency_us.p50.max(b.latency_us.p50);
+    a.latency_us.p99 = a.latency_us.p99.max(b.latency_us.p99);
+    a.latency_us.max = a.latency_us.max.max(b.latency_us.max);
+    for (pid, n) in &b.pids {
+        *a.pids.entry(*pid).or_insert(0) += n;
+    }
+    a.elapsed_ms += b.elapsed_ms;
+}
+
+// ---- the benches ------------------------------------------------------------------------
+
+fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
+    let mut handover = Running::start(paths, o.workers, o.boot_ms)?;
+    let pid = handover.pid();
+    let load = BackgroundLoad::start(handover.port, o.mode, o.concurrency);
+    let mut reported = Vec::with_capacity(o.reloads);
+    let mut observed = Vec::with_capacity(o.reloads);
+    let began = Instant::now();
+    for n in 1..=o.reloads {
+        // At most three old generations left draining (max_draining is 4).
+        if n > 3 {
+            handover
+                .log
+                .wait_nth("generation draining has no workers left", n - 3)?;
+        }
+        let sent = Instant::now();
+        handover.signal(libc::SIGHUP);
+        let (read_at, line) = handover.log.wait_nth("reload done in", n)?;
+        observed.push(read_at.saturating_duration_since(sent));
+        reported.push(
+            reported_duration(&line)
+                .with_context(|| format!("no duration in the reload line {line:?}"))?,
+        );
+    }
+    let reloading = began.elapsed();
+    let (summary, limited) = load.finish()?;
+    let aborted = handover.log.count("reload aborted");
+
+    let mode = match o.mode {
+        Mode::NewConnection => "new",
+        Mode::KeepAlive => "keepalive",
+    };
+    println!(
+        "bench reload: {} reloads, {} workers, --boot-ms {}, mode {mode}, concurrency {}",
+        o.reloads, o.workers, o.boot_ms, o.concurrency
+    );
+    println!("reloading took: {:.1} s", reloading.as_secs_f64());
+    println!("requests: {}", summary.requests);
+    println!("ok: {}", summary.ok);
+    let f = &summary.failures;
+    println!(
+        "failures: {} (refused {}, reset {}, timeout {}, bad_status {}, other {})",
+        summary.failed(),
+        f.refused,
+        f.reset,
+        f.timeout,
+        f.bad_status,
+        f.other
+    );
+    println!(
+        "keep-alive retries after an idle close: {}",
+        summary.idle_close_retries
+    );
+    println!("connections: {}", summary.connections);
+    if summary.elapsed_ms > 0 {
+        println!(
+            "throughput: {:.0} requests/s",
+            summary.requests as f64 * 1000.0 / summary.elapsed_ms as f64
+        );
+    }
+    if limited {
+        println!("note: the load stopped at its own limit before the reloads ended");
+    }
+    println!("aborted reloads: {aborted}");
+    let boot = Duration::from_millis(o.boot_ms);
+    print_quantiles(
+        "reload time minus boot (handover's \"reload done in\")",
+        &reported,
+        boot,
+    );
+    print_quantiles(
+        "reload time minus boot (SIGHUP sent to log line read)",
+        &observed,
+        boot,
+    );
+    println!(
+        "max request latency: {:.1} ms",
+        summary.latency_us.max as f64 / 1000.0
+    );
+    println!(
+        "request latency p99 (worst 1 s window): {:.1} ms",
+        summary.latency_us.p99 as f64 / 1000.0
+    );
+    print_memory(pid);
+    handover.stop()?;
+    Ok(())
+}
+
+fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
+    let mut handover = Running::start(paths, o.workers, 0)?;
+    let pid = handover.pid();
+    // The log lines of the start are flushed by now; idleness starts here.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = context_switches(pid);
+    let main_before = proc_status(pid);
+    let window = Duration::from_secs(o.seconds);
+    std::thread::sleep(window);
+    let after = context_switches(pid);
+    let main_after = proc_status(pid);
+    let delta = |k: &str| {
+        main_after.get(k).copied().unwrap_or(0) - main_before.get(k).copied().unwrap_or(0)
+    };
+    println!(
+        "bench idle: {} workers, {} s without requests or signals",
+        o.workers, o.seconds
+    );
+    println!(
+        "voluntary context switches, main thread (/proc/PID/status): {}",
+        delta("voluntary_ctxt_switches")
+    );
+    println!(
+        "voluntary context switches, all {} threads: {} ({:.2}/s)",
+        after.2,
+        after.0 - before.0,
+        (after.0 - before.0) as f64 / window.as_secs_f64()
+    );
+    println!(
+        "involuntary context switches, all threads: {}",
+        after.1 - before.1
+    );
+    print_memory(pid);
+    handover.stop()?;
+    Ok(())
+}
+
+/// p50 and p99 (nearest rank) of `samples` minus `boot`, in milliseconds.
+fn print_quantiles(label: &str, samples: &[Duration], boot: Duration) {
+    if samples.is_empty() {
+        return;
+    }
+    let mut sorted: Vec<Duration> = samples.to_vec();
+    sorted.sort();
+    let at = |q: f64| {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    };
+    let ms = |d: Duration| (d.as_secs_f64() - boot.as_secs_f64()) * 1000.0;
+    println!(
+        "{label}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(at(0.50)),
+        ms(at(0.99)),
+        ms(sorted[sorted.len() - 1])
+    );
+}
+
+/// The duration in "reload done in 55.386887ms: ...", as Rust's `Debug` writes it.
+fn reported_duration(line: &str) -> Option<Duration> {
+    let rest = &line[line.find("reload done in ")? + "reload done in ".len()..];
+    let token = rest.split([':', ' ']).next()?;
+    let split = token.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = token.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => value,
+        "ms" => value / 1e3,
+        "µs" | "us" => value / 1e6,
+        "ns" => value / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_reload_lines_parse() {
+        let line = "2026-11-21T19:39:30.606936Z  INFO reload done in 55.386887ms: generation 2 serves generation=2";
+        let got = reported_duration(line).unwrap().as_nanos();
+        assert!(got.abs_diff(55_386_887) <= 1, "{got}");
+        assert_eq!(
+            reported_duration("reload done in 1.5s: x"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            reported_duration("reload done in 900µs: x"),
+            Some(Duration::from_micros(900))
+        );
+        assert_eq!(reported_duration("reload done in soon"), None);
+    }
+
+    #[test]
+    fn options_parse_and_reject() {
+        let args =
+            |v: &[&str]| Options::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let o = args(&["--reloads", "5", "--mode", "keepalive", "--boot-ms", "50"]).unwrap();
+        assert_eq!((o.reloads, o.mode, o.boot_ms), (5, Mode::KeepAlive, 50));
+        assert!(args(&["--reloads", "0"]).is_err());
+        assert!(args(&["--mode", "udp"]).is_err());
+        assert!(args(&["--workers"]).is_err());
+    }
+}
