@@ -254,7 +254,10 @@ impl Handover {
         let mut config = expand(config, dir.path());
         if !config.contains("[control]") {
             // Each test its own control socket (the default path is shared by instance name).
-            config.push_str(&format!("\n[control]\nsocket = \"{}/control.sock\"\n", dir.path().display()));
+            config.push_str(&format!(
+                "\n[control]\nsocket = \"{}/control.sock\"\n",
+                dir.path().display()
+            ));
         }
         std::fs::create_dir_all(dir.path().join("reports")).expect("create reports dir");
         let config_path = dir.path().join("handover.toml");

@@ -733,13 +733,13 @@ fn worker_going_offline_is_replaced_at_once() {
 
 // ---- scenario 31: the socket set on reload ------------------------------------------------
 
-/// Scenario 31: a reload whose config adds a socket is refused with an explanation;
-/// nothing is spawned and the old workers keep serving.
+/// Scenario 31: a reload whose config adds a self-bound socket binds it for the new
+/// generation; the existing socket keeps serving under load with no failed request.
 #[test]
-fn reload_adding_a_socket_is_refused() {
+fn reload_adding_a_socket_under_load_loses_nothing() {
     let good = WorkerSetup::example(2, 50);
     let mut rig = Rig::start("reload-add-socket", &good);
-    let (first, first_pids) = rig.serving();
+    let (first, _) = rig.serving();
     rig.start_load(Mode::NewConnection);
     let other = harness::free_port();
     let added = good.config(rig.port).replace(
@@ -748,50 +748,10 @@ fn reload_adding_a_socket_is_refused() {
     );
     rig.write_config(&added);
     rig.sighup();
-    let line = rig.h.log.wait_for("reload failed");
-    assert!(line.contains("the socket set changed"), "{line}");
-    assert_eq!(rig.serving(), (first, first_pids));
-    assert_eq!(rig.h.log.count("spawning generation"), 0);
-    let summary = rig.finish_load();
-    assert_no_failures(&summary);
-    rig.stop();
-}
-
-/// Scenario 31: a reload whose config moves a socket to another address, or drops it, must
-/// not be half-applied: handover cannot rebind on reload, so it must refuse the reload and
-/// say so, as it does for an added socket.
-#[test]
-#[ignore = "handover defect: a changed `listen` address or a removed [[socket]] is accepted on reload and silently ignored (the new generation still gets the old socket)"]
-fn reload_moving_or_dropping_a_socket_is_refused() {
-    let good = WorkerSetup::example(2, 50);
-    let mut rig = Rig::start("reload-move-socket", &good);
-    let (first, first_pids) = rig.serving();
-    rig.start_load(Mode::NewConnection);
-    let other = harness::free_port();
-    let moved = good.config(rig.port).replace(
-        &format!("127.0.0.1:{}", rig.port),
-        &format!("127.0.0.1:{other}"),
-    );
-    let good_text = good.config(rig.port);
-    let dropped = &good_text[good_text.find("[worker]").expect("worker table")..];
-    for (n, text) in [moved.as_str(), dropped].iter().enumerate() {
-        rig.write_config(text);
-        rig.sighup();
-        // Either outcome ends with one of these lines.
-        let before = n;
-        let deadline = Instant::now() + GUARD;
-        while rig.h.log.count("reload failed") + rig.h.log.count("reload done in") <= before {
-            assert!(Instant::now() < deadline, "{}", rig.h.log.text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(
-            rig.h.log.count("reload done in"),
-            0,
-            "case {n}: the reload went through with a socket change it cannot apply:\n{}",
-            rig.h.log.text()
-        );
-        assert_eq!(rig.serving(), (first, first_pids.clone()));
-    }
+    rig.h.log.wait_for("reload done in");
+    let (second, _) = rig.serving();
+    assert_ne!(first, second, "a new generation serves");
+    std::net::TcpStream::connect(("127.0.0.1", other)).expect("the added socket listens");
     let summary = rig.finish_load();
     assert_no_failures(&summary);
     rig.stop();
@@ -916,7 +876,6 @@ fn keep_alive_get(port: u16) -> (std::net::TcpStream, i32) {
 /// `max_extra` workers beyond `count`. Counted from handover's own "worker started" and
 /// "worker stopped" lines, in log order.
 #[test]
-#[ignore = "handover defect: [reload] strategy = \"rolling\" (batch_size, max_extra) and canary are parsed but not implemented; every reload is all-at-once"]
 fn rolling_reload_stays_within_max_extra() {
     let setup = WorkerSetup::example(3, 50);
     let port = harness::free_port();

@@ -24,13 +24,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff;
 use crate::control::{Command, Outcome, ReloadOverrides, ReloadReply};
-use crate::plan::{GenerationSpec, Plan, ReadyMode, WorkerOutput};
+use crate::plan::{GenerationSpec, Plan, ReadyMode, ReloadPolicy, WorkerOutput};
 use crate::systemd::Systemd;
 use crate::worker::{worker_env, State, Worker};
 
 /// Builds the spec of a new generation when a reload starts (re-reading the configuration).
-pub type Reloader =
-    Box<dyn FnMut(&ReloadOverrides, &Arc<GenerationSpec>) -> Result<Arc<GenerationSpec>, String>>;
+pub type Reloader = Box<
+    dyn FnMut(&ReloadOverrides, &Arc<GenerationSpec>) -> Result<(Arc<GenerationSpec>, ReloadPolicy), String>,
+>;
 
 /// What [`run`] returns.
 #[derive(Debug)]
@@ -855,19 +856,17 @@ impl Supervisor {
         let ready = self.ready_count(generation);
         let total = gen.slots.len();
         match (self.phase, gen.state) {
-            (Phase::Starting, GenState::Starting) => {
-                if ready == total {
-                    if let Some(gen) = self.generations.get_mut(&generation) {
-                        gen.state = GenState::Serving;
-                    }
-                    self.phase = Phase::Running;
-                    let status = self.status_line();
-                    info!(generation, "all {total} workers ready");
-                    self.systemd.ready(&status);
-                    if let Some(pipe) = self.plan.on_ready.take() {
-                        use std::io::Write;
-                        let _ = (&*pipe).write_all(b"ready\n");
-                    }
+            (Phase::Starting, GenState::Starting) if ready == total => {
+                if let Some(gen) = self.generations.get_mut(&generation) {
+                    gen.state = GenState::Serving;
+                }
+                self.phase = Phase::Running;
+                let status = self.status_line();
+                info!(generation, "all {total} workers ready");
+                self.systemd.ready(&status);
+                if let Some(pipe) = self.plan.on_ready.take() {
+                    use std::io::Write;
+                    let _ = (&*pipe).write_all(b"ready\n");
                 }
             }
             (Phase::Running, GenState::Starting) => {
@@ -1265,7 +1264,8 @@ impl Supervisor {
             return;
         }
         self.phase = Phase::Stopping;
-        if self.reload.is_some() {
+        if let Some(reload) = &self.reload {
+            warn!(generation = reload.generation, "reload aborted: handover is stopping");
             self.finish_reload_replies(ReloadReply::Failed {
                 reason: "handover is stopping".into(),
             });
@@ -1356,7 +1356,11 @@ impl Supervisor {
         self.systemd
             .reloading(&format!("reloading: preparing generation {generation}"));
         let spec = match (self.reloader)(&overrides, &current_spec) {
-            Ok(spec) => spec,
+            Ok((spec, policy)) => {
+                // [reload] settings take effect with the reload that read them.
+                self.plan.reload = policy;
+                spec
+            }
             Err(reason) => {
                 let reason = format!(
                     "reload failed, generation {} keeps serving: {reason}",

@@ -691,7 +691,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     let reloader: handover_supervisor::Reloader = Box::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let sockets = sockets::for_reload(&config, &current.sockets)?;
-        context.build(&config, sockets, overrides)
+        Ok((context.build(&config, sockets, overrides)?, spec::reload_policy(&config)))
     });
     let result = runtime.block_on(handover_supervisor::run(
         plan,

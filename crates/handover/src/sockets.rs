@@ -41,7 +41,10 @@ pub enum SocketError {
     },
 }
 
-fn owner_ids(socket: &SocketConfig) -> Result<Option<(Option<u32>, Option<u32>)>, SocketError> {
+/// A unix socket's owner: uid and gid, each unchanged when `None`.
+type Owner = (Option<u32>, Option<u32>);
+
+fn owner_ids(socket: &SocketConfig) -> Result<Option<Owner>, SocketError> {
     let Some(owner) = &socket.owner else {
         return Ok(None);
     };
