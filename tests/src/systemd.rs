@@ -28,7 +28,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -74,7 +74,7 @@ fn probe_skip_reason() -> Option<String> {
     if !Path::new(SYSTEMD).exists() {
         return Some(format!("{SYSTEMD} is not installed"));
     }
-    for tool in ["unshare", "nsenter"] {
+    for tool in ["unshare", "nsenter", "ip", "mknod"] {
         if which(tool).is_none() {
             return Some(format!("{tool} is not installed"));
         }
@@ -269,6 +269,9 @@ pub struct Systemd {
     label: String,
     /// The manager's pid as the host sees it (PID 1 inside); 0 until known.
     pid: i32,
+    /// A pidfd of the manager: signals through it can never reach another process that got
+    /// the same pid after the manager died.
+    pidfd: Option<OwnedFd>,
     /// `sh` → `unshare`, whose child is the manager.
     boot: Mutex<Option<Child>>,
     /// The manager's cgroup, as the host sees it.
@@ -326,6 +329,7 @@ impl Systemd {
         let mut sd = Systemd {
             label,
             pid: 0,
+            pidfd: None,
             boot: Mutex::new(None),
             cgroup: Some(cgroup.clone()),
             console: Lines::default(),
@@ -364,7 +368,7 @@ impl Systemd {
         *sd.boot.lock().expect("lock") = Some(child);
 
         // unshare forks the future PID 1; it sometimes takes seconds to get there.
-        sd.pid = sd.wait_until_value("unshare to fork the manager", || {
+        let (pid, pidfd) = sd.wait_until_value("unshare to fork the manager", || {
             if let Some(status) = sd.boot_exited() {
                 panic!(
                     "unshare exited early ({status}); output:\n{}",
@@ -378,8 +382,16 @@ impl Systemd {
             // The child counts once it lives in another pid namespace than ours.
             let ours = std::fs::read_link("/proc/self/ns/pid").ok()?;
             let its = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
-            (ours != its).then_some(pid)
+            if ours == its {
+                return None;
+            }
+            let pidfd = pidfd_open(pid)?;
+            // Still the same process after opening the pidfd.
+            let its = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
+            (ours != its).then_some((pid, pidfd))
         });
+        sd.pid = pid;
+        sd.pidfd = Some(pidfd);
         sd.wait_until("the manager to be running", || {
             if let Some(status) = sd.boot_exited() {
                 panic!(
@@ -407,6 +419,11 @@ impl Systemd {
     /// process N of the namespace, `root().join("sys/fs/cgroup")` its cgroups.
     pub fn root(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root", self.pid))
+    }
+
+    /// The manager's cgroup as the host sees it (removed on drop).
+    pub fn cgroup(&self) -> Option<PathBuf> {
+        self.cgroup.clone()
     }
 
     /// The folder of the units (add files, then `systemctl daemon-reload`).
@@ -756,9 +773,9 @@ impl Drop for Systemd {
         if std::thread::panicking() && self.pid > 0 {
             eprintln!("{}", self.diagnostics());
         }
-        if self.pid > 0 {
+        if let Some(pidfd) = &self.pidfd {
             // PID 1 of the namespace: the kernel ends every process inside with it.
-            harness::kill(self.pid, libc::SIGKILL);
+            pidfd_kill(pidfd);
         }
         if let Some(cgroup) = &self.cgroup {
             // Also whatever lives in the cgroup without being in the namespace yet (the
@@ -858,6 +875,32 @@ fn remove_cgroup_once(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// Opens a pidfd for `pid`, `None` when it is gone.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILLs the process behind `pidfd` (nothing happens if it has already exited).
+fn pidfd_kill(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal takes an open pidfd (borrowed here), a signal number, a null
+    // siginfo pointer and flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
 }
 
 fn make_executable(path: &Path) {
