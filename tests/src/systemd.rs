@@ -85,6 +85,7 @@ fn probe_skip_reason() -> Option<String> {
     probe
         .args(NAMESPACES)
         .arg("true")
+        .env("PATH", SYSTEM_PATH)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -112,9 +113,12 @@ const NAMESPACES: [&str; 8] = [
     "--cgroup",
 ];
 
+/// The `PATH` of every command the harness runs (the boot, nsenter and what runs inside),
+/// whatever the test's own `PATH` is.
+const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    std::env::split_paths(SYSTEM_PATH)
         .map(|dir| dir.join(tool))
         .find(|candidate| candidate.is_file())
 }
@@ -316,10 +320,13 @@ impl Systemd {
         let unit_dir = dir.path().join("units");
         let config_dir = dir.path().join("etc-handover");
         for forbidden in ["/tmp", "/var/tmp", "/run"] {
-            assert!(
-                !unit_dir.starts_with(forbidden),
-                "the unit folder must not be under {forbidden}, which is private inside"
-            );
+            for (what, path) in [("unit folder", &unit_dir), ("build", &harness::bin_dir())] {
+                assert!(
+                    !path.starts_with(forbidden),
+                    "the {what} ({}) must not be under {forbidden}, which is private inside",
+                    path.display()
+                );
+            }
         }
         let script = dir.path().join("boot.sh");
         std::fs::write(&script, boot_script(&unit_dir)).expect("write boot script");
@@ -348,7 +355,7 @@ impl Systemd {
             .args(NAMESPACES)
             .arg(&script)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", SYSTEM_PATH)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -449,7 +456,7 @@ impl Systemd {
         cmd.arg("-t").arg(self.pid.to_string()).arg("-a").arg("--");
         cmd.args(argv);
         cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", SYSTEM_PATH)
             .env("LANG", "C.UTF-8")
             .env("SYSTEMD_PAGER", "")
             .env("SYSTEMD_COLORS", "0")
@@ -983,4 +990,49 @@ fn run_capped(mut cmd: Command, limit: Duration) -> Option<(ExitStatus, String, 
         std::thread::sleep(Duration::from_millis(2));
     }
     Some((status, out.text(), err.text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_dependencies_are_turned_off_once() {
+        let unit =
+            "[Unit]\nDescription=x\nDefaultDependencies=yes\n\n[Service]\nExecStart=/bin/true\n";
+        let out = without_default_dependencies(unit);
+        assert_eq!(out.matches("DefaultDependencies=").count(), 1);
+        assert!(out.starts_with("[Unit]\nDefaultDependencies=no\nDescription=x\n"));
+        let out = without_default_dependencies("[Socket]\nListenStream=80\n");
+        assert!(out.starts_with("[Unit]\nDefaultDependencies=no\n"), "{out}");
+        assert!(out.contains("[Socket]\nListenStream=80\n"));
+    }
+
+    #[test]
+    fn shipped_paths_are_localized() {
+        let config_dir = Path::new("/work/x/etc-handover");
+        let out = localize(
+            "ExecStart=/usr/local/bin/handover start --config /etc/handover/%i.toml\n",
+            config_dir,
+        );
+        let bin = harness::bin_dir().display().to_string();
+        assert_eq!(
+            out,
+            format!("ExecStart={bin}/handover start --config /work/x/etc-handover/%i.toml\n")
+        );
+    }
+
+    #[test]
+    fn the_boot_script_never_widens_the_unit_path() {
+        let script = boot_script(Path::new("/work/x/units"));
+        assert!(script.contains("SYSTEMD_UNIT_PATH='/work/x/units' "));
+        assert!(!script.contains("units:"), "no trailing colon");
+        for private in ["/run", "/tmp", "/var/tmp", "/var/log/journal", "/dev"] {
+            assert!(
+                script.contains(&format!("tmpfs {private}\n")),
+                "{private} is private"
+            );
+        }
+        assert!(script.contains("remount,bind,ro /proc/sys"));
+    }
 }

@@ -208,6 +208,20 @@ fn first_connection_starts_the_service_with_the_named_sockets() {
         "handover bound nothing itself:\n{journal}"
     );
 
+    // systemd accepted every line of the shipped units.
+    let manager_log = sd.journalctl(&["-o", "cat", "_PID=1"]);
+    for complaint in [
+        "Unknown key",
+        "Unknown section",
+        "Failed to parse",
+        "Ignoring",
+    ] {
+        assert!(
+            !manager_log.contains(complaint),
+            "systemd complained about a unit:\n{manager_log}"
+        );
+    }
+
     // Every worker serves.
     let mut seen = BTreeSet::new();
     sd.wait_until("both workers to answer", || {
