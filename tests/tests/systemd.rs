@@ -509,15 +509,11 @@ fn active_state_is_reloading_until_the_new_generation_is_ready() {
     );
     let (reload_status, seen_reloading) = std::thread::scope(|scope| {
         let reload = scope.spawn(|| sd.systemctl(&["reload", SERVICE]));
-        let mut seen = false;
+        // The status lines seen while systemd showed the unit as reloading.
+        let mut seen = Vec::new();
         while !reload.is_finished() {
             if sd.show(SERVICE, "ActiveState") == "reloading" {
-                seen = true;
-                // Not ready yet while reloading.
-                assert_ne!(
-                    sd.show(SERVICE, "StatusText"),
-                    "2/2 workers ready, generation 2"
-                );
+                seen.push(sd.show(SERVICE, "StatusText"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -529,7 +525,17 @@ fn active_state_is_reloading_until_the_new_generation_is_ready() {
         reload_status.1,
         reload_status.2
     );
-    assert!(seen_reloading, "ActiveState=reloading was never seen");
+    assert!(
+        !seen_reloading.is_empty(),
+        "ActiveState=reloading was never seen"
+    );
+    // The new workers take 2 s to be ready, so the reload's progress shows meanwhile.
+    assert!(
+        seen_reloading
+            .iter()
+            .any(|s| s.contains("spawning generation 2")),
+        "{seen_reloading:?}"
+    );
     assert_eq!(sd.show(SERVICE, "ActiveState"), "active");
     assert_eq!(
         sd.show(SERVICE, "StatusText"),
