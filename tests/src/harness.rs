@@ -145,6 +145,16 @@ impl Lines {
 }
 
 fn collect(stream: impl std::io::Read + Send + 'static, lines: Lines, echo: bool) {
+    collect_output(stream, lines, echo);
+}
+
+/// Reads `stream` line by line into `lines` on a thread of its own (echoing each line to the
+/// test's stderr when `echo`); the thread ends at end of file.
+pub fn collect_output(
+    stream: impl std::io::Read + Send + 'static,
+    lines: Lines,
+    echo: bool,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -153,7 +163,7 @@ fn collect(stream: impl std::io::Read + Send + 'static, lines: Lines, echo: bool
             }
             lines.push(line);
         }
-    });
+    })
 }
 
 /// A `NOTIFY_SOCKET` the test listens on, as systemd would.
