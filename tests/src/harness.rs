@@ -389,7 +389,7 @@ impl Handover {
         self.wait()
     }
 
-    /// Runs `handover ARGS --config CONFIG` (a control command) to completion; returns
+    /// Runs `handover ARGS --socket SOCKET` (a control command) to completion; returns
     /// (status, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (ExitStatus, String, String) {
         let config = self.config.display().to_string();
@@ -564,8 +564,10 @@ pub fn output_guarded(mut cmd: Command) -> (ExitStatus, String, String) {
     let mut child = cmd.spawn().expect("spawn");
     let out = Lines::default();
     let err = Lines::default();
-    collect(child.stdout.take().expect("stdout"), out.clone(), false);
-    collect(child.stderr.take().expect("stderr"), err.clone(), false);
+    let readers = [
+        collect_output(child.stdout.take().expect("stdout"), out.clone(), false),
+        collect_output(child.stderr.take().expect("stderr"), err.clone(), false),
+    ];
     let deadline = Instant::now() + GUARD;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -582,6 +584,10 @@ pub fn output_guarded(mut cmd: Command) -> (ExitStatus, String, String) {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    std::thread::sleep(Duration::from_millis(30));
+    // The pipes reach end of file once the process and anything it left behind have closed
+    // them; only then is the output complete.
+    for reader in readers {
+        let _ = reader.join();
+    }
     (status, out.text(), err.text())
 }

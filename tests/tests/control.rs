@@ -546,7 +546,6 @@ fn scale_changes_the_serving_generation() {
 /// Here handover's parent (this test) does not reap it while `stop` runs, as a plain
 /// shell script or `subprocess` parent would not: handover has exited but is a zombie.
 #[test]
-#[ignore = "defect: `handover stop` treats an exited but unreaped (zombie) handover as running and waits forever (crates/handover/src/main.rs, control_command: /proc/<pid> exists check)"]
 fn stop_returns_once_handover_has_exited() {
     let port = free_port();
     let mut h = start_ready("ctl-stop", &config(port, READY_NOW, "count = 2"), 2);
@@ -706,7 +705,6 @@ fn allow_uids_admits_exactly_the_listed_uids() {
 
 /// A refused uid is told why: exit 6 and "uid 65533 may not control", every time.
 #[test]
-#[ignore = "defect: the refusal is written and the connection closed before the request is read; the client's write then fails with EPIPE and it exits 5 \"sending the request: Broken pipe\" without reading the answer (crates/handover/src/client.rs request(); control_server.rs handle())"]
 fn a_refused_uid_is_told_why() {
     if !is_root() {
         eprintln!("skipped: needs root to run the CLI as another uid");
@@ -865,8 +863,9 @@ fn open_idle(socket: &Path, n: usize) -> Vec<UnixStream> {
         .collect()
 }
 
-/// 1000 concurrent connections: beyond the 64 served at once each gets "too many control
-/// connections"; the served ones time out; handover serves on and answers afterwards.
+/// 1000 concurrent connections that send nothing: each gets exactly one error and is closed
+/// (its request deadline passes, or the cap on pending connections turns it away), and
+/// handover serves on and answers afterwards.
 #[test]
 fn a_thousand_connections_are_bounded() {
     let port = free_port();
@@ -881,7 +880,7 @@ fn a_thousand_connections_are_bounded() {
         assert_eq!(responses.len(), 1, "connection {i}: {responses:?}");
         assert_eq!(responses[0]["event"], "error", "connection {i}");
         let message = responses[0]["message"].as_str().unwrap_or_default();
-        if message.contains("too many control connections (limit 64)") {
+                if message.contains("too many control connections (limit 1024)") {
             too_many += 1;
         } else if message.contains("no request within") {
             timed_out += 1;
@@ -889,12 +888,7 @@ fn a_thousand_connections_are_bounded() {
             panic!("connection {i}: unexpected {message:?}");
         }
     }
-    assert!(timed_out <= 64 * 2, "at most the served ones time out");
-    assert!(
-        too_many >= 1000 - 64 * 2,
-        "{too_many} refused, {timed_out} timed out"
-    );
-    assert_eq!(too_many + timed_out, 1000);
+        assert_eq!(too_many + timed_out, 1000, "{too_many} refused, {timed_out} timed out");
 
     let (status, out, err) = ctl(&h, &["status"]);
     assert_eq!(code(status), Some(0), "{err}");
@@ -909,7 +903,6 @@ fn a_thousand_connections_are_bounded() {
 /// While 1000 idle connections are open, `status` from the CLI must still be answered: idle
 /// clients must not lock out the control socket.
 #[test]
-#[ignore = "defect: 64 idle connections hold every control slot for the 5 s request deadline; meanwhile every request is answered \"too many control connections\" (crates/handover-supervisor/src/control_server.rs, serve)"]
 fn status_answers_while_a_thousand_idle_connections_are_open() {
     let port = free_port();
     let mut h = start_ready("ctl-thousand-status", &config(port, READY_NOW, ""), 1);
@@ -1011,7 +1004,6 @@ fn parallel_reloads_advance_the_generation_at_most_twice() {
 /// The same through the CLI, as the reliability scenario states it: 100 parallel
 /// `handover reload`: at most 2 succeed, every other one exits 6 saying "busy".
 #[test]
-#[ignore = "defect: with more than 64 clients at once the control server answers \"too many control connections (limit 64)\" instead of busy (crates/handover-supervisor/src/control_server.rs, serve: the cap refuses instead of queueing)"]
 fn parallel_cli_reloads_report_busy() {
     let (mut h, before) = start_for_parallel_reloads("ctl-parallel-cli");
     let config_path = h.config.display().to_string();

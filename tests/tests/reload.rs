@@ -3,7 +3,7 @@
 //! load generator running in the background for the whole test, and asserts that not one
 //! request failed.
 //!
-//! Waiting is done on handover's log lines and state dumps (SIGUSR2) with the harness's
+//! Waiting is done on handover's log lines and `handover status --json` with the harness's
 //! guard deadline; nothing here asserts on timing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,13 +258,11 @@ impl Rig {
         self.h.log.wait_for_count("reload done in", n);
     }
 
-    /// handover's state, from the dump it logs on SIGUSR2.
+    /// handover's state, from `handover status --json`.
     fn state(&self) -> Value {
-        let before = self.h.log.count(STATE_MARK);
-        self.h.signal(libc::SIGUSR2);
-        let line = self.h.log.wait_for_count(STATE_MARK, before + 1);
-        let json = &line[line.find(STATE_MARK).expect("mark") + STATE_MARK.len()..];
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("state dump {json:?}: {e}"))
+        let (status, out, err) = self.h.ctl(&["status", "--json"]);
+        assert!(status.success(), "status failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status {out:?}: {e}"))
     }
 
     /// The serving generation and its workers' pids.
@@ -325,8 +323,6 @@ impl Rig {
         assert!(status.success(), "{status}; log:\n{}", self.h.log.text());
     }
 }
-
-const STATE_MARK: &str = " state: ";
 
 fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("toml.new");

@@ -263,13 +263,22 @@ drain_timeout = "2s"
     // Moving socket a: the new generation gets the new address; the old one closes after the
     // old generation has drained.
     let p3 = harness::free_port();
-    write(&config(&format!("[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:{p3}\"\n")));
+    write(&config(&format!(
+        "[[socket]]\nname = \"a\"\nlisten = \"127.0.0.1:{p3}\"\n"
+    )));
     let (st, _, err) = h.ctl(&["reload"]);
     assert!(st.success(), "{err}");
     let reports = h.reports(4);
-    let newest = reports.values().find(|r| r["env"]["HANDOVER_GENERATION"] == "4").expect("generation 4 report");
-    assert_eq!(newest["sockets"][0]["local"].as_str(), Some(format!("127.0.0.1:{p3}").as_str()));
-    h.log.wait_for("generation draining has no workers left generation=3");
+    let newest = reports
+        .values()
+        .find(|r| r["env"]["HANDOVER_GENERATION"] == "4")
+        .expect("generation 4 report");
+    assert_eq!(
+        newest["sockets"][0]["local"].as_str(),
+        Some(format!("127.0.0.1:{p3}").as_str())
+    );
+    h.log
+        .wait_for("generation draining has no workers left generation=3");
     std::net::TcpListener::bind(("127.0.0.1", p1)).expect("the old address was closed");
 }
 

@@ -20,9 +20,11 @@ use crate::control::{Command, ReloadOverrides, ReloadReply};
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one response line may take to be written.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-/// Connections served at once; more are answered "busy" and closed.
-const MAX_CONNECTIONS: usize = 64;
-
+/// Connections whose request is still being read; more are answered with an error and
+/// closed. Each costs one fd, a small buffer and at most `REQUEST_DEADLINE`.
+const MAX_PENDING: usize = 1024;
+/// Requests handled at once; further complete requests wait their turn.
+const MAX_ACTIVE: usize = 64;
 /// Who may use the control socket.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -45,7 +47,8 @@ pub fn serve(
     commands: mpsc::UnboundedSender<Command>,
 ) -> std::io::Result<()> {
     let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(listener))?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let active = Arc::new(Semaphore::new(MAX_ACTIVE));
     let access = Arc::new(access);
     tokio::spawn(async move {
         let mut accept_errors = 0u32;
@@ -65,11 +68,11 @@ pub fn serve(
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let busy = Response::Error {
-                        message: format!("too many control connections (limit {MAX_CONNECTIONS})"),
+                        message: format!("too many control connections (limit {MAX_PENDING})"),
                     };
                     let _ = tokio::time::timeout(
                         WRITE_DEADLINE,
@@ -81,9 +84,9 @@ pub fn serve(
             };
             let commands = commands.clone();
             let access = access.clone();
+            let active = active.clone();
             tokio::spawn(async move {
-                handle(stream, &access, &commands).await;
-                drop(permit);
+                handle(stream, &access, &commands, permit, &active).await;
             });
         }
     });
@@ -123,6 +126,8 @@ async fn handle(
     mut stream: UnixStream,
     access: &Access,
     commands: &mpsc::UnboundedSender<Command>,
+    pending: tokio::sync::OwnedSemaphorePermit,
+    active: &Arc<Semaphore>,
 ) {
     let peer = match stream.peer_cred() {
         Ok(cred) => cred,
@@ -131,6 +136,9 @@ async fn handle(
             return;
         }
     };
+    // The request is read before a refusal is sent, so a refused client gets a clean answer
+    // instead of a reset connection.
+    let request = read_request(&mut stream).await;
     if !access.permits(peer.uid()) {
         warn!(
             uid = peer.uid(),
@@ -147,13 +155,18 @@ async fn handle(
         .await;
         return;
     }
-    let request = match read_request(&mut stream).await {
+    let request = match request {
         Ok(request) => request,
         Err(message) => {
             debug!(pid = peer.pid(), "control socket: {message}");
             send(&mut stream, Response::Error { message }).await;
             return;
         }
+    };
+    drop(pending);
+    // Complete requests wait here for their turn rather than being turned away.
+    let Ok(_active) = active.clone().acquire_owned().await else {
+        return;
     };
     debug!(
         pid = peer.pid(),

@@ -30,7 +30,10 @@ use crate::worker::{worker_env, State, Worker};
 
 /// Builds the spec of a new generation when a reload starts (re-reading the configuration).
 pub type Reloader = Box<
-    dyn FnMut(&ReloadOverrides, &Arc<GenerationSpec>) -> Result<(Arc<GenerationSpec>, ReloadPolicy), String>,
+    dyn FnMut(
+        &ReloadOverrides,
+        &Arc<GenerationSpec>,
+    ) -> Result<(Arc<GenerationSpec>, ReloadPolicy), String>,
 >;
 
 /// What [`run`] returns.
@@ -1265,7 +1268,10 @@ impl Supervisor {
         }
         self.phase = Phase::Stopping;
         if let Some(reload) = &self.reload {
-            warn!(generation = reload.generation, "reload aborted: handover is stopping");
+            warn!(
+                generation = reload.generation,
+                "reload aborted: handover is stopping"
+            );
             self.finish_reload_replies(ReloadReply::Failed {
                 reason: "handover is stopping".into(),
             });
@@ -1433,9 +1439,11 @@ impl Supervisor {
             generation,
             "reload done in {took:?}: generation {generation} serves"
         );
+        // systemd first: `systemctl reload` returns when the client hears back, and by then
+        // the unit must already show the new status.
+        self.systemd.ready(&self.status_line());
         self.finish_reload_replies(ReloadReply::Done { generation });
         self.reload = None;
-        self.systemd.ready(&self.status_line());
         if std::mem::take(&mut self.reload_pending) {
             self.request_reload(ReloadOverrides::default(), None, true);
         }
@@ -1492,11 +1500,11 @@ impl Supervisor {
         let serving = self.serving_or_starting().map(|g| g.id).unwrap_or(0);
         let message = format!("reload aborted, generation {serving} keeps serving: {reason}");
         error!("{message}");
+        self.systemd.ready(&message);
         self.finish_reload_replies(ReloadReply::Failed {
             reason: message.clone(),
         });
         self.reload = None;
-        self.systemd.ready(&message);
         if std::mem::take(&mut self.reload_pending) {
             self.request_reload(ReloadOverrides::default(), None, true);
         }

@@ -59,6 +59,8 @@ pub fn socket_path(
 /// A failed control request.
 #[derive(Debug)]
 pub enum ClientError {
+    /// Nothing listens there (no socket file, or a stale one).
+    NotRunning(String),
     /// Could not reach the instance.
     Connect(String),
     /// The instance answered with a failure.
@@ -73,13 +75,11 @@ pub fn request(
     deadline: Option<Duration>,
     mut on_response: impl FnMut(&Response),
 ) -> Result<(Option<Response>, Option<i32>), ClientError> {
-    let mut stream = UnixStream::connect(path).map_err(|err| {
-        ClientError::Connect(match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
-                format!("no handover is running on {} ({err})", path.display())
-            }
-            _ => format!("cannot connect to {}: {err}", path.display()),
-        })
+    let mut stream = UnixStream::connect(path).map_err(|err| match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
+            ClientError::NotRunning(format!("no handover is running on {} ({err})", path.display()))
+        }
+        _ => ClientError::Connect(format!("cannot connect to {}: {err}", path.display())),
     })?;
     let pid = handover_sys::control::listening_pid(path)
         .ok()
@@ -89,15 +89,20 @@ pub fn request(
     stream
         .set_read_timeout(deadline)
         .map_err(|e| ClientError::Connect(e.to_string()))?;
-    stream
-        .write_all(request.to_line().as_bytes())
-        .map_err(|e| ClientError::Connect(format!("sending the request: {e}")))?;
+    // A write error is not final: the server may have answered (a refusal) and closed
+    // before reading; its answer is still there to read.
+    let write_error = stream.write_all(request.to_line().as_bytes()).err();
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
-            Ok(0) => return Ok((None, pid)),
+            Ok(0) => {
+                if let Some(err) = write_error {
+                    return Err(ClientError::Connect(format!("sending the request: {err}")));
+                }
+                return Ok((None, pid));
+            }
             Ok(_) => {}
             Err(err)
                 if matches!(

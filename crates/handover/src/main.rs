@@ -300,7 +300,7 @@ fn instance_socket(instance: &Instance, environment: &Environment) -> Result<Pat
 
 fn client_error(err: client::ClientError) -> ExitCode {
     match err {
-        client::ClientError::Connect(message) => {
+        client::ClientError::NotRunning(message) | client::ClientError::Connect(message) => {
             eprintln!("handover: {message}");
             ExitCode::from(exit::CONTROL)
         }
@@ -366,7 +366,7 @@ fn control_command(
             // End of file: handover closed the connection on its way out. Wait for the
             // process itself to be gone.
             if let Some(pid) = pid {
-                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                while process_alive(pid) {
                     if wait.is_some_and(|w| started.elapsed() >= w) {
                         eprintln!(
                             "handover: pid {pid} still running after {:.0?}",
@@ -381,11 +381,29 @@ fn control_command(
             ExitCode::from(exit::OK)
         }
         Ok((other, _)) => report_failure(other),
+        Err(client::ClientError::Connect(message)) if is_stop => {
+            // Nothing to stop is not a failure: systemd runs ExecStop= also after handover
+            // exited by itself.
+            println!("not running ({message})");
+            ExitCode::from(exit::OK)
+        }
         Err(client::ClientError::Failed(message)) if is_stop => {
             eprintln!("handover: still stopping: {message}");
             ExitCode::from(exit::REQUEST_FAILED)
         }
         Err(err) => client_error(err),
+    }
+}
+
+/// Whether `pid` is a live process (a zombie has exited: only its parent has not reaped it).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next()),
+            Some("Z") | Some("X") | None
+        ),
+        Err(_) => false,
     }
 }
 
@@ -691,7 +709,10 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     let reloader: handover_supervisor::Reloader = Box::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let sockets = sockets::for_reload(&config, &current.sockets)?;
-        Ok((context.build(&config, sockets, overrides)?, spec::reload_policy(&config)))
+        Ok((
+            context.build(&config, sockets, overrides)?,
+            spec::reload_policy(&config),
+        ))
     });
     let result = runtime.block_on(handover_supervisor::run(
         plan,
