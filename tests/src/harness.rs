@@ -392,9 +392,10 @@ impl Handover {
     /// Runs `handover ARGS --socket SOCKET` (a control command) to completion; returns
     /// (status, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        let config = self.config.display().to_string();
+        // By socket, not by config: tests rewrite the config file between reloads.
+        let socket = self.control_socket().display().to_string();
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", config.as_str()]);
+        all.extend(["--socket", socket.as_str()]);
         run_handover(&all, &[])
     }
 
@@ -405,7 +406,21 @@ impl Handover {
 
     /// Waits until `n` worker reports exist in `{dir}/reports` and returns them, by pid.
     pub fn reports(&self, n: usize) -> BTreeMap<i32, serde_json::Value> {
-        wait_reports(&self.dir.path().join("reports"), n)
+        let dir = self.dir.path().join("reports");
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let reports = read_reports(&dir);
+            if reports.len() >= n {
+                return reports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} reports in {}; handover's log:\n{}",
+                dir.display(),
+                self.log.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -880,7 +880,7 @@ fn a_thousand_connections_are_bounded() {
         assert_eq!(responses.len(), 1, "connection {i}: {responses:?}");
         assert_eq!(responses[0]["event"], "error", "connection {i}");
         let message = responses[0]["message"].as_str().unwrap_or_default();
-                if message.contains("too many control connections (limit 1024)") {
+        if message.contains("too many control connections (limit 1024)") {
             too_many += 1;
         } else if message.contains("no request within") {
             timed_out += 1;
@@ -888,7 +888,11 @@ fn a_thousand_connections_are_bounded() {
             panic!("connection {i}: unexpected {message:?}");
         }
     }
-        assert_eq!(too_many + timed_out, 1000, "{too_many} refused, {timed_out} timed out");
+    assert_eq!(
+        too_many + timed_out,
+        1000,
+        "{too_many} refused, {timed_out} timed out"
+    );
 
     let (status, out, err) = ctl(&h, &["status"]);
     assert_eq!(code(status), Some(0), "{err}");

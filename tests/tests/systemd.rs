@@ -195,9 +195,15 @@ fn first_connection_starts_the_service_with_the_named_sockets() {
         .lines()
         .filter(|l| l.contains("using the socket systemd passed"))
         .collect();
-        assert_eq!(passed.len(), 2, "{passed:?}");
+    assert_eq!(passed.len(), 2, "{passed:?}");
     // handover logs to the journal natively: the socket's name is a field of the entry.
-    let fields = sd.journalctl(&["-o", "verbose", "-u", SERVICE, "MESSAGE=using the socket systemd passed"]);
+    let fields = sd.journalctl(&[
+        "-o",
+        "verbose",
+        "-u",
+        SERVICE,
+        "MESSAGE=using the socket systemd passed",
+    ]);
     assert!(fields.contains("HANDOVER_SOCKET=http\n"), "{fields}");
     assert!(fields.contains("HANDOVER_SOCKET=https\n"), "{fields}");
     assert!(
@@ -283,12 +289,27 @@ fn journal_holds_handover_and_worker_lines() {
         journal.contains("Started handover@web.service"),
         "{journal}"
     );
-        // The worker's lines are attributed to the service, not to some other unit.
+    // The worker's lines are attributed to the service, not to some other unit.
     let all = sd.journalctl(&["-o", "cat"]);
     assert!(all.contains("handover-example-http: pid"), "{all}");
     // ... and to the worker itself: generation, index, pid and stream as fields.
+    // In verbose output an entry starts with an unindented line; its fields are indented.
     let line = format!("MESSAGE=handover-example-http: pid {pid} serving on inherited socket");
-        let entry = sd.journalctl(&["-o", "verbose", "-u", SERVICE, &line]);
+    let verbose = sd.journalctl(&["-o", "verbose", "-u", SERVICE]);
+    let mut entries: Vec<String> = Vec::new();
+    for text in verbose.lines() {
+        if !text.starts_with(' ') || entries.is_empty() {
+            entries.push(String::new());
+        }
+        let last = entries.last_mut().expect("pushed above");
+        last.push_str(text.trim());
+        last.push('\n');
+    }
+    let entry = entries
+        .iter()
+        .find(|e| e.contains(&line))
+        .cloned()
+        .unwrap_or_else(|| verbose.clone());
     assert!(entry.contains("HANDOVER_GENERATION=1"), "{entry}");
     assert!(entry.contains(&format!("HANDOVER_PID={pid}")), "{entry}");
     assert!(entry.contains("HANDOVER_STREAM=stderr"), "{entry}");

@@ -187,6 +187,12 @@ pub async fn run(
     let first = sup.plan.generation.clone();
     let generation = sup.start_generation(first, GenState::Starting, true);
     info!(generation, "starting {} workers", sup.plan.generation.count);
+    // From here on the generations alone hold the sockets, so a socket that no generation
+    // uses any more (dropped or moved by a reload) is closed.
+    sup.plan.generation = Arc::new(GenerationSpec {
+        sockets: Vec::new(),
+        ..(*sup.plan.generation).clone()
+    });
     let mut commands_open = true;
 
     loop {

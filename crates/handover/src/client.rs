@@ -76,9 +76,10 @@ pub fn request(
     mut on_response: impl FnMut(&Response),
 ) -> Result<(Option<Response>, Option<i32>), ClientError> {
     let mut stream = UnixStream::connect(path).map_err(|err| match err.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
-            ClientError::NotRunning(format!("no handover is running on {} ({err})", path.display()))
-        }
+        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => ClientError::NotRunning(format!(
+            "no handover is running on {} ({err})",
+            path.display()
+        )),
         _ => ClientError::Connect(format!("cannot connect to {}: {err}", path.display())),
     })?;
     let pid = handover_sys::control::listening_pid(path)

@@ -381,7 +381,7 @@ fn control_command(
             ExitCode::from(exit::OK)
         }
         Ok((other, _)) => report_failure(other),
-        Err(client::ClientError::Connect(message)) if is_stop => {
+        Err(client::ClientError::NotRunning(message)) if is_stop => {
             // Nothing to stop is not a failure: systemd runs ExecStop= also after handover
             // exited by itself.
             println!("not running ({message})");

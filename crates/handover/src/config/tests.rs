@@ -989,7 +989,10 @@ fn full_example_uses_every_key() {
     .unwrap();
     let table: toml::Table = text.parse().unwrap();
     let keys: &[(&str, &[&str])] = &[
-        ("handover", &["fds_env", "runtime_dir", "watchdog_min_workers", "fd_store"]),
+        (
+            "handover",
+            &["fds_env", "runtime_dir", "watchdog_min_workers", "fd_store"],
+        ),
         (
             "socket",
             &[
