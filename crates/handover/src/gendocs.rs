@@ -27,7 +27,10 @@ const BIN_NAME: &str = "handover";
 /// Writes handover's man pages or shell completions (internal: `cargo xtask man` and
 /// `cargo xtask completions` run it).
 #[derive(Debug, Parser)]
-#[command(name = "handover __generate-docs", bin_name = "handover __generate-docs")]
+#[command(
+    name = "handover __generate-docs",
+    bin_name = "handover __generate-docs"
+)]
 struct Args {
     /// What to write.
     #[arg(value_enum)]
