@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod env;
 mod exit;
+mod gendocs;
 mod sockets;
 mod spec;
 
@@ -137,6 +138,9 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == STUB_COMMAND) {
         run_stub(&args[2..]);
+    }
+    if args.get(1).is_some_and(|a| a == gendocs::COMMAND) {
+        return gendocs::run::<Cli>(&args[2..]);
     }
     if let Err(err) = handover_sys::fd::ensure_std_fds() {
         eprintln!("handover: cannot set up standard fds: {err}");
