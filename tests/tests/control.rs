@@ -122,7 +122,7 @@ fn code(status: ExitStatus) -> Option<i32> {
 
 /// `handover status --json`, parsed; the command must succeed.
 fn status_json(h: &Handover) -> Value {
-    let (status, out, err) = ctl(&h, &["status", "--json"]);
+    let (status, out, err) = ctl(h, &["status", "--json"]);
     assert_eq!(code(status), Some(0), "status --json failed: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{out}"))
 }

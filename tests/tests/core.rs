@@ -749,3 +749,67 @@ ready_timeout = "10s"
     }
     assert!(h.stop().success());
 }
+
+/// `start --daemon --pidfile`: the command returns once the first generation is ready (exit
+/// 0), the daemon named by the pidfile serves on, and `stop` ends it. A daemon whose start
+/// fails makes the command exit 1 with the reason.
+#[test]
+fn daemon_mode_returns_once_ready() {
+    let dir = TempDir::new("daemon");
+    let write = |name: &str, worker: &str| {
+        let path = dir.path().join(name);
+        let text = format!(
+            "[worker]\ncommand = [{worker}]\n\n[control]\nsocket = \"{}/{name}.sock\"\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = write(
+        "good.toml",
+        &format!(
+            "\"{}\", \"--ready-after\", \"200\"",
+            harness::binary("handover-test-worker").display()
+        ),
+    );
+    let pidfile = dir.path().join("handover.pid");
+    let log = dir.path().join("handover.log");
+    let (status, _, err) = run_handover(
+        &[
+            "start",
+            "--config",
+            good.to_str().unwrap(),
+            "--daemon",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(pid), "the daemon runs on");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("all 1 workers ready"));
+    let socket = dir.path().join("good.toml.sock");
+    let (status, out, err) = run_handover(&["status", "--socket", socket.to_str().unwrap()], &[]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains(&format!("handover pid {pid}")), "{out}");
+    let (status, _, err) = run_handover(&["stop", "--socket", socket.to_str().unwrap()], &[]);
+    assert!(status.success(), "{err}");
+    wait_gone(&[pid]);
+
+    let bad = write("bad.toml", "\"/nonexistent/program\"");
+    let (status, _, err) = run_handover(
+        &["start", "--config", bad.to_str().unwrap(), "--daemon"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+}

@@ -34,7 +34,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(path) = std::env::var_os("PATH") {
         path_dirs.extend(std::env::split_paths(&path));
     }
-        let path = std::env::join_paths(path_dirs).context("cannot extend PATH")?;
+    let path = std::env::join_paths(path_dirs).context("cannot extend PATH")?;
 
     // handover keeps its control socket in a private runtime directory and never in /tmp.
     // A user session usually has XDG_RUNTIME_DIR; where it does not (a container, a bare
@@ -43,13 +43,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
         _ => {
             let dir = bin_dir.join("demo-runtime");
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
             dir
         }
     };
-        // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root || std::env::var_os("XDG_RUNTIME_DIR").is_some() {
         println!(
@@ -66,7 +67,7 @@ pub fn run(args: &[String]) -> Result<()> {
     pass_on_stop_signals()?;
     let mut child = Command::new(&handover)
         .args(["start", "--config", CONFIG])
-                .current_dir(workspace::root())
+        .current_dir(workspace::root())
         .env("PATH", path)
         .env("XDG_RUNTIME_DIR", &runtime_dir)
         .spawn()

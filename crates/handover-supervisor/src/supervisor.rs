@@ -130,6 +130,7 @@ struct Supervisor {
     stop_signals: u32,
     orphan_deadline: Option<Instant>,
     next_watchdog: Option<Instant>,
+    last_dump: Option<Instant>,
     started: Instant,
     my_pid: i32,
 }
@@ -175,6 +176,7 @@ pub async fn run(
         stop_signals: 0,
         orphan_deadline: None,
         next_watchdog: None,
+        last_dump: None,
         started: Instant::now(),
     };
     if let Some(interval) = sup.plan.watchdog {
@@ -1443,6 +1445,7 @@ impl Supervisor {
             .unwrap_or_default();
         info!(
             generation,
+            outcome = "done",
             "reload done in {took:?}: generation {generation} serves"
         );
         // systemd first: `systemctl reload` returns when the client hears back, and by then
@@ -1505,7 +1508,7 @@ impl Supervisor {
         }
         let serving = self.serving_or_starting().map(|g| g.id).unwrap_or(0);
         let message = format!("reload aborted, generation {serving} keeps serving: {reason}");
-        error!("{message}");
+        error!(generation, outcome = "aborted", "{message}");
         self.systemd.ready(&message);
         self.finish_reload_replies(ReloadReply::Failed {
             reason: message.clone(),
@@ -1642,7 +1645,15 @@ impl Supervisor {
     }
 
     /// SIGUSR2: writes the state as JSON to the first writable dump directory.
-    fn dump_state(&self) {
+    fn dump_state(&mut self) {
+        // A storm of SIGUSR2 must not fill the disk with dumps: one per second at most.
+        if self
+            .last_dump
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_dump = Some(Instant::now());
         let snapshot = serde_json::to_string_pretty(&self.snapshot()).unwrap_or_default();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

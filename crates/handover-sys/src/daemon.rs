@@ -4,7 +4,7 @@
 //! reports that its first generation is ready (exit 0) or failed (exit 1, with the reason on
 //! stderr), so scripts know whether the start worked.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
@@ -40,10 +40,10 @@ pub fn daemonize(log_file: Option<&Path>) -> io::Result<Daemonized> {
     }
     if first > 0 {
         drop(write_end);
+        // The first line decides; the daemon keeps its end open while it runs.
         let mut status = String::new();
-        let _ = std::fs::File::from(read_end)
-            .take(64 * 1024)
-            .read_to_string(&mut status);
+        let _ = std::io::BufReader::new(std::fs::File::from(read_end).take(64 * 1024))
+            .read_line(&mut status);
         // SAFETY: reaping the intermediate child, which exits at once.
         unsafe { libc::waitpid(first, std::ptr::null_mut(), 0) };
         return Ok(Daemonized::Parent(match status.lines().next() {
