@@ -305,3 +305,25 @@ fn exec_failures_name_the_cause() {
         assert!(h.log.text().contains(needle), "{needle}: {}", h.log.text());
     }
 }
+
+/// A notify directory left by a killed run whose pid handover now has is replaced, and those
+/// of other dead pids are swept.
+#[test]
+fn stale_notify_directories_are_replaced() {
+    // `exec` keeps the shell's pid for handover, so `handover.$$.notify` is exactly the
+    // directory it wants; a never-ready worker makes this run end by itself.
+    let config = "[handover]\nruntime_dir = \"{dir}\"\n\n[worker]\ncommand = [\"{worker}\"]\nready_timeout = \"200ms\"\n";
+    let (code, text) = sh(
+        "stale-notify",
+        config,
+        r#"mkdir "$PWD/handover.$$.notify" "$PWD/handover.999999999.notify"; exec "$H" start --config "$C""#,
+    );
+    assert!(!text.contains("File exists"), "{text}");
+    assert!(text.contains("removed 1 notify directory"), "{text}");
+    assert_eq!(
+        code,
+        Some(1),
+        "the start itself fails only by the ready timeout: {text}"
+    );
+    assert!(text.contains("not ready within 200ms"), "{text}");
+}

@@ -321,3 +321,112 @@ command = ["{worker}", "--ready-after", "0"]
     );
     assert_eq!(status(&h)["generations"][0]["generation"], 1);
 }
+
+/// A worker restarted inside a generation runs that generation's resolved command and
+/// environment, not whatever the configuration file says now.
+#[test]
+fn respawns_use_their_generations_spec() {
+    let template = |greeting: &str| {
+        format!(
+            r#"
+[worker]
+command = ["{{worker}}", "--report", "{{dir}}/reports", "--ready-after", "0"]
+env = {{ GREETING = "{greeting}" }}
+restart_backoff_initial = "10ms"
+"#
+        )
+    };
+    let h = Handover::start("respawn-spec", &template("one"), Options::default());
+    let first = h.reports(1);
+    let write = |text: &str| {
+        let full = harness::expand(text, h.dir.path())
+            + &format!(
+                "\n[control]\nsocket = \"{}\"\n",
+                h.control_socket().display()
+            );
+        std::fs::write(&h.config, full).unwrap();
+    };
+    write(&template("two"));
+    harness::kill(*first.keys().next().unwrap(), libc::SIGKILL);
+    let all = h.reports(2);
+    let respawned = all
+        .iter()
+        .find(|(pid, _)| !first.contains_key(pid))
+        .map(|(_, r)| r.clone())
+        .unwrap();
+    assert_eq!(
+        respawned["env"]["GREETING"], "one",
+        "the restarted worker keeps generation 1's environment"
+    );
+    assert_eq!(respawned["env"]["HANDOVER_GENERATION"], "1");
+
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{err}");
+    let all = h.reports(3);
+    let newest = all
+        .values()
+        .find(|r| r["env"]["HANDOVER_GENERATION"] == "2")
+        .unwrap();
+    assert_eq!(newest["env"]["GREETING"], "two", "the reload read the file");
+}
+
+/// A SIGTERM in the middle of a SIGHUP storm is honoured: handover stops, and exits 0.
+#[test]
+fn sigterm_inside_a_sighup_storm_stops() {
+    let mut h = Handover::start(
+        "storm-stop",
+        r#"
+[worker]
+command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "50"]
+count = 2
+"#,
+        Options::default(),
+    );
+    let pids: Vec<i32> = h.reports(2).keys().copied().collect();
+    h.log.wait_for("all 2 workers ready");
+    for _ in 0..2000 {
+        h.signal(libc::SIGHUP);
+    }
+    h.signal(libc::SIGTERM);
+    for _ in 0..2000 {
+        h.signal(libc::SIGHUP);
+    }
+    assert!(h.wait().success(), "{}", h.log.text());
+    wait_gone(&pids);
+}
+
+/// With max_draining = 1 and an old generation that does not go away, the next reload is
+/// refused and says why; nothing else changes.
+#[test]
+fn max_draining_refuses_another_reload() {
+    let h = Handover::start(
+        "max-draining",
+        r#"
+[worker]
+command = ["{worker}", "--ready-after", "0", "--ignore-term"]
+stop_timeout = "1m"
+
+[reload]
+drain_timeout = "1m"
+max_draining = 1
+"#,
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{err}");
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert!(
+        err.contains("1 generations are still draining (max_draining = 1)"),
+        "{err}"
+    );
+    let status = status(&h);
+    let states: Vec<&str> = status["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["draining", "serving"], "{status}");
+}

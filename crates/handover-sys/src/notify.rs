@@ -245,9 +245,58 @@ impl Drop for NotifySocket {
 /// name they know and whose file permits them, but cannot list or create entries), owned by
 /// the caller. `path` must not exist yet.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // The name carries handover's pid, so an existing directory was left by a dead process
+    // that had the same pid (a SIGKILLed run leaves it behind): remove it, but only if it is
+    // a real directory of ours, never through a symlink.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.is_dir() && meta.uid() == crate::users::effective_uid() {
+            std::fs::remove_dir_all(path)?;
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a directory of ours", path.display()),
+            ));
+        }
+    }
     std::fs::DirBuilder::new().mode(0o711).create(path)?;
     // The umask may have cleared bits; set the mode exactly.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+}
+
+/// Removes `handover.PID.notify` directories in `base` left by handover processes that are
+/// gone (a SIGKILLed run cannot clean up after itself). Only real directories owned by this
+/// user and named for a pid that no longer exists are touched. Returns how many went.
+pub fn sweep_stale_dirs(base: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let euid = crate::users::effective_uid();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("handover."))
+            .and_then(|n| n.strip_suffix(".notify"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() && meta.uid() == euid => {
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    removed
 }

@@ -646,6 +646,15 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
     };
     let notify_dir = notify_dir(&config, &environment);
+    if let Some(base) = notify_dir.parent() {
+        let swept = handover_sys::notify::sweep_stale_dirs(base);
+        if swept > 0 {
+            tracing::info!(
+                "removed {swept} notify director{} left by handover runs that were killed",
+                if swept == 1 { "y" } else { "ies" }
+            );
+        }
+    }
     if let Err(err) = handover_sys::notify::create_private_dir(&notify_dir) {
         return fail(
             exit::INTERNAL,
