@@ -289,13 +289,10 @@ pub fn sweep_stale_dirs(base: &Path) -> usize {
             continue;
         }
         let path = entry.path();
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() && meta.uid() == euid => {
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-            _ => {}
+        let ours =
+            std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir() && meta.uid() == euid);
+        if ours && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
         }
     }
     removed
