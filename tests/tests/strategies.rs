@@ -430,3 +430,123 @@ max_draining = 1
         .collect();
     assert_eq!(states, vec!["draining", "serving"], "{status}");
 }
+
+/// Scenario 6 at scale: eight sockets from the real `systemd-socket-activate`, and twenty
+/// reloads each listing them in another order, with fifty workers per generation: in every
+/// one of the 1000 workers, fd 3+i is the socket LISTEN_FDNAMES names at position i.
+#[test]
+fn socket_permutations_hold_over_a_thousand_spawns() {
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let ports: Vec<u16> = (0..8).map(|_| harness::free_port()).collect();
+    let address_of: std::collections::BTreeMap<String, String> = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
+        .collect();
+    // A fixed pseudo-random sequence of permutations (a simple LCG: reproducible).
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut permutation = |round: usize| -> Vec<String> {
+        let mut order = names.clone();
+        if round > 0 {
+            for i in (1..order.len()).rev() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                order.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+        }
+        order
+    };
+    let config = |order: &[String]| {
+        let sockets: String = order
+            .iter()
+            .map(|n| format!("[[socket]]\nname = \"{n}\"\nfrom_systemd = true\n\n"))
+            .collect();
+        format!(
+            "{sockets}[worker]\ncommand = [\"{{worker}}\", \"--report\", \"{{dir}}/reports\", \"--ready-after\", \"0\"]\ncount = 50\n\n[reload]\ndrain_timeout = \"5s\"\nmax_draining = 64\n"
+        )
+    };
+    let h = Handover::start(
+        "permutations",
+        &config(&permutation(0)),
+        Options {
+            activate: names
+                .iter()
+                .map(|n| (address_of[n].clone(), n.clone()))
+                .collect(),
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 50 workers ready");
+    for round in 1..20 {
+        let text = harness::expand(&config(&permutation(round)), h.dir.path())
+            + &format!(
+                "\n[control]\nsocket = \"{}\"\n",
+                h.control_socket().display()
+            );
+        std::fs::write(&h.config, text).unwrap();
+        let (st, _, err) = h.ctl(&["reload"]);
+        assert!(st.success(), "round {round}: {err}");
+    }
+    let reports = h.reports(1000);
+    assert_eq!(reports.len(), 1000);
+    for (pid, report) in &reports {
+        let fdnames: Vec<&str> = report["env"]["LISTEN_FDNAMES"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .collect();
+        assert_eq!(fdnames.len(), 8, "worker {pid}");
+        let sockets = report["sockets"].as_array().unwrap();
+        for (i, name) in fdnames.iter().enumerate() {
+            assert_eq!(sockets[i]["fd"].as_i64(), Some(3 + i as i64));
+            assert_eq!(
+                sockets[i]["local"].as_str(),
+                Some(address_of[*name].as_str()),
+                "worker {pid}: fd {} should be {name}",
+                3 + i
+            );
+        }
+        let fds: Vec<i64> = report["fds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["fd"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            fds,
+            (0..11).collect::<Vec<i64>>(),
+            "worker {pid}: exactly 0-2 and its 8 sockets"
+        );
+    }
+}
+
+/// Scenario 37: a storm of SIGUSR2 neither disturbs handover nor floods the disk with dumps.
+#[test]
+fn sigusr2_storm_is_harmless() {
+    let h = Handover::start(
+        "usr2-storm",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    for _ in 0..10_000 {
+        h.signal(libc::SIGUSR2);
+    }
+    let (st, out, err) = h.ctl(&["status"]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("1/1 workers ready"), "{out}");
+    let dumps = std::fs::read_dir(h.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("handover-state-")
+        })
+        .count();
+    assert!(
+        (1..=3).contains(&dumps),
+        "{dumps} dump files for a storm lasting well under a second or two"
+    );
+}
