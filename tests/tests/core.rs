@@ -813,3 +813,33 @@ fn daemon_mode_returns_once_ready() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
 }
+
+/// With watchdog_min_workers, WATCHDOG=1 stops while fewer workers are ready, so systemd
+/// would restart a handover whose workers are down.
+#[test]
+fn watchdog_needs_enough_ready_workers() {
+    let mut h = Handover::start(
+        "watchdog-min",
+        r#"
+[handover]
+watchdog_min_workers = 2
+
+[worker]
+command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "0"]
+count = 2
+restart_backoff_initial = "30s"
+restart_backoff_max = "30s"
+"#,
+        Options {
+            notify: true,
+            env: vec![("WATCHDOG_USEC".into(), "200000".into())],
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 2 workers ready");
+    let pid = *h.reports(2).keys().next().unwrap();
+    kill(pid, libc::SIGKILL);
+    h.log
+        .wait_for("fewer than 2 workers ready: not sending WATCHDOG=1");
+    assert!(h.stop().success());
+}

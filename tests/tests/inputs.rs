@@ -327,3 +327,20 @@ fn stale_notify_directories_are_replaced() {
     );
     assert!(text.contains("not ready within 200ms"), "{text}");
 }
+
+/// `--log-to-stdout`: handover's log goes to stdout, not stderr.
+#[test]
+fn log_to_stdout() {
+    let config = "[worker]\ncommand = [\"{worker}\"]\nready_timeout = \"200ms\"\n";
+    let (code, text) = sh(
+        "stdout-log",
+        config,
+        r#""$H" start --config "$C" --log-to-stdout 2>/dev/null; echo "exit=$?""#,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("starting 1 workers"),
+        "the log reached stdout: {text}"
+    );
+    assert!(text.contains("exit=1"), "{text}");
+}

@@ -640,3 +640,54 @@ fn instances_share_a_port_with_reuse_port() {
         );
     }
 }
+
+/// (6) fd store: a socket handover bound itself (no socket unit) is handed to systemd's fd
+/// store, so `systemctl restart` gets it back: connections made during the restart wait in
+/// its queue instead of being refused.
+#[test]
+fn self_bound_socket_survives_systemctl_restart() {
+    const PORT: u16 = 9090;
+    let config = example_config()
+        .replace("name = \"http\"", "name = \"own\"")
+        .replace(
+            "from_systemd = true",
+            &format!("listen = \"127.0.0.1:{PORT}\""),
+        )
+        .replace(r#""--socket", "http""#, r#""--socket", "own""#);
+    assert!(
+        config.contains("name = \"own\""),
+        "example.toml's socket table changed"
+    );
+    let sd = boot!(builder("fdstore", &config));
+    sd.systemctl_ok(&["start", SERVICE]);
+    wait_generation(&sd, SERVICE, 2, 1);
+    sd.wait_journal(SERVICE, "handed to systemd's fd store");
+    let old_main = sd.main_pid(SERVICE);
+
+    let load = sd.start_load(
+        LoadConfig {
+            addr: ([127, 0, 0, 1], PORT).into(),
+            ..burst()
+        },
+        400,
+    );
+    load.wait_bursts(2);
+    sd.systemctl_ok(&["restart", SERVICE]);
+    wait_generation(&sd, SERVICE, 2, 1);
+    assert_ne!(sd.main_pid(SERVICE), old_main, "handover was restarted");
+    load.wait_bursts(2);
+    let summary = load.finish();
+    eprintln!("load: {}", describe(&summary));
+    assert_eq!(
+        summary.failures.refused,
+        0,
+        "no connection refused across the restart: {}",
+        describe(&summary)
+    );
+    // The restarted handover took the socket from the store instead of binding it again.
+    let journal = sd.journalctl(&["-o", "cat", "-u", SERVICE]);
+    assert!(
+        journal.contains("using the socket systemd passed"),
+        "{journal}"
+    );
+}
