@@ -499,17 +499,33 @@ pub fn read_reports(dir: &Path) -> BTreeMap<i32, serde_json::Value> {
     reports
 }
 
+/// The fields of `/proc/PID/stat` after the command name: state, ppid, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
-            !matches!(state.as_deref(), Some("Z") | Some("X"))
-        }
-        Err(_) => false,
-    }
+    stat_fields(pid)
+        .is_some_and(|f| !matches!(f.first().map(String::as_str), Some("Z") | Some("X") | None))
+}
+
+/// The pids whose parent is `parent` (zombies included).
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|&pid| {
+            stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<i32>().ok()))
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// Waits (guarded) until none of `pids` is alive.

@@ -159,6 +159,27 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Adds the counts of another run (of the same load, e.g. the next burst) to this one.
+    /// Latency percentiles cannot be summed: the worst run's are kept, as is the maximum.
+    pub fn absorb(&mut self, other: &Summary) {
+        self.requests += other.requests;
+        self.ok += other.ok;
+        self.failures.refused += other.failures.refused;
+        self.failures.reset += other.failures.reset;
+        self.failures.timeout += other.failures.timeout;
+        self.failures.bad_status += other.failures.bad_status;
+        self.failures.other += other.failures.other;
+        self.idle_close_retries += other.idle_close_retries;
+        self.connections += other.connections;
+        self.latency_us.p50 = self.latency_us.p50.max(other.latency_us.p50);
+        self.latency_us.p99 = self.latency_us.p99.max(other.latency_us.p99);
+        self.latency_us.max = self.latency_us.max.max(other.latency_us.max);
+        for (pid, n) in &other.pids {
+            *self.pids.entry(*pid).or_insert(0) += n;
+        }
+        self.elapsed_ms += other.elapsed_ms;
+    }
+
     /// The number of failed requests of every kind.
     pub fn failed(&self) -> u64 {
         self.failures.total()

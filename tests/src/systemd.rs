@@ -656,7 +656,7 @@ impl Systemd {
                 let summary = runtime
                     .block_on(loadgen::run(burst.clone()))
                     .expect("valid load config");
-                merge(&mut total, &summary);
+                total.absorb(&summary);
                 bursts2.fetch_add(1, Ordering::SeqCst);
                 if stop2.load(Ordering::SeqCst) || Instant::now() >= deadline {
                     break;
@@ -713,23 +713,6 @@ impl LoadRun {
 impl Drop for LoadRun {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn merge(total: &mut Summary, burst: &Summary) {
-    total.requests += burst.requests;
-    total.ok += burst.ok;
-    total.failures.refused += burst.failures.refused;
-    total.failures.reset += burst.failures.reset;
-    total.failures.timeout += burst.failures.timeout;
-    total.failures.bad_status += burst.failures.bad_status;
-    total.failures.other += burst.failures.other;
-    total.idle_close_retries += burst.idle_close_retries;
-    total.connections += burst.connections;
-    total.elapsed_ms += burst.elapsed_ms;
-    total.latency_us.max = total.latency_us.max.max(burst.latency_us.max);
-    for (pid, n) in &burst.pids {
-        *total.pids.entry(*pid).or_insert(0) += n;
     }
 }
 

@@ -573,7 +573,10 @@ restart_backoff_max = "20ms"
     );
     h.log.wait_for_count("restarting in", 30);
     let me = h.pid();
-    let zombies: Vec<i32> = children_of(me).into_iter().filter(|&p| !alive(p)).collect();
+    let zombies: Vec<i32> = harness::children_of(me)
+        .into_iter()
+        .filter(|&p| !alive(p))
+        .collect();
     // A child that just exited may be a zombie for an instant before the reaper runs; a
     // leak would keep piling up. Look again after more restarts.
     h.log.wait_for_count("restarting in", 60);
@@ -587,34 +590,6 @@ restart_backoff_max = "20ms"
         "zombies that were never reaped: {still:?}"
     );
     assert!(h.stop().success());
-}
-
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| stat[i + 1..].to_string()) else {
-            continue;
-        };
-        if rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<i32>().ok())
-            == Some(parent)
-        {
-            children.push(pid);
-        }
-    }
-    children
 }
 
 /// Running as root with `user = "nobody"`: the worker runs as nobody, with the groups set,

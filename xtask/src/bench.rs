@@ -454,7 +454,7 @@ impl BackgroundLoad {
                     let mut slice_cfg = cfg.clone();
                     slice_cfg.max_requests = LOAD_MAX_REQUESTS - total.requests;
                     let slice = rt.block_on(loadgen::run(slice_cfg))?;
-                    merge(&mut total, &slice);
+                    total.absorb(&slice);
                 }
                 Ok((total, limited))
             })
@@ -481,26 +481,6 @@ impl Drop for BackgroundLoad {
             let _ = thread.join();
         }
     }
-}
-
-/// Adds `b` to `a`. Percentiles cannot be summed: the worst run's are kept.
-fn merge(a: &mut Summary, b: &Summary) {
-    a.requests += b.requests;
-    a.ok += b.ok;
-    a.failures.refused += b.failures.refused;
-    a.failures.reset += b.failures.reset;
-    a.failures.timeout += b.failures.timeout;
-    a.failures.bad_status += b.failures.bad_status;
-    a.failures.other += b.failures.other;
-    a.idle_close_retries += b.idle_close_retries;
-    a.connections += b.connections;
-    a.latency_us.p50 = a.latency_us.p50.max(b.latency_us.p50);
-    a.latency_us.p99 = a.latency_us.p99.max(b.latency_us.p99);
-    a.latency_us.max = a.latency_us.max.max(b.latency_us.max);
-    for (pid, n) in &b.pids {
-        *a.pids.entry(*pid).or_insert(0) += n;
-    }
-    a.elapsed_ms += b.elapsed_ms;
 }
 
 // ---- the benches ------------------------------------------------------------------------
