@@ -818,3 +818,116 @@ restart_backoff_max = "30s"
         .wait_for("fewer than 2 workers ready: not sending WATCHDOG=1");
     assert!(h.stop().success());
 }
+
+/// Scenario 19, readiness by probe: a worker is ready once its probe exits 0. The probe
+/// sees the worker's pid (here: the worker's own report file appears).
+#[test]
+fn probe_readiness() {
+    let mut h = Handover::start(
+        "probe-ok",
+        r#"
+[worker]
+command = ["{worker}", "--report", "{dir}/reports"]
+count = 2
+ready = "probe"
+probe = ["sh", "-c", "test -e {dir}/reports/$HANDOVER_WORKER_PID.json"]
+probe_interval = "20ms"
+"#,
+        Options {
+            notify: true,
+            ..Default::default()
+        },
+    );
+    let ready = h.notify.as_mut().unwrap().wait_for("READY=1");
+    assert!(ready.contains("2/2 workers ready"), "{ready}");
+    assert_eq!(
+        h.log.count("worker ready (probe succeeded)"),
+        2,
+        "{}",
+        h.log.text()
+    );
+    assert!(h.stop().success());
+}
+
+/// Scenario 19: a probe that hangs is killed at probe_timeout (nothing of it survives), one
+/// that refuses is retried, and a worker whose probe never succeeds fails with the reason.
+#[test]
+fn probe_that_hangs_or_refuses() {
+    let marker = unique_marker("probe-hang");
+    let mut h = Handover::start(
+        "probe-hang",
+        &format!(
+            r#"
+[worker]
+command = ["{{worker}}"]
+ready = "probe"
+probe = ["env", "HANDOVER_TEST_MARKER={marker}", "sleep", "100"]
+probe_timeout = "200ms"
+probe_interval = "10ms"
+ready_timeout = "1s"
+"#
+        ),
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1));
+    let log = h.log.text();
+    assert!(
+        log.contains("not ready within 1.0s; last probe: timed out after 200ms"),
+        "{log}"
+    );
+    assert_eq!(
+        marked_processes(&marker),
+        Vec::<i32>::new(),
+        "every hung probe was killed"
+    );
+
+    let mut h = Handover::start(
+        "probe-refuse",
+        r#"
+[worker]
+command = ["{worker}"]
+ready = "probe"
+probe = ["sh", "-c", "exit 3"]
+probe_interval = "10ms"
+ready_timeout = "500ms"
+"#,
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1));
+    assert!(
+        h.log.text().contains("last probe: exited with code 3"),
+        "{}",
+        h.log.text()
+    );
+}
+
+/// Scenario 19: probe attempts of a worker never overlap.
+#[test]
+fn probes_never_overlap() {
+    let mut h = Handover::start(
+        "probe-overlap",
+        r#"
+[worker]
+command = ["{worker}"]
+ready = "probe"
+probe = ["sh", "-c", "echo start >> {dir}/probes; sleep 0.1; echo end >> {dir}/probes; exit 1"]
+probe_interval = "1ms"
+probe_timeout = "5s"
+ready_timeout = "1500ms"
+"#,
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1));
+    let lines = std::fs::read_to_string(h.dir.path().join("probes")).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(lines.len() >= 6, "several attempts ran: {lines:?}");
+    for pair in lines.chunks(2) {
+        if pair.len() == 2 {
+            assert_eq!(
+                pair,
+                ["start", "end"],
+                "attempts alternate start/end: {lines:?}"
+            );
+        }
+    }
+}

@@ -25,12 +25,21 @@ pub struct ListenSocket {
 }
 
 /// How a worker tells it is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyMode {
     /// `READY=1` on `NOTIFY_SOCKET`.
     Notify,
     /// Alive for this long.
     Delay(Duration),
+    /// A command that exits 0 once the worker is ready.
+    Probe {
+        /// The probe's argv.
+        argv: Vec<OsString>,
+        /// Pause between the end of one attempt and the start of the next.
+        interval: Duration,
+        /// An attempt still running after this is killed and counts as failed.
+        timeout: Duration,
+    },
 }
 
 /// Everything that defines one generation's workers; respawns in a generation reuse it.

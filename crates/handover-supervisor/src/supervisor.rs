@@ -57,6 +57,18 @@ enum Event {
     NotifyReadable(u64),
     StderrReadable(u64),
     StdoutReadable(u64),
+    ProbeSpawned {
+        worker: u64,
+        result: io::Result<Spawned>,
+    },
+}
+
+/// A readiness probe in flight.
+struct ProbeRun {
+    worker: u64,
+    pidfd: Pidfd,
+    deadline: Instant,
+    killed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +135,8 @@ struct Supervisor {
     generations: BTreeMap<u64, Generation>,
     workers: BTreeMap<u64, Worker>,
     by_pid: BTreeMap<i32, u64>,
+    probes: BTreeMap<i32, ProbeRun>,
+    probe_spawns: usize,
     next_worker_id: u64,
     next_generation: u64,
     reload: Option<ReloadRun>,
@@ -169,6 +183,8 @@ pub async fn run(
         generations: BTreeMap::new(),
         workers: BTreeMap::new(),
         by_pid: BTreeMap::new(),
+        probes: BTreeMap::new(),
+        probe_spawns: 0,
         next_worker_id: 1,
         next_generation: 1,
         reload: None,
@@ -346,6 +362,17 @@ impl Supervisor {
             State::Stopping { kill_at } => Some(kill_at),
             _ => None,
         });
+        let probes_due = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, State::Starting { .. }) && !w.probe_running)
+            .filter_map(|w| w.next_probe);
+        let probe_kills = self
+            .probes
+            .values()
+            .filter(|p| !p.killed)
+            .map(|p| p.deadline);
+        let workers = workers.chain(probes_due).chain(probe_kills);
         let reload = self.reload.as_ref().map(|r| r.deadline);
         workers
             .chain(reload)
@@ -503,6 +530,9 @@ impl Supervisor {
                 spawned_at: None,
                 status: None,
                 exec_error: None,
+                next_probe: None,
+                probe_running: false,
+                last_probe: None,
             },
         );
         if state == State::Spawning {
@@ -593,6 +623,10 @@ impl Supervisor {
             Event::NotifyReadable(worker) => self.read_notify(worker),
             Event::StderrReadable(worker) => self.read_stderr(worker),
             Event::StdoutReadable(worker) => self.read_stdout(worker),
+            Event::ProbeSpawned { worker, result } => {
+                self.probe_spawned(worker, result);
+                self.reap_children();
+            }
         }
     }
 
@@ -608,8 +642,12 @@ impl Supervisor {
                 worker.spawned_at = Some(now);
                 worker.exec_error = spawned.exec_error.clone();
                 self.by_pid.insert(pid, id);
-                let ready_at = match worker.spec.ready {
-                    ReadyMode::Delay(delay) => Some(now + delay),
+                let ready_at = match &worker.spec.ready {
+                    ReadyMode::Delay(delay) => Some(now + *delay),
+                    ReadyMode::Probe { interval, .. } => {
+                        worker.next_probe = Some(now + *interval);
+                        None
+                    }
                     ReadyMode::Notify => None,
                 };
                 worker.state = State::Starting {
@@ -906,7 +944,15 @@ impl Supervisor {
                 Err(err) => warn!(pid, "waitid failed: {err}"),
             }
         }
-        if self.workers.values().any(|w| w.state == State::Spawning) {
+        let probes: Vec<i32> = self.probes.keys().copied().collect();
+        for pid in probes {
+            match process::peek_exited_pid(pid) {
+                Ok(Some(status)) => self.collect_probe(pid, status),
+                Ok(None) => {}
+                Err(err) => warn!(pid, "waitid failed: {err}"),
+            }
+        }
+        if self.probe_spawns > 0 || self.workers.values().any(|w| w.state == State::Spawning) {
             return;
         }
         loop {
@@ -918,6 +964,10 @@ impl Supervisor {
                     break;
                 }
             };
+            if self.probes.contains_key(&pid) {
+                self.collect_probe(pid, status);
+                continue;
+            }
             match self.by_pid.get(&pid).copied() {
                 Some(id) => self.collect_worker(pid, id, status),
                 None => {
@@ -1019,6 +1069,15 @@ impl Supervisor {
 
     /// Forgets a worker (its process is gone or never existed).
     fn drop_worker(&mut self, id: u64) {
+        for (pid, run) in self
+            .probes
+            .iter_mut()
+            .filter(|(_, r)| r.worker == id && !r.killed)
+        {
+            let _ = run.pidfd.send_signal(libc::SIGKILL);
+            let _ = process::signal_group(*pid, libc::SIGKILL);
+            run.killed = true;
+        }
         if let Some(worker) = self.workers.remove(&id) {
             for task in &worker.watchers {
                 task.abort();
@@ -1172,6 +1231,7 @@ impl Supervisor {
 
     fn handle_deadlines(&mut self) {
         let now = Instant::now();
+        self.probe_deadlines(now);
         if let (Some(at), Some(interval)) = (self.next_watchdog, self.plan.watchdog) {
             if at <= now {
                 self.watchdog_tick();
@@ -1216,7 +1276,17 @@ impl Supervisor {
                         .get(&id)
                         .map(|w| w.spec.ready_timeout)
                         .unwrap_or_default();
-                    self.worker_failed(id, format!("not ready within {}", humanize(timeout)), true);
+                    let last_probe = self
+                        .workers
+                        .get(&id)
+                        .and_then(|w| w.last_probe.clone())
+                        .map(|p| format!("; last probe: {p}"))
+                        .unwrap_or_default();
+                    self.worker_failed(
+                        id,
+                        format!("not ready within {}{last_probe}", humanize(timeout)),
+                        true,
+                    );
                 }
                 State::Stopping { .. } => self.kill(id),
                 _ => {}
@@ -1231,6 +1301,172 @@ impl Supervisor {
     }
 
     // ---- start, stop -------------------------------------------------------------------
+
+    // ---- readiness probes ----------------------------------------------------------------
+
+    /// Starts due probes and kills those past their timeout.
+    fn probe_deadlines(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, State::Starting { .. }) && !w.probe_running)
+            .filter(|w| w.next_probe.is_some_and(|at| at <= now))
+            .map(|w| w.id)
+            .collect();
+        for id in due {
+            self.launch_probe(id);
+        }
+        let mut timed_out = Vec::new();
+        for (pid, run) in self
+            .probes
+            .iter_mut()
+            .filter(|(_, r)| !r.killed && r.deadline <= now)
+        {
+            let _ = run.pidfd.send_signal(libc::SIGKILL);
+            let _ = process::signal_group(*pid, libc::SIGKILL);
+            run.killed = true;
+            timed_out.push(run.worker);
+        }
+        for id in timed_out {
+            if let Some(worker) = self.workers.get_mut(&id) {
+                if let ReadyMode::Probe { timeout, .. } = &worker.spec.ready {
+                    worker.last_probe = Some(format!("timed out after {}", humanize(*timeout)));
+                }
+            }
+        }
+    }
+
+    /// Runs one readiness probe for a worker: its command, as the worker's user, in its
+    /// directory, with its environment (minus the socket variables) and
+    /// `HANDOVER_WORKER_PID`; output discarded, so a chatty probe costs no memory.
+    fn launch_probe(&mut self, id: u64) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let ReadyMode::Probe { argv, .. } = &worker.spec.ready else {
+            return;
+        };
+        let Some(pid) = worker.pid() else { return };
+        let mut env: Vec<std::ffi::CString> = Vec::new();
+        for (key, value) in &worker.spec.env {
+            let mut kv = std::os::unix::ffi::OsStrExt::as_bytes(key.as_os_str()).to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()));
+            env.extend(std::ffi::CString::new(kv).ok());
+        }
+        for (key, value) in [
+            ("HANDOVER_WORKER_PID", pid.to_string()),
+            ("HANDOVER_WORKER", worker.index.to_string()),
+            ("HANDOVER_GENERATION", worker.generation.to_string()),
+        ] {
+            env.extend(std::ffi::CString::new(format!("{key}={value}")).ok());
+        }
+        let (out, err) = match (handover_sys::fd::dev_null(), handover_sys::fd::dev_null()) {
+            (Ok(out), Ok(err)) => (out, err),
+            (Err(e), _) | (_, Err(e)) => {
+                worker.last_probe = Some(format!("could not start: {e}"));
+                return;
+            }
+        };
+        let mut exec = worker.spec.exec.clone();
+        exec.argv = argv.clone();
+        worker.probe_running = true;
+        worker.next_probe = None;
+        self.probe_spawns += 1;
+        let events = self.events.clone();
+        let request = SpawnRequest {
+            exec,
+            env,
+            sockets: Vec::new(),
+            stdout: Some(out),
+            stderr: Some(err),
+        };
+        self.spawner.spawn(request, move |result| {
+            let _ = events.send(Event::ProbeSpawned { worker: id, result });
+        });
+    }
+
+    fn probe_spawned(&mut self, id: u64, result: io::Result<Spawned>) {
+        self.probe_spawns = self.probe_spawns.saturating_sub(1);
+        let now = Instant::now();
+        let worker = self.workers.get_mut(&id);
+        match result {
+            Ok(spawned) => {
+                let wanted = worker
+                    .as_ref()
+                    .is_some_and(|w| matches!(w.state, State::Starting { .. }));
+                let timeout = match worker.as_ref().map(|w| &w.spec.ready) {
+                    Some(ReadyMode::Probe { timeout, .. }) => *timeout,
+                    _ => Duration::ZERO,
+                };
+                if let (Some(worker), Some(err)) = (worker, &spawned.exec_error) {
+                    worker.last_probe = Some(format!("could not start: {err}"));
+                }
+                if !wanted {
+                    let _ = spawned.pidfd.send_signal(libc::SIGKILL);
+                }
+                self.probes.insert(
+                    spawned.pid,
+                    ProbeRun {
+                        worker: id,
+                        pidfd: spawned.pidfd,
+                        deadline: now + timeout,
+                        killed: !wanted,
+                    },
+                );
+            }
+            Err(err) => {
+                if let Some(worker) = worker {
+                    worker.probe_running = false;
+                    worker.last_probe = Some(format!("could not start: {err}"));
+                    if let ReadyMode::Probe { interval, .. } = &worker.spec.ready {
+                        worker.next_probe = Some(now + *interval);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A probe ended: success makes its worker ready; anything else schedules the next try.
+    fn collect_probe(&mut self, pid: i32, status: ExitStatus) {
+        let Some(run) = self.probes.remove(&pid) else {
+            return;
+        };
+        let _ = process::signal_group(pid, libc::SIGKILL);
+        let _ = process::reap(pid);
+        let Some(worker) = self.workers.get_mut(&run.worker) else {
+            return;
+        };
+        worker.probe_running = false;
+        if !matches!(worker.state, State::Starting { .. }) {
+            return;
+        }
+        if status.success() && !run.killed {
+            worker.state = State::Ready {
+                since: Instant::now(),
+            };
+            info!(
+                generation = worker.generation,
+                worker = worker.index,
+                pid = worker.pid(),
+                "worker ready (probe succeeded)"
+            );
+            let generation = worker.generation;
+            self.on_worker_ready(generation);
+            return;
+        }
+        if !run.killed
+            && worker
+                .last_probe
+                .as_deref()
+                .is_none_or(|p| !p.starts_with("could not start"))
+        {
+            worker.last_probe = Some(status.to_string());
+        }
+        if let ReadyMode::Probe { interval, .. } = &worker.spec.ready {
+            worker.next_probe = Some(Instant::now() + *interval);
+        }
+    }
 
     /// Sends `WATCHDOG=1` if handover is healthy: its loop runs (this is it) and, when
     /// `watchdog_min_workers` is set, enough serving workers are ready.

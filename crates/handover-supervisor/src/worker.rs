@@ -87,6 +87,12 @@ pub struct Worker {
     pub status: Option<String>,
     /// Set when the stub could not exec it.
     pub exec_error: Option<String>,
+    /// Probe mode: when the next readiness probe may start.
+    pub next_probe: Option<Instant>,
+    /// Probe mode: an attempt is running (they never overlap).
+    pub probe_running: bool,
+    /// Probe mode: how the last attempt ended, to explain a ready timeout.
+    pub last_probe: Option<String>,
 }
 
 impl Worker {

