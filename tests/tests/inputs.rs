@@ -344,3 +344,36 @@ fn log_to_stdout() {
     );
     assert!(text.contains("exit=1"), "{text}");
 }
+
+/// Scenario 24: in a PID namespace, a decoy takes a dead worker's pid (set through
+/// ns_last_pid) while the worker waits to be restarted; stopping handover must not hit it.
+#[test]
+fn a_recycled_worker_pid_is_never_signalled() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a PID namespace");
+        return;
+    }
+    let config = "[worker]\ncommand = [\"{worker}\", \"--report\", \"{dir}/reports\", \"--ready-after\", \"0\"]\nrestart_backoff_initial = \"30s\"\nrestart_backoff_max = \"30s\"\n";
+    let script = r#"
+mkdir -p reports
+exec unshare --pid --fork --mount-proc bash -c '
+    "$H" start --config "$C" > handover.log 2>&1 &
+    handover=$!
+    for i in $(seq 1 300); do [ -n "$(ls reports)" ] && break; sleep 0.05; done
+    worker=$(ls reports | head -1); worker=${worker%.json}
+    kill -KILL "$worker"
+    for i in $(seq 1 300); do grep -q "restarting in" handover.log && break; sleep 0.05; done
+    echo $((worker - 1)) > /proc/sys/kernel/ns_last_pid
+    setsid sleep 100 &
+    decoy=$!
+    [ "$decoy" = "$worker" ] || { echo "decoy got pid $decoy, not $worker"; exit 7; }
+    kill -TERM "$handover"; wait "$handover"; echo "handover exited $?"
+    if kill -0 "$decoy" 2>/dev/null; then echo "decoy alive"; kill "$decoy"; else echo "decoy killed"; fi
+'
+"#;
+    let (code, text) = sh("pid-reuse", config, script);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("handover exited 0"), "{text}");
+    assert!(text.contains("decoy alive"), "{text}");
+}
