@@ -377,3 +377,37 @@ exec unshare --pid --fork --mount-proc bash -c '
     assert!(text.contains("handover exited 0"), "{text}");
     assert!(text.contains("decoy alive"), "{text}");
 }
+
+/// Scenario 16: fds passed along with a notification (250 of them) are closed at once:
+/// handover's fd count is the same after as before.
+#[test]
+fn fds_sent_with_notifications_are_closed() {
+    let script = r#"
+import array, os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(250)]
+for _ in range(20):
+    s.sendmsg([b"STATUS=junk"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], 0, os.environ["NOTIFY_SOCKET"])
+s.sendmsg([b"READY=1"], [], 0, os.environ["NOTIFY_SOCKET"])
+time.sleep(1000)
+"#;
+    let h = Handover::start(
+        "scm-rights",
+        &format!(
+            "[worker]\ncommand = [\"python3\", \"-c\", {}]\n",
+            serde_json::to_string(script).unwrap()
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let count = || {
+        std::fs::read_dir(format!("/proc/{}/fd", h.pid()))
+            .unwrap()
+            .count()
+    };
+    let after = count();
+    assert!(
+        after < 64,
+        "handover holds {after} fds: the passed ones were not closed"
+    );
+}

@@ -550,3 +550,37 @@ fn sigusr2_storm_is_harmless() {
         "{dumps} dump files for a storm lasting well under a second or two"
     );
 }
+
+/// Towards systemd, a reload is RELOADING=1 with MONOTONIC_USEC= (newer systemd waits for
+/// it), STATUS= per phase, then READY=1; an aborted one ends with READY=1 too.
+#[test]
+fn reload_is_reported_to_systemd() {
+    let mut h = Handover::start(
+        "reload-notify",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n",
+        Options {
+            notify: true,
+            ..Default::default()
+        },
+    );
+    h.notify.as_mut().unwrap().wait_for("READY=1");
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{err}");
+    let notify = h.notify.as_mut().unwrap();
+    let reloading = notify.wait_for("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    notify.wait_for("STATUS=spawning generation 2");
+    let done = notify.wait_for("STATUS=1/1 workers ready, generation 2");
+    assert!(done.lines().any(|l| l == "READY=1"), "{done}");
+
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace(r#""--ready-after", "0""#, r#""--exit-after", "0", "5""#);
+    std::fs::write(&h.config, text).unwrap();
+    notify.received.clear();
+    let (st, _, _) = h.ctl(&["reload"]);
+    assert_eq!(st.code(), Some(6));
+    let notify = h.notify.as_mut().unwrap();
+    let aborted = notify.wait_for("STATUS=reload aborted, generation 2 keeps serving");
+    assert!(aborted.lines().any(|l| l == "READY=1"), "{aborted}");
+}
