@@ -63,6 +63,22 @@ enum Event {
     },
 }
 
+/// One of a worker's output pipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
 /// A readiness probe in flight.
 struct ProbeRun {
     worker: u64,
@@ -523,9 +539,9 @@ impl Supervisor {
                 stderr: None,
                 watchers: Vec::new(),
                 stderr_tail: VecDeque::new(),
-                stderr_partial: Vec::new(),
+                stderr_lines: Default::default(),
                 stdout: None,
-                stdout_partial: Vec::new(),
+                stdout_lines: Default::default(),
                 retiring: false,
                 spawned_at: None,
                 status: None,
@@ -621,8 +637,8 @@ impl Supervisor {
                 self.reap_children();
             }
             Event::NotifyReadable(worker) => self.read_notify(worker),
-            Event::StderrReadable(worker) => self.read_stderr(worker),
-            Event::StdoutReadable(worker) => self.read_stdout(worker),
+            Event::StderrReadable(worker) => self.read_stream(worker, Stream::Stderr),
+            Event::StdoutReadable(worker) => self.read_stream(worker, Stream::Stdout),
             Event::ProbeSpawned { worker, result } => {
                 self.probe_spawned(worker, result);
                 self.reap_children();
@@ -810,67 +826,41 @@ impl Supervisor {
         }
     }
 
-    fn read_stderr(&mut self, id: u64) {
+    /// Reads what a worker wrote on one of its output pipes, without blocking, and passes it
+    /// on line by line; stderr lines are also kept to explain a death.
+    fn read_stream(&mut self, id: u64, stream: Stream) {
         let mut buf = [0u8; 8192];
         loop {
             let Some(worker) = self.workers.get_mut(&id) else {
                 return;
             };
-            let Some(pipe) = worker.stderr.clone() else {
+            let (pipe_slot, buffer) = match stream {
+                Stream::Stderr => (&mut worker.stderr, &mut worker.stderr_lines),
+                Stream::Stdout => (&mut worker.stdout, &mut worker.stdout_lines),
+            };
+            let Some(pipe) = pipe_slot.clone() else {
                 return;
             };
-            let n = match (&*pipe).read(&mut buf) {
+            let (lines, at_end) = match (&*pipe).read(&mut buf) {
                 Ok(0) => {
-                    worker.stderr = None;
-                    if let Some(line) = worker.flush_stderr() {
-                        self.emit(id, "stderr", &line);
-                    }
-                    return;
+                    *pipe_slot = None;
+                    (buffer.flush().into_iter().collect(), true)
                 }
-                Ok(n) => n,
+                Ok(n) => (buffer.push(&buf[..n]), false),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            for line in worker.take_stderr_lines(&buf[..n]) {
-                self.emit(id, "stderr", &line);
-            }
-        }
-    }
-
-    fn read_stdout(&mut self, id: u64) {
-        let mut buf = [0u8; 8192];
-        loop {
-            let Some(worker) = self.workers.get_mut(&id) else {
-                return;
-            };
-            let Some(pipe) = worker.stdout.clone() else {
-                return;
-            };
-            let n = match (&*pipe).read(&mut buf) {
-                Ok(0) => {
-                    worker.stdout = None;
-                    let rest = std::mem::take(&mut worker.stdout_partial);
-                    if !rest.is_empty() {
-                        self.emit(id, "stdout", &rest);
-                    }
-                    return;
+            if stream == Stream::Stderr {
+                for line in &lines {
+                    worker.remember(line.strip_suffix(b"\n").unwrap_or(line));
                 }
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            worker.stdout_partial.extend_from_slice(&buf[..n]);
-            let mut lines = Vec::new();
-            while let Some(pos) = worker.stdout_partial.iter().position(|&b| b == b'\n') {
-                lines.push(worker.stdout_partial.drain(..=pos).collect::<Vec<u8>>());
-            }
-            while worker.stdout_partial.len() >= 4096 {
-                lines.push(worker.stdout_partial.drain(..4096).collect());
             }
             for line in lines {
-                self.emit(id, "stdout", &line);
+                self.emit(id, stream.name(), &line);
+            }
+            if at_end {
+                return;
             }
         }
     }
@@ -983,8 +973,8 @@ impl Supervisor {
     fn collect_worker(&mut self, pid: i32, id: u64, status: ExitStatus) {
         self.by_pid.remove(&pid);
         self.read_notify(id);
-        self.read_stderr(id);
-        self.read_stdout(id);
+        self.read_stream(id, Stream::Stderr);
+        self.read_stream(id, Stream::Stdout);
         let _ = process::signal_group(pid, libc::SIGKILL);
         let _ = process::reap(pid);
         self.worker_exited(id, status);

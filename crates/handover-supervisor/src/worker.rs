@@ -71,14 +71,14 @@ pub struct Worker {
     pub stderr: Option<Arc<std::fs::File>>,
     /// Read end of its stdout pipe (only when handover logs workers' output).
     pub stdout: Option<Arc<std::fs::File>>,
-    /// An unfinished stdout line.
-    pub stdout_partial: Vec<u8>,
+    /// Its stdout, split into lines.
+    pub stdout_lines: LineBuffer,
     /// Tasks watching its fds; aborted when it is gone.
     pub watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Last lines written to stderr.
     pub stderr_tail: VecDeque<String>,
-    /// An unfinished stderr line.
-    pub stderr_partial: Vec<u8>,
+    /// Its stderr, split into lines.
+    pub stderr_lines: LineBuffer,
     /// Going away for good: its exit starts no replacement.
     pub retiring: bool,
     /// When its current process was spawned.
@@ -101,37 +101,9 @@ impl Worker {
         self.pidfd.as_ref().map(|p| p.pid())
     }
 
-    /// Appends stderr bytes, returning the complete lines to forward.
-    pub fn take_stderr_lines(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let mut lines = Vec::new();
-        self.stderr_partial.extend_from_slice(bytes);
-        while let Some(pos) = self.stderr_partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.stderr_partial.drain(..=pos).collect();
-            self.remember(&line[..line.len() - 1]);
-            lines.push(line);
-        }
-        // Bound memory for output without newlines: cut it into 4 KiB lines.
-        while self.stderr_partial.len() >= 4096 {
-            let mut line: Vec<u8> = self.stderr_partial.drain(..4096).collect();
-            self.remember(&line);
-            line.push(b'\n');
-            lines.push(line);
-        }
-        lines
-    }
-
-    /// Flushes an unfinished line (at exit).
-    pub fn flush_stderr(&mut self) -> Option<Vec<u8>> {
-        if self.stderr_partial.is_empty() {
-            return None;
-        }
-        let mut line = std::mem::take(&mut self.stderr_partial);
-        self.remember(&line);
-        line.push(b'\n');
-        Some(line)
-    }
-
-    fn remember(&mut self, line: &[u8]) {
+    /// Keeps a line of stderr (without its newline) among the last few, which explain a
+    /// death.
+    pub fn remember(&mut self, line: &[u8]) {
         let mut text = String::from_utf8_lossy(line).into_owned();
         if text.len() > STDERR_TAIL_LINE_MAX {
             let mut cut = STDERR_TAIL_LINE_MAX;
@@ -144,6 +116,48 @@ impl Worker {
             self.stderr_tail.pop_front();
         }
         self.stderr_tail.push_back(text);
+    }
+}
+
+/// Longest line passed on from a worker's output; longer ones are cut, so output without
+/// newlines costs bounded memory.
+pub const LINE_MAX: usize = 4096;
+
+/// Splits a byte stream into lines.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Appends bytes; returns the complete lines, each ending with a newline (a line longer
+    /// than [`LINE_MAX`] comes out in pieces of that size).
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.partial.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        loop {
+            let cut = match self.partial.iter().position(|&b| b == b'\n') {
+                Some(pos) if pos < LINE_MAX => pos + 1,
+                _ if self.partial.len() >= LINE_MAX => LINE_MAX,
+                _ => break,
+            };
+            let mut line: Vec<u8> = self.partial.drain(..cut).collect();
+            if line.last() != Some(&b'\n') {
+                line.push(b'\n');
+            }
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// The unfinished line, if any, with a newline (at end of file).
+    pub fn flush(&mut self) -> Option<Vec<u8>> {
+        if self.partial.is_empty() {
+            return None;
+        }
+        let mut line = std::mem::take(&mut self.partial);
+        line.push(b'\n');
+        Some(line)
     }
 }
 
@@ -194,4 +208,28 @@ pub fn worker_env(
     push(b"HANDOVER_GENERATION", generation.to_string().as_bytes());
     push(b"NOTIFY_SOCKET", notify_path.as_os_str().as_encoded_bytes());
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_cut_and_flushed() {
+        let mut buffer = LineBuffer::default();
+        assert_eq!(buffer.push(b"a\nbc"), vec![b"a\n".to_vec()]);
+        assert_eq!(
+            buffer.push(b"d\n\ne"),
+            vec![b"bcd\n".to_vec(), b"\n".to_vec()]
+        );
+        assert_eq!(buffer.flush(), Some(b"e\n".to_vec()));
+        assert_eq!(buffer.flush(), None);
+        let long = vec![b'x'; LINE_MAX * 2 + 10];
+        let lines = buffer.push(&long);
+        assert_eq!(lines.len(), 2);
+        assert!(lines
+            .iter()
+            .all(|l| l.len() == LINE_MAX + 1 && l.ends_with(b"\n")));
+        assert_eq!(buffer.flush().map(|l| l.len()), Some(11));
+    }
 }
