@@ -768,6 +768,16 @@ fn daemon_mode_returns_once_ready() {
         .trim()
         .parse()
         .unwrap();
+    // Whatever happens below, the daemon does not outlive the test.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if alive(self.0) {
+                kill(self.0, libc::SIGKILL);
+            }
+        }
+    }
+    let _reap = Reap(pid);
     assert!(alive(pid), "the daemon runs on");
     assert!(std::fs::read_to_string(&log)
         .unwrap()
