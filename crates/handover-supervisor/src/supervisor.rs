@@ -783,19 +783,7 @@ impl Supervisor {
             worker.status = Some(status.clone());
         }
         if message.ready {
-            if let State::Starting { .. } = worker.state {
-                worker.state = State::Ready {
-                    since: Instant::now(),
-                };
-                info!(
-                    generation = worker.generation,
-                    worker = worker.index,
-                    pid = worker.pid(),
-                    "worker ready"
-                );
-                let generation = worker.generation;
-                self.on_worker_ready(generation);
-            }
+            self.mark_ready(id, "worker ready");
         }
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
@@ -886,6 +874,28 @@ impl Supervisor {
                 );
             }
         }
+    }
+
+    /// A starting worker is ready (by notification, delay or probe; `how` says which): log it
+    /// and let its generation move on. Ready or stopping workers are left as they are.
+    fn mark_ready(&mut self, id: u64, how: &str) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if !matches!(worker.state, State::Starting { .. }) {
+            return;
+        }
+        worker.state = State::Ready {
+            since: Instant::now(),
+        };
+        info!(
+            generation = worker.generation,
+            worker = worker.index,
+            pid = worker.pid(),
+            "{how}"
+        );
+        let generation = worker.generation;
+        self.on_worker_ready(generation);
     }
 
     fn on_worker_ready(&mut self, generation: u64) {
@@ -1248,17 +1258,7 @@ impl Supervisor {
                 State::Starting {
                     ready_at: Some(at), ..
                 } if at <= now => {
-                    if let Some(worker) = self.workers.get_mut(&id) {
-                        worker.state = State::Ready { since: now };
-                        info!(
-                            generation = worker.generation,
-                            worker = worker.index,
-                            pid = worker.pid(),
-                            "worker ready (alive for the ready delay)"
-                        );
-                        let generation = worker.generation;
-                        self.on_worker_ready(generation);
-                    }
+                    self.mark_ready(id, "worker ready (alive for the ready delay)");
                 }
                 State::Starting { .. } => {
                     let timeout = self
@@ -1432,17 +1432,7 @@ impl Supervisor {
             return;
         }
         if status.success() && !run.killed {
-            worker.state = State::Ready {
-                since: Instant::now(),
-            };
-            info!(
-                generation = worker.generation,
-                worker = worker.index,
-                pid = worker.pid(),
-                "worker ready (probe succeeded)"
-            );
-            let generation = worker.generation;
-            self.on_worker_ready(generation);
+            self.mark_ready(run.worker, "worker ready (probe succeeded)");
             return;
         }
         if !run.killed
