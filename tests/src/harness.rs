@@ -261,14 +261,7 @@ impl Handover {
     /// test worker's path) and starts handover on it.
     pub fn start(label: &str, config: &str, options: Options) -> Handover {
         let dir = TempDir::new(label);
-        let mut config = expand(config, dir.path());
-        if !config.contains("[control]") {
-            // Each test its own control socket (the default path is shared by instance name).
-            config.push_str(&format!(
-                "\n[control]\nsocket = \"{}/control.sock\"\n",
-                dir.path().display()
-            ));
-        }
+        let config = with_control(expand(config, dir.path()), dir.path());
         std::fs::create_dir_all(dir.path().join("reports")).expect("create reports dir");
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -399,6 +392,13 @@ impl Handover {
         run_handover(&all, &[])
     }
 
+    /// Replaces the config file (for the next reload) with `template`, expanded like the one
+    /// `start` wrote and keeping this test's control socket.
+    pub fn rewrite_config(&self, template: &str) {
+        let text = with_control(expand(template, self.dir.path()), self.dir.path());
+        std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
     /// The control socket's path.
     pub fn control_socket(&self) -> PathBuf {
         self.dir.path().join("control.sock")
@@ -445,6 +445,18 @@ fn unsafe_kill(pid: i32, signal: i32) {
 /// Sends `signal` to `pid`.
 pub fn kill(pid: i32, signal: i32) {
     unsafe_kill(pid, signal)
+}
+
+/// Gives a config without a `[control]` section the test's own control socket (the default
+/// path is shared by instance name, so parallel tests would collide).
+fn with_control(mut config: String, dir: &Path) -> String {
+    if !config.contains("[control]") {
+        config.push_str(&format!(
+            "\n[control]\nsocket = \"{}/control.sock\"\n",
+            dir.display()
+        ));
+    }
+    config
 }
 
 /// Replaces `{dir}` and `{worker}` in a config template.

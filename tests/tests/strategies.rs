@@ -99,15 +99,7 @@ fn aborted_rolling_reload_restores_the_old_generation() {
         r#"command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "100"]"#,
         r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ]; then exit 9; fi; exec {worker} --ready-after 100"]"#,
     );
-    std::fs::write(
-        &h.config,
-        harness::expand(&broken, h.dir.path())
-            + &format!(
-                "\n[control]\nsocket = \"{}\"\n",
-                h.control_socket().display()
-            ),
-    )
-    .unwrap();
+    h.rewrite_config(&broken);
     let (st, _, err) = h.ctl(&["reload"]);
     assert_eq!(st.code(), Some(6), "{err}");
     assert!(
@@ -227,14 +219,7 @@ drain_timeout = "2s"
     let two = format!("{one}\n[[socket]]\nname = \"b\"\nlisten = \"127.0.0.1:{p2}\"\n");
     let h = Handover::start("socket-change", &config(&one), Options::default());
     h.reports(1);
-    let write = |text: &str| {
-        let full = harness::expand(text, h.dir.path())
-            + &format!(
-                "\n[control]\nsocket = \"{}\"\n",
-                h.control_socket().display()
-            );
-        std::fs::write(&h.config, full).unwrap();
-    };
+    let write = |text: &str| h.rewrite_config(text);
     write(&config(&two));
     let (st, _, err) = h.ctl(&["reload"]);
     assert!(st.success(), "{err}");
@@ -338,14 +323,7 @@ restart_backoff_initial = "10ms"
     };
     let h = Handover::start("respawn-spec", &template("one"), Options::default());
     let first = h.reports(1);
-    let write = |text: &str| {
-        let full = harness::expand(text, h.dir.path())
-            + &format!(
-                "\n[control]\nsocket = \"{}\"\n",
-                h.control_socket().display()
-            );
-        std::fs::write(&h.config, full).unwrap();
-    };
+    let write = |text: &str| h.rewrite_config(text);
     write(&template("two"));
     harness::kill(*first.keys().next().unwrap(), libc::SIGKILL);
     let all = h.reports(2);
@@ -479,12 +457,7 @@ fn socket_permutations_hold_over_a_thousand_spawns() {
     );
     h.log.wait_for("all 50 workers ready");
     for round in 1..20 {
-        let text = harness::expand(&config(&permutation(round)), h.dir.path())
-            + &format!(
-                "\n[control]\nsocket = \"{}\"\n",
-                h.control_socket().display()
-            );
-        std::fs::write(&h.config, text).unwrap();
+        h.rewrite_config(&config(&permutation(round)));
         let (st, _, err) = h.ctl(&["reload"]);
         assert!(st.success(), "round {round}: {err}");
     }
