@@ -9,9 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use handover_tests::harness::{self, alive, wait_gone, Handover, Options, GUARD};
@@ -31,16 +28,13 @@ const LOAD_MAX_REQUESTS: u64 = 5_000_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The load generator, running in its own thread until [`BackgroundLoad::finish`].
-struct BackgroundLoad {
-    stop: Arc<AtomicBool>,
-    slices: Arc<AtomicU64>,
-    thread: Option<JoinHandle<(Summary, bool)>>,
-}
+/// The load of a test: [`loadgen::Background`] on the test's port, started once the first
+/// slice got through, and finished with the assertion that the test (not the load's own
+/// limits) stopped it.
+struct BackgroundLoad(loadgen::Background);
 
 impl BackgroundLoad {
     fn start(port: u16, mode: Mode, concurrency: usize) -> BackgroundLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let slices = Arc::new(AtomicU64::new(0));
         let cfg = LoadConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             concurrency,
@@ -50,36 +44,7 @@ impl BackgroundLoad {
             request_timeout: REQUEST_TIMEOUT,
             path: "/".into(),
         };
-        let thread = {
-            let (stop, slices) = (stop.clone(), slices.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("load runtime");
-                let began = Instant::now();
-                let mut total = Summary::default();
-                let mut limited = false;
-                // Bounded by LOAD_LIMIT and LOAD_MAX_REQUESTS as well as by the stop flag.
-                while !stop.load(Ordering::SeqCst) {
-                    if began.elapsed() >= LOAD_LIMIT || total.requests >= LOAD_MAX_REQUESTS {
-                        limited = true;
-                        break;
-                    }
-                    let mut slice_cfg = cfg.clone();
-                    slice_cfg.max_requests = LOAD_MAX_REQUESTS - total.requests;
-                    let slice = rt.block_on(loadgen::run(slice_cfg)).expect("valid load");
-                    total.absorb(&slice);
-                    slices.fetch_add(1, Ordering::SeqCst);
-                }
-                (total, limited)
-            })
-        };
-        let load = BackgroundLoad {
-            stop,
-            slices,
-            thread: Some(thread),
-        };
+        let load = BackgroundLoad(loadgen::Background::start(cfg, LOAD_LIMIT));
         // The first slice proves that the load reaches the workers before anything happens.
         load.wait_slices(1);
         load
@@ -87,35 +52,20 @@ impl BackgroundLoad {
 
     fn wait_slices(&self, n: u64) {
         let deadline = Instant::now() + GUARD;
-        while self.slices.load(Ordering::SeqCst) < n {
+        while self.0.slices() < n {
             assert!(Instant::now() < deadline, "the load generator is stuck");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Stops the load after the slice in progress and returns the sum of every slice.
-    fn finish(mut self) -> Summary {
-        self.stop.store(true, Ordering::SeqCst);
-        let (summary, limited) = self
-            .thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("load thread");
+    fn finish(self) -> Summary {
+        let (summary, limited) = self.0.finish().expect("load thread");
         assert!(
             !limited,
             "the load hit its own limit before the test stopped it: {summary:?}"
         );
         summary
-    }
-}
-
-impl Drop for BackgroundLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -12,9 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -419,14 +417,11 @@ fn print_memory(pid: i32) {
 // ---- background load --------------------------------------------------------------------
 
 /// The load generator in its own thread, in back-to-back runs until stopped.
-struct BackgroundLoad {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<(Summary, bool)>>>,
-}
+/// The bench's load: [`loadgen::Background`] with the bench's limits.
+struct BackgroundLoad(loadgen::Background);
 
 impl BackgroundLoad {
     fn start(port: u16, mode: Mode, concurrency: usize) -> BackgroundLoad {
-        let stop = Arc::new(AtomicBool::new(false));
         let cfg = LoadConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             concurrency,
@@ -436,50 +431,11 @@ impl BackgroundLoad {
             request_timeout: REQUEST_TIMEOUT,
             path: "/".into(),
         };
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let began = Instant::now();
-                let mut total = Summary::default();
-                let mut limited = false;
-                // Bounded by LOAD_LIMIT and LOAD_MAX_REQUESTS as well as by the stop flag.
-                while !stop.load(Ordering::SeqCst) {
-                    if began.elapsed() >= LOAD_LIMIT || total.requests >= LOAD_MAX_REQUESTS {
-                        limited = true;
-                        break;
-                    }
-                    let mut slice_cfg = cfg.clone();
-                    slice_cfg.max_requests = LOAD_MAX_REQUESTS - total.requests;
-                    let slice = rt.block_on(loadgen::run(slice_cfg))?;
-                    total.absorb(&slice);
-                }
-                Ok((total, limited))
-            })
-        };
-        BackgroundLoad {
-            stop,
-            thread: Some(thread),
-        }
+        BackgroundLoad(loadgen::Background::start(cfg, LOAD_LIMIT))
     }
 
-    fn finish(mut self) -> anyhow::Result<(Summary, bool)> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take().expect("running").join() {
-            Ok(result) => result,
-            Err(_) => bail!("the load thread panicked"),
-        }
-    }
-}
-
-impl Drop for BackgroundLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    fn finish(self) -> anyhow::Result<(Summary, bool)> {
+        self.0.finish()
     }
 }
 
