@@ -717,6 +717,74 @@ pub fn parse_mode(s: &str) -> Option<Mode> {
     }
 }
 
+/// Load that runs on a thread of its own until [`Background::finish`]: `run` again and again
+/// in slices of `cfg.duration`, summed with [`Summary::absorb`]. Bounded by `limit` and by
+/// `cfg.max_requests` as well as by the stop flag, so a forgotten load ends by itself.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    slices: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<(Summary, bool)>>>,
+}
+
+impl Background {
+    /// Starts the load.
+    pub fn start(cfg: LoadConfig, limit: Duration) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let slices = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, slices) = (stop.clone(), slices.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let began = std::time::Instant::now();
+                let mut total = Summary::default();
+                let mut limited = false;
+                while !stop.load(Ordering::SeqCst) {
+                    if began.elapsed() >= limit || total.requests >= cfg.max_requests {
+                        limited = true;
+                        break;
+                    }
+                    let mut slice = cfg.clone();
+                    slice.max_requests = cfg.max_requests - total.requests;
+                    total.absorb(&rt.block_on(run(slice))?);
+                    slices.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok((total, limited))
+            })
+        };
+        Background {
+            stop,
+            slices,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many slices have completed.
+    pub fn slices(&self) -> u64 {
+        self.slices.load(Ordering::SeqCst)
+    }
+
+    /// Stops after the slice in progress; returns the sum of every slice and whether the
+    /// load stopped by itself first (its time or request limit).
+    pub fn finish(mut self) -> anyhow::Result<(Summary, bool)> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            _ => bail!("the load thread panicked"),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,73 +865,5 @@ mod tests {
         cfg.path = "/".to_owned();
         cfg.concurrency = 0;
         assert!(cfg.validate().is_err());
-    }
-}
-
-/// Load that runs on a thread of its own until [`Background::finish`]: `run` again and again
-/// in slices of `cfg.duration`, summed with [`Summary::absorb`]. Bounded by `limit` and by
-/// `cfg.max_requests` as well as by the stop flag, so a forgotten load ends by itself.
-pub struct Background {
-    stop: Arc<AtomicBool>,
-    slices: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<(Summary, bool)>>>,
-}
-
-impl Background {
-    /// Starts the load.
-    pub fn start(cfg: LoadConfig, limit: Duration) -> Background {
-        let stop = Arc::new(AtomicBool::new(false));
-        let slices = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, slices) = (stop.clone(), slices.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let began = std::time::Instant::now();
-                let mut total = Summary::default();
-                let mut limited = false;
-                while !stop.load(Ordering::SeqCst) {
-                    if began.elapsed() >= limit || total.requests >= cfg.max_requests {
-                        limited = true;
-                        break;
-                    }
-                    let mut slice = cfg.clone();
-                    slice.max_requests = cfg.max_requests - total.requests;
-                    total.absorb(&rt.block_on(run(slice))?);
-                    slices.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok((total, limited))
-            })
-        };
-        Background {
-            stop,
-            slices,
-            thread: Some(thread),
-        }
-    }
-
-    /// How many slices have completed.
-    pub fn slices(&self) -> u64 {
-        self.slices.load(Ordering::SeqCst)
-    }
-
-    /// Stops after the slice in progress; returns the sum of every slice and whether the
-    /// load stopped by itself first (its time or request limit).
-    pub fn finish(mut self) -> anyhow::Result<(Summary, bool)> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(result)) => result,
-            _ => bail!("the load thread panicked"),
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
