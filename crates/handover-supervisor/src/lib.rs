@@ -18,3 +18,4 @@ mod worker;
 pub use control::{Command, Outcome, ReloadOverrides, ReloadReply};
 pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy, WorkerOutput};
 pub use supervisor::{run, Reloader, RunResult};
+pub use worker::is_reserved_var;

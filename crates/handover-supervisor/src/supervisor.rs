@@ -26,7 +26,7 @@ use crate::backoff;
 use crate::control::{Command, Outcome, ReloadOverrides, ReloadReply};
 use crate::plan::{GenerationSpec, Plan, ReadyMode, ReloadPolicy, WorkerOutput};
 use crate::systemd::Systemd;
-use crate::worker::{worker_env, State, Worker};
+use crate::worker::{is_reserved_var, worker_env, State, Worker};
 
 /// Builds the spec of a new generation when a reload starts (re-reading the configuration).
 pub type Reloader = Box<
@@ -1338,7 +1338,12 @@ impl Supervisor {
         };
         let Some(pid) = worker.pid() else { return };
         let mut env: Vec<std::ffi::CString> = Vec::new();
-        for (key, value) in &worker.spec.env {
+        for (key, value) in worker
+            .spec
+            .env
+            .iter()
+            .filter(|(k, _)| !is_reserved_var(k.as_encoded_bytes()))
+        {
             let mut kv = std::os::unix::ffi::OsStrExt::as_bytes(key.as_os_str()).to_vec();
             kv.push(b'=');
             kv.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()));

@@ -8,15 +8,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use handover_supervisor::{GenerationSpec, ListenSocket, ReadyMode, ReloadOverrides, ReloadPolicy};
+use handover_supervisor::{
+    is_reserved_var, GenerationSpec, ListenSocket, ReadyMode, ReloadOverrides, ReloadPolicy,
+};
 use handover_sys::spawn::WorkerExec;
 
 use crate::config::{self, Config, InheritEnv, NotifyAccess, Strategy};
-
-/// Variables never passed on from handover's own environment.
-fn is_reserved(key: &[u8]) -> bool {
-    key.starts_with(b"LISTEN_") || key == b"NOTIFY_SOCKET" || key.starts_with(b"WATCHDOG_")
-}
 
 /// Who workers run as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +72,15 @@ pub fn base_env(
         match &worker.inherit_env {
             InheritEnv::All => inherited
                 .iter()
-                .filter(|(k, _)| !is_reserved(k.as_bytes()))
+                .filter(|(k, _)| !is_reserved_var(k.as_bytes()))
                 .cloned()
                 .collect(),
             InheritEnv::Nothing => Vec::new(),
             InheritEnv::Only(names) => inherited
                 .iter()
                 .filter(|(k, _)| {
-                    names.iter().any(|n| n.as_bytes() == k.as_bytes()) && !is_reserved(k.as_bytes())
+                    names.iter().any(|n| n.as_bytes() == k.as_bytes())
+                        && !is_reserved_var(k.as_bytes())
                 })
                 .cloned()
                 .collect(),
