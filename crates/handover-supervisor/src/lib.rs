@@ -10,12 +10,14 @@
 pub mod backoff;
 pub mod control;
 pub mod control_server;
+pub mod output;
 pub mod plan;
 mod supervisor;
 mod systemd;
 mod worker;
 
 pub use control::{Command, Outcome, ReloadOverrides, ReloadReply};
-pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy, WorkerOutput};
+pub use output::{Output, OutputConfig, Rotation, Sink};
+pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy};
 pub use supervisor::{run, Reloader, RunResult};
 pub use worker::is_reserved_var;

@@ -111,17 +111,5 @@ pub struct Plan {
     /// Send `WATCHDOG=1` only while at least this many serving workers are ready.
     pub watchdog_min_workers: u32,
     /// Where workers' output goes.
-    pub worker_output: WorkerOutput,
-}
-
-/// Where workers' stdout and stderr go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerOutput {
-    /// stdout is handover's own stdout; stderr lines are copied to handover's stderr as they
-    /// are (handover keeps the last ones to explain a death).
-    PassThrough,
-    /// Both are read by handover and every line is logged as an event of target `worker`
-    /// with the fields `generation`, `worker`, `pid` and `stream` (in the journal:
-    /// `HANDOVER_GENERATION`, `HANDOVER_WORKER`, `HANDOVER_PID`, `HANDOVER_STREAM`).
-    Log,
+    pub output: Arc<crate::output::Output>,
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff;
 use crate::control::{Command, Outcome, ReloadOverrides, ReloadReply};
-use crate::plan::{GenerationSpec, Plan, ReadyMode, ReloadPolicy, WorkerOutput};
+use crate::output::{Origin, Stream};
+use crate::plan::{GenerationSpec, Plan, ReadyMode, ReloadPolicy};
 use crate::systemd::Systemd;
 use crate::worker::{is_reserved_var, worker_env, State, Worker};
 
@@ -48,6 +50,8 @@ const FORCE_AFTER_SIGNALS: u32 = 4;
 
 /// How long to wait for killed orphans to be reaped at the very end.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
+/// A worker's pipe is read at most this much at a time before other events get their turn.
+const READ_BUDGET: usize = 64 * 1024;
 
 enum Event {
     Spawned {
@@ -61,22 +65,6 @@ enum Event {
         worker: u64,
         result: io::Result<Spawned>,
     },
-}
-
-/// One of a worker's output pipes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
 }
 
 /// A readiness probe in flight.
@@ -247,7 +235,13 @@ pub async fn run(
             _ = sigterm.recv() => sup.stop_signal("SIGTERM"),
             _ = sigint.recv() => sup.stop_signal("SIGINT"),
             _ = sighup.recv() => sup.request_reload(ReloadOverrides::default(), None, true),
-            _ = sigusr1.recv() => debug!("SIGUSR1: nothing to reopen"),
+            _ = sigusr1.recv() => {
+                if sup.plan.output.reopen() {
+                    info!("SIGUSR1: reopening log files");
+                } else {
+                    debug!("SIGUSR1: no log file to reopen");
+                }
+            }
             _ = sigusr2.recv() => sup.dump_state(),
             command = commands.recv(), if commands_open => match command {
                 Some(command) => sup.handle_command(command),
@@ -580,7 +574,7 @@ impl Supervisor {
         let notify_dir = self.plan.notify_dir.clone();
         let notify_owner = self.plan.notify_owner;
         let events = self.events.clone();
-        let log_output = self.plan.worker_output == WorkerOutput::Log;
+        let stdout_null = self.plan.output.stdout_is_null();
         let worker = self
             .workers
             .get_mut(&id)
@@ -604,7 +598,12 @@ impl Supervisor {
             .push(watch(stderr_read.clone(), events, move || {
                 Event::StderrReadable(id)
             })?);
-        let stdout_write = if log_output {
+        let stdout_write = if stdout_null {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")?
+                .into()
+        } else {
             let (stdout_read, stdout_write) = handover_sys::fd::pipe_cloexec()?;
             handover_sys::fd::set_nonblocking(stdout_read.as_fd())?;
             let stdout_read = Arc::new(std::fs::File::from(stdout_read));
@@ -614,9 +613,7 @@ impl Supervisor {
                 move || Event::StdoutReadable(id),
             )?);
             worker.stdout = Some(stdout_read);
-            Some(stdout_write)
-        } else {
-            None
+            stdout_write
         };
         let env = worker_env(&worker.spec, worker.generation, worker.index, socket.path());
         worker.notify = Some(socket);
@@ -625,7 +622,7 @@ impl Supervisor {
             exec: worker.spec.exec.clone(),
             env,
             sockets: worker.spec.sockets.iter().map(|s| s.fd.clone()).collect(),
-            stdout: stdout_write,
+            stdout: Some(stdout_write),
             stderr: Some(stderr_write),
         })
     }
@@ -815,64 +812,64 @@ impl Supervisor {
     }
 
     /// Reads what a worker wrote on one of its output pipes, without blocking, and passes it
-    /// on line by line; stderr lines are also kept to explain a death.
+    /// on line by line; stderr lines are also kept to explain a death. Reads at most
+    /// [`READ_BUDGET`] bytes at a time, then queues itself again behind other events, so a
+    /// worker that writes without pause cannot starve the loop.
     fn read_stream(&mut self, id: u64, stream: Stream) {
         let mut buf = [0u8; 8192];
+        let mut read = 0;
+        let output = self.plan.output.clone();
+        let max_line = output.max_line();
         loop {
             let Some(worker) = self.workers.get_mut(&id) else {
                 return;
             };
-            let (pipe_slot, buffer) = match stream {
-                Stream::Stderr => (&mut worker.stderr, &mut worker.stderr_lines),
-                Stream::Stdout => (&mut worker.stdout, &mut worker.stdout_lines),
+            let pipe_slot = match stream {
+                Stream::Stderr => &mut worker.stderr,
+                Stream::Stdout => &mut worker.stdout,
             };
             let Some(pipe) = pipe_slot.clone() else {
                 return;
             };
-            let (lines, at_end) = match (&*pipe).read(&mut buf) {
-                Ok(0) => {
-                    *pipe_slot = None;
-                    (buffer.flush().into_iter().collect(), true)
-                }
-                Ok(n) => (buffer.push(&buf[..n]), false),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            if stream == Stream::Stderr {
-                for line in &lines {
-                    worker.remember(line.strip_suffix(b"\n").unwrap_or(line));
-                }
-            }
-            for line in lines {
-                self.emit(id, stream.name(), &line);
-            }
-            if at_end {
+            if read >= READ_BUDGET {
+                let _ = self.events.send(match stream {
+                    Stream::Stderr => Event::StderrReadable(id),
+                    Stream::Stdout => Event::StdoutReadable(id),
+                });
                 return;
             }
-        }
-    }
-
-    /// Passes one line a worker wrote on: as it is to handover's stderr, or as a log event
-    /// carrying the worker's generation, index and pid.
-    fn emit(&self, id: u64, stream: &'static str, line: &[u8]) {
-        match self.plan.worker_output {
-            WorkerOutput::PassThrough => write_stderr(line),
-            WorkerOutput::Log => {
-                let Some(worker) = self.workers.get(&id) else {
-                    return;
-                };
-                let text = String::from_utf8_lossy(line);
-                let text = text.strip_suffix('\n').unwrap_or(&text);
-                info!(
-                    target: "worker",
-                    generation = worker.generation,
-                    worker = worker.index,
-                    pid = worker.pid(),
-                    stream,
-                    "{text}"
-                );
+            let n = match (&*pipe).read(&mut buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            read += n;
+            if n == 0 {
+                *pipe_slot = None;
             }
+            let program = worker.spec.exec.argv.first().map(|p| p.as_bytes()).unwrap_or_default();
+            let origin = Origin {
+                generation: worker.generation,
+                index: worker.index,
+                pid: worker.pid().unwrap_or(0),
+                program,
+            };
+            let (lines, mut tail) = match stream {
+                Stream::Stderr => (&mut worker.stderr_lines, Some(&mut worker.stderr_tail)),
+                Stream::Stdout => (&mut worker.stdout_lines, None),
+            };
+            let mut emit = |line: &[u8], continues: bool| {
+                output.line(stream, &origin, line, continues);
+                if let Some(tail) = tail.as_deref_mut() {
+                    crate::worker::remember(tail, line);
+                }
+            };
+            if n == 0 {
+                lines.flush(&mut emit);
+                return;
+            }
+            lines.push(&buf[..n], max_line, &mut emit);
         }
     }
 
@@ -1862,6 +1859,7 @@ impl Supervisor {
             "status": self.status_line(),
             "generations": generations,
             "sockets": sockets,
+            "logs": self.plan.output.status(),
         })
     }
 
@@ -1901,9 +1899,4 @@ fn humanize(d: Duration) -> String {
     } else {
         format!("{:.1}s", d.as_secs_f64())
     }
-}
-
-fn write_stderr(line: &[u8]) {
-    use std::io::Write;
-    let _ = std::io::stderr().lock().write_all(line);
 }

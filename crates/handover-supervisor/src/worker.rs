@@ -72,13 +72,13 @@ pub struct Worker {
     /// Read end of its stdout pipe (only when handover logs workers' output).
     pub stdout: Option<Arc<std::fs::File>>,
     /// Its stdout, split into lines.
-    pub stdout_lines: LineBuffer,
+    pub stdout_lines: crate::output::Lines,
     /// Tasks watching its fds; aborted when it is gone.
     pub watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Last lines written to stderr.
     pub stderr_tail: VecDeque<String>,
     /// Its stderr, split into lines.
-    pub stderr_lines: LineBuffer,
+    pub stderr_lines: crate::output::Lines,
     /// Going away for good: its exit starts no replacement.
     pub retiring: bool,
     /// When its current process was spawned.
@@ -100,65 +100,26 @@ impl Worker {
     pub fn pid(&self) -> Option<i32> {
         self.pidfd.as_ref().map(|p| p.pid())
     }
-
-    /// Keeps a line of stderr (without its newline) among the last few, which explain a
-    /// death.
-    pub fn remember(&mut self, line: &[u8]) {
-        let mut text = String::from_utf8_lossy(line).into_owned();
-        if text.len() > STDERR_TAIL_LINE_MAX {
-            let mut cut = STDERR_TAIL_LINE_MAX;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
-        if self.stderr_tail.len() == STDERR_TAIL_LINES {
-            self.stderr_tail.pop_front();
-        }
-        self.stderr_tail.push_back(text);
-    }
 }
 
-/// Longest line passed on from a worker's output; longer ones are cut, so output without
-/// newlines costs bounded memory.
-pub const LINE_MAX: usize = 4096;
-
-/// Splits a byte stream into lines.
-#[derive(Debug, Default)]
-pub struct LineBuffer {
-    partial: Vec<u8>,
-}
-
-impl LineBuffer {
-    /// Appends bytes; returns the complete lines, each ending with a newline (a line longer
-    /// than [`LINE_MAX`] comes out in pieces of that size).
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        self.partial.extend_from_slice(bytes);
-        let mut lines = Vec::new();
-        loop {
-            let cut = match self.partial.iter().position(|&b| b == b'\n') {
-                Some(pos) if pos < LINE_MAX => pos + 1,
-                _ if self.partial.len() >= LINE_MAX => LINE_MAX,
-                _ => break,
-            };
-            let mut line: Vec<u8> = self.partial.drain(..cut).collect();
-            if line.last() != Some(&b'\n') {
-                line.push(b'\n');
-            }
-            lines.push(line);
+/// Keeps a line of stderr (without its newline) among the last few, which explain a death,
+/// escaped as in a tagged log line so that it cannot disturb the log message quoting it.
+pub fn remember(tail: &mut VecDeque<String>, line: &[u8]) {
+    let line = &line[..line.len().min(STDERR_TAIL_LINE_MAX)];
+    let mut escaped = Vec::with_capacity(line.len());
+    crate::output::escape(&mut escaped, line);
+    let mut text = String::from_utf8_lossy(&escaped).into_owned();
+    if text.len() > STDERR_TAIL_LINE_MAX {
+        let mut cut = STDERR_TAIL_LINE_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
         }
-        lines
+        text.truncate(cut);
     }
-
-    /// The unfinished line, if any, with a newline (at end of file).
-    pub fn flush(&mut self) -> Option<Vec<u8>> {
-        if self.partial.is_empty() {
-            return None;
-        }
-        let mut line = std::mem::take(&mut self.partial);
-        line.push(b'\n');
-        Some(line)
+    if tail.len() == STDERR_TAIL_LINES {
+        tail.pop_front();
     }
+    tail.push_back(text);
 }
 
 /// Variables handover itself defines for workers; they never pass through from its own
@@ -208,28 +169,4 @@ pub fn worker_env(
     push(b"HANDOVER_GENERATION", generation.to_string().as_bytes());
     push(b"NOTIFY_SOCKET", notify_path.as_os_str().as_encoded_bytes());
     env
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_split_cut_and_flushed() {
-        let mut buffer = LineBuffer::default();
-        assert_eq!(buffer.push(b"a\nbc"), vec![b"a\n".to_vec()]);
-        assert_eq!(
-            buffer.push(b"d\n\ne"),
-            vec![b"bcd\n".to_vec(), b"\n".to_vec()]
-        );
-        assert_eq!(buffer.flush(), Some(b"e\n".to_vec()));
-        assert_eq!(buffer.flush(), None);
-        let long = vec![b'x'; LINE_MAX * 2 + 10];
-        let lines = buffer.push(&long);
-        assert_eq!(lines.len(), 2);
-        assert!(lines
-            .iter()
-            .all(|l| l.len() == LINE_MAX + 1 && l.ends_with(b"\n")));
-        assert_eq!(buffer.flush().map(|l| l.len()), Some(11));
-    }
 }

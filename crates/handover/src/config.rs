@@ -33,6 +33,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `[control]`.
     pub control: ControlConfig,
+    /// `[logs]`.
+    pub logs: LogsConfig,
 }
 
 /// `[handover]`: settings of the supervisor itself.
@@ -196,6 +198,89 @@ pub struct ControlConfig {
     pub socket: Option<PathBuf>,
     /// `allow_uids`: uids besides handover's own and root allowed to use it.
     pub allow_uids: Vec<u32>,
+}
+
+/// Where one of workers' output streams goes (`[logs] stdout`, `stderr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSink {
+    /// `"inherit"`: where handover's own log goes.
+    Inherit,
+    /// `"-"`: handover's own stdout or stderr.
+    Own,
+    /// `"/dev/null"`: nowhere.
+    Null,
+    /// An absolute path.
+    File(PathBuf),
+}
+
+/// `[logs]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsConfig {
+    /// `stdout`. Default inherit.
+    pub stdout: LogSink,
+    /// `stderr`. Default inherit.
+    pub stderr: LogSink,
+    /// `tag`: tag lines in files. Default true.
+    pub tag: bool,
+    /// `max_line` in bytes. Default 16 KiB.
+    pub max_line: u64,
+    /// `max_size` in bytes; 0 never rotates. Default 10 MiB.
+    pub max_size: u64,
+    /// `keep`. Default 10.
+    pub keep: u32,
+    /// `compress`. Default true.
+    pub compress: bool,
+    /// `buffer` in bytes. Default 1 MiB.
+    pub buffer: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> LogsConfig {
+        LogsConfig {
+            stdout: LogSink::Inherit,
+            stderr: LogSink::Inherit,
+            tag: true,
+            max_line: 16 * KIB,
+            max_size: 10 * MIB,
+            keep: 10,
+            compress: true,
+            buffer: MIB,
+        }
+    }
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const TIB: u64 = 1024 * GIB;
+
+/// Parses a size: a number of bytes, optionally followed directly by a unit (`B`, `K`/`KiB`,
+/// `M`/`MiB`, `G`/`GiB`, `T`/`TiB`; all powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!(
+            "{text:?} is not a size: write a number of bytes, optionally with a unit, like \"16KiB\" or \"10MiB\""
+        ));
+    }
+    let (number, unit) = text.split_at(digits);
+    let unit_size = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" => KIB,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => GIB,
+        "T" | "TiB" => TIB,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}: use B, KiB, MiB, GiB or TiB (K, M, G, T for short)"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_size))
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A configuration error, located in its file.
@@ -403,6 +488,7 @@ struct RawFile {
     worker: Option<Table<RawWorker>>,
     reload: Option<Table<RawReload>>,
     control: Option<Table<RawControl>>,
+    logs: Option<Table<RawLogs>>,
 }
 
 /// A struct that must be written as a TOML table. (A derived `Deserialize` would also take
@@ -484,6 +570,19 @@ struct RawReload {
     max_extra: Option<Val>,
     canary: Option<Val>,
     max_draining: Option<Val>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLogs {
+    stdout: Option<Val>,
+    stderr: Option<Val>,
+    tag: Option<Val>,
+    max_line: Option<Val>,
+    max_size: Option<Val>,
+    keep: Option<Val>,
+    compress: Option<Val>,
+    buffer: Option<Val>,
 }
 
 #[derive(Default, Deserialize)]
@@ -776,6 +875,16 @@ impl<'de> Visitor<'de> for ArraySeed<'_> {
 type Res<T> = Result<T, ConfigError>;
 
 /// What a value is, for "expected X, got Y" messages.
+/// `16KiB`, `1MiB`, `4096B`: a size in the largest unit that divides it.
+fn show_size(bytes: u64) -> String {
+    for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{name}", bytes / unit);
+        }
+    }
+    format!("{bytes}B")
+}
+
 fn kind(value: &toml::Value) -> &'static str {
     match value {
         toml::Value::String(_) => "a string",
@@ -1123,6 +1232,7 @@ impl Cx<'_> {
         let worker = self.worker(worker, &handover.fds_env)?;
         let reload = self.reload(raw.reload.map(|t| t.0).unwrap_or_default())?;
         let control = self.control(raw.control.map(|t| t.0).unwrap_or_default())?;
+        let logs = self.logs(raw.logs.map(|t| t.0).unwrap_or_default())?;
         Ok(Config {
             path: self.path.to_path_buf(),
             handover,
@@ -1130,6 +1240,7 @@ impl Cx<'_> {
             worker,
             reload,
             control,
+            logs,
         })
     }
 
@@ -1785,6 +1896,86 @@ impl Cx<'_> {
             strategy,
             canary,
             max_draining,
+        })
+    }
+
+    /// A size: an integer (bytes) or a string with a unit; within `min..=max`, or 0 when
+    /// `zero_ok`.
+    fn size(&self, key: &str, v: &Val, min: u64, max: u64, zero_ok: bool) -> Res<u64> {
+        let bytes = match v.get_ref() {
+            toml::Value::Integer(n) if *n < 0 => {
+                return Err(self.bad(v, key, "a size cannot be negative"))
+            }
+            toml::Value::Integer(n) => *n as u64,
+            toml::Value::String(s) => parse_size(s).map_err(|why| self.bad(v, key, why))?,
+            other => {
+                return Err(self.bad(
+                    v,
+                    key,
+                    format!("expected a size like \"16KiB\", got {}", kind(other)),
+                ))
+            }
+        };
+        if (zero_ok && bytes == 0) || (min..=max).contains(&bytes) {
+            return Ok(bytes);
+        }
+        let zero = if zero_ok { "0 or " } else { "" };
+        Err(self.bad(
+            v,
+            key,
+            format!(
+                "must be {zero}between {} and {}, got {bytes} bytes",
+                show_size(min),
+                show_size(max)
+            ),
+        ))
+    }
+
+    fn log_sink(&self, key: &str, v: &Val) -> Res<LogSink> {
+        let text = self.string(key, v)?;
+        Ok(match text {
+            "inherit" => LogSink::Inherit,
+            "-" => LogSink::Own,
+            "/dev/null" => LogSink::Null,
+            "" => return Err(self.bad(v, key, "must not be empty: use \"/dev/null\" to discard")),
+            path if path.starts_with('/') => {
+                if path.ends_with('/') {
+                    return Err(self.bad(v, key, format!("{path:?} is a directory, not a file")));
+                }
+                LogSink::File(PathBuf::from(path))
+            }
+            other => {
+                return Err(self.bad(
+                    v,
+                    key,
+                    format!(
+                        "{other:?} is neither \"inherit\", \"-\", \"/dev/null\" nor an absolute \
+                        path (it must start with /)"
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn logs(&self, l: RawLogs) -> Res<LogsConfig> {
+        let d = LogsConfig::default();
+        Ok(LogsConfig {
+            stdout: l.stdout.as_ref().map_or(Ok(d.stdout), |v| self.log_sink("logs.stdout", v))?,
+            stderr: l.stderr.as_ref().map_or(Ok(d.stderr), |v| self.log_sink("logs.stderr", v))?,
+            tag: l.tag.as_ref().map_or(Ok(d.tag), |v| self.boolean("logs.tag", v))?,
+            max_line: l.max_line.as_ref().map_or(Ok(d.max_line), |v| {
+                self.size("logs.max_line", v, 256, MIB, false)
+            })?,
+            max_size: l.max_size.as_ref().map_or(Ok(d.max_size), |v| {
+                self.size("logs.max_size", v, 4 * KIB, TIB, true)
+            })?,
+            keep: l.keep.as_ref().map_or(Ok(d.keep), |v| {
+                self.integer("logs.keep", v, 0, 10_000).map(|n| n as u32)
+            })?,
+            compress: l.compress.as_ref().map_or(Ok(d.compress), |v| self.boolean("logs.compress", v))?,
+            buffer: l.buffer.as_ref().map_or(Ok(d.buffer), |v| {
+                self.size("logs.buffer", v, 64 * KIB, GIB, false)
+            })?,
         })
     }
 

@@ -481,6 +481,31 @@ fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
     false
 }
 
+/// The supervisor's view of `[logs]`.
+fn output_config(logs: &config::LogsConfig, journal: bool) -> handover_supervisor::OutputConfig {
+    use config::LogSink;
+    use handover_supervisor::Sink;
+    let sink = |s: &LogSink| match s {
+        LogSink::Inherit => Sink::Inherit,
+        LogSink::Own => Sink::Own,
+        LogSink::Null => Sink::Null,
+        LogSink::File(path) => Sink::File(path.clone()),
+    };
+    handover_supervisor::OutputConfig {
+        stdout: sink(&logs.stdout),
+        stderr: sink(&logs.stderr),
+        tag: logs.tag,
+        max_line: logs.max_line as usize,
+        rotation: handover_supervisor::Rotation {
+            max_size: logs.max_size,
+            keep: logs.keep,
+            compress: logs.compress,
+        },
+        buffer: logs.buffer as usize,
+        journal,
+    }
+}
+
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     tracing::error!("{message}");
     eprintln!("handover: {message}");
@@ -570,6 +595,10 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         }
     }
     let journal = init_logging(&environment, options.log_to_stdout);
+    let output = match handover_supervisor::Output::open(&output_config(&config.logs, journal)) {
+        Ok(output) => std::sync::Arc::new(output),
+        Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
+    };
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -675,11 +704,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         on_ready: ready_pipe.clone(),
         watchdog: environment.watchdog,
         watchdog_min_workers: config.handover.watchdog_min_workers,
-        worker_output: if journal {
-            handover_supervisor::WorkerOutput::Log
-        } else {
-            handover_supervisor::WorkerOutput::PassThrough
-        },
+        output: output.clone(),
     };
 
     let spawner = match handover_sys::spawn::Spawner::start() {
@@ -719,8 +744,15 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         return fail(exit::INTERNAL, format!("control socket: {err}"));
     }
     let config_path = config.path.clone();
+    let logs_at_start = config.logs.clone();
     let reloader: handover_supervisor::Reloader = Box::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+        if config.logs != logs_at_start {
+            tracing::warn!(
+                "[logs] changed in {}: the change takes effect at the next start",
+                config_path.display()
+            );
+        }
         let sockets = sockets::for_reload(&config, &current.sockets)?;
         Ok((
             context.build(&config, sockets, overrides)?,
@@ -736,6 +768,8 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     ));
     let _ = std::fs::remove_dir_all(&notify_dir);
     drop(control);
+    // What workers wrote last is still on its way to the disk.
+    output.finish(Duration::from_secs(5));
     if let (Some(pipe), Ok(result)) = (&ready_pipe, &result) {
         if let Outcome::StartFailed(reason) = &result.outcome {
             handover_sys::daemon::report(pipe, Err(reason));
