@@ -77,7 +77,19 @@ impl LogFile {
     /// new names sort after theirs, and uncompressed ones get compressed.
     pub(crate) fn open(path: &Path, rotation: Rotation) -> io::Result<LogFile> {
         let file = open(path)?;
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let size = meta.len();
+        // A device or a FIFO (`/dev/full`, a pipe to a log collector) is written, never
+        // renamed.
+        let rotation = if meta.is_file() {
+            rotation
+        } else {
+            Rotation {
+                max_size: 0,
+                compress: false,
+                ..rotation
+            }
+        };
         let mut log = LogFile {
             path: path.to_path_buf(),
             file: Some(file),
@@ -89,6 +101,9 @@ impl LogFile {
             rotate_after: None,
             compressor: Arc::default(),
         };
+        if !meta.is_file() {
+            return Ok(log);
+        }
         let rotated = rotated_files(path);
         log.last_stamp = rotated.iter().map(|r| r.stamp).max().unwrap_or(0);
         if rotation.compress {
@@ -392,4 +407,4 @@ fn prune(path: &Path, keep: u32) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
