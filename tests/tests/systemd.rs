@@ -314,6 +314,18 @@ fn journal_holds_handover_and_worker_lines() {
     assert!(entry.contains(&format!("HANDOVER_PID={pid}")), "{entry}");
     assert!(entry.contains("HANDOVER_STREAM=stderr"), "{entry}");
     assert!(entry.contains("HANDOVER_WORKER="), "{entry}");
+    // Under the worker's own name, not handover's: a worker cannot pass for handover.
+    assert!(
+        entry.contains("SYSLOG_IDENTIFIER=handover-example-http\n"),
+        "{entry}"
+    );
+    assert!(entry.contains(&format!("SYSLOG_PID={pid}\n")), "{entry}");
+    let short = sd.journalctl(&["-o", "short", "-u", SERVICE]);
+    let shown = short
+        .lines()
+        .find(|l| l.contains(&format!("pid {pid} serving on inherited socket")))
+        .unwrap_or_else(|| panic!("{short}"));
+    assert!(shown.contains(" handover-example-http["), "{shown}");
 }
 
 /// (5) kill -9 of handover: systemd restarts it (Restart=on-failure); the socket stays open

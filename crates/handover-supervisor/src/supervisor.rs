@@ -687,6 +687,9 @@ impl Supervisor {
                 } else {
                     self.read_notify(id);
                 }
+                // Output that arrived before the pid was known waited in the pipes.
+                self.read_stream(id, Stream::Stderr);
+                self.read_stream(id, Stream::Stdout);
             }
             Err(err) => {
                 error!(
@@ -831,6 +834,11 @@ impl Supervisor {
             let Some(pipe) = pipe_slot.clone() else {
                 return;
             };
+            // Every line carries the worker's pid: until the spawning thread reports it,
+            // output waits in the pipe (`spawned` reads it then).
+            if worker.pidfd.is_none() {
+                return;
+            }
             if read >= READ_BUDGET {
                 let _ = self.events.send(match stream {
                     Stream::Stderr => Event::StderrReadable(id),
@@ -848,7 +856,13 @@ impl Supervisor {
             if n == 0 {
                 *pipe_slot = None;
             }
-            let program = worker.spec.exec.argv.first().map(|p| p.as_bytes()).unwrap_or_default();
+            let program = worker
+                .spec
+                .exec
+                .argv
+                .first()
+                .map(|p| p.as_bytes())
+                .unwrap_or_default();
             let origin = Origin {
                 generation: worker.generation,
                 index: worker.index,

@@ -169,6 +169,21 @@ pub fn render_status(status: &serde_json::Value) -> String {
             }
         ));
     }
+    let logs = status["logs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !logs.is_empty() {
+        out.push_str("\nLOG FILE                                 DROPPED LINES  ROTATIONS\n");
+        for log in logs {
+            out.push_str(&format!(
+                "{:<40} {:<14} {}\n",
+                text(&log["path"]),
+                text(&log["dropped"]),
+                text(&log["rotations"])
+            ));
+        }
+    }
     for generation in status["generations"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\ngeneration {} ({}, {} workers, age {})\n",

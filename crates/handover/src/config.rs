@@ -1960,9 +1960,18 @@ impl Cx<'_> {
     fn logs(&self, l: RawLogs) -> Res<LogsConfig> {
         let d = LogsConfig::default();
         Ok(LogsConfig {
-            stdout: l.stdout.as_ref().map_or(Ok(d.stdout), |v| self.log_sink("logs.stdout", v))?,
-            stderr: l.stderr.as_ref().map_or(Ok(d.stderr), |v| self.log_sink("logs.stderr", v))?,
-            tag: l.tag.as_ref().map_or(Ok(d.tag), |v| self.boolean("logs.tag", v))?,
+            stdout: l
+                .stdout
+                .as_ref()
+                .map_or(Ok(d.stdout), |v| self.log_sink("logs.stdout", v))?,
+            stderr: l
+                .stderr
+                .as_ref()
+                .map_or(Ok(d.stderr), |v| self.log_sink("logs.stderr", v))?,
+            tag: l
+                .tag
+                .as_ref()
+                .map_or(Ok(d.tag), |v| self.boolean("logs.tag", v))?,
             max_line: l.max_line.as_ref().map_or(Ok(d.max_line), |v| {
                 self.size("logs.max_line", v, 256, MIB, false)
             })?,
@@ -1972,7 +1981,10 @@ impl Cx<'_> {
             keep: l.keep.as_ref().map_or(Ok(d.keep), |v| {
                 self.integer("logs.keep", v, 0, 10_000).map(|n| n as u32)
             })?,
-            compress: l.compress.as_ref().map_or(Ok(d.compress), |v| self.boolean("logs.compress", v))?,
+            compress: l
+                .compress
+                .as_ref()
+                .map_or(Ok(d.compress), |v| self.boolean("logs.compress", v))?,
             buffer: l.buffer.as_ref().map_or(Ok(d.buffer), |v| {
                 self.size("logs.buffer", v, 64 * KIB, GIB, false)
             })?,

@@ -2,13 +2,13 @@
 //! background and pruned to the newest `keep`, reopened on request (logrotate's create
 //! mode), and safe under logrotate's copytruncate (it is opened with `O_APPEND`).
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,7 @@ impl LogFile {
         if !meta.is_file() {
             return Ok(log);
         }
-        let rotated = rotated_files(path);
+        let rotated = scan(path, true);
         log.last_stamp = rotated.iter().map(|r| r.stamp).max().unwrap_or(0);
         if rotation.compress {
             for leftover in rotated.iter().filter(|r| !r.compressed) {
@@ -280,7 +280,9 @@ impl LogFile {
 }
 
 fn lock(compressor: &Mutex<Compressor>) -> MutexGuard<'_, Compressor> {
-    compressor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    compressor
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `PATH.STAMP` + `suffix`.
@@ -338,9 +340,14 @@ pub(crate) struct Rotated {
     pub compressed: bool,
 }
 
-/// The rotated files of `path`: `PATH.STAMP` and `PATH.STAMP.gz`, oldest first. Temporary
-/// files of a compression that a killed handover left behind are removed on the way.
+/// The rotated files of `path`: `PATH.STAMP` and `PATH.STAMP.gz`, oldest first.
 pub(crate) fn rotated_files(path: &Path) -> Vec<Rotated> {
+    scan(path, false)
+}
+
+/// Like [`rotated_files`], and removes temporary files of compressions a killed handover left
+/// behind: only before this handover compresses anything itself.
+fn scan(path: &Path, remove_tmp: bool) -> Vec<Rotated> {
     let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
         return Vec::new();
     };
@@ -364,7 +371,7 @@ pub(crate) fn rotated_files(path: &Path) -> Vec<Rotated> {
             continue;
         };
         if let Some(stamp) = rest.strip_suffix(TMP_SUFFIX) {
-            if time::parse_file_stamp(stamp).is_some() {
+            if remove_tmp && time::parse_file_stamp(stamp).is_some() {
                 let _ = std::fs::remove_file(entry.path());
             }
             continue;
@@ -388,8 +395,6 @@ pub(crate) fn rotated_files(path: &Path) -> Vec<Rotated> {
 /// Deletes all but the newest `keep` rotations of `path` (a rotation found both compressed
 /// and not, mid-compression, counts once).
 fn prune(path: &Path, keep: u32) {
-    // Temporary files are removed only while no compression runs: this runs in the
-    // compressing thread (or without one), after each file is done.
     let rotated = rotated_files(path);
     let mut stamps: Vec<u64> = rotated.iter().map(|r| r.stamp).collect();
     stamps.dedup();

@@ -139,47 +139,51 @@ impl Output {
     /// Opens every destination and starts their threads.
     pub fn open(config: &OutputConfig) -> Result<Output, OpenError> {
         let mut writers: Vec<(Arc<Writer>, bool)> = Vec::new();
-        let mut route = |key: &'static str, sink: &Sink, stream: Stream| -> Result<Route, OpenError> {
-            let failed = |path: PathBuf| move |source| OpenError { key, path, source };
-            let mut shared = |name: String, is_file: bool, target: &mut dyn FnMut() -> std::io::Result<Target>| {
-                if let Some((writer, _)) = writers.iter().find(|(w, _)| w.name() == name) {
-                    return Ok(writer.clone());
-                }
-                let writer = Arc::new(Writer::start(name, config.buffer, target()?)?);
-                writers.push((writer.clone(), is_file));
-                Ok::<_, std::io::Error>(writer)
-            };
-            Ok(match sink {
-                Sink::Null => Route::Null,
-                Sink::Inherit if config.journal => Route::Journal(
-                    shared("journal".into(), false, &mut Target::journal)
-                        .map_err(failed("journal".into()))?,
-                ),
-                Sink::Inherit | Sink::Own => {
-                    let name = stream.name();
-                    let writer = shared(name.into(), false, &mut || {
-                        let fd = match stream {
-                            Stream::Stdout => std::io::stdout().as_fd().try_clone_to_owned()?,
-                            Stream::Stderr => std::io::stderr().as_fd().try_clone_to_owned()?,
-                        };
-                        Ok(Target::Stream(std::fs::File::from(fd)))
-                    })
-                    .map_err(failed(name.into()))?;
-                    Route::Tagged(writer)
-                }
-                Sink::File(path) => {
-                    let writer = shared(path.display().to_string(), true, &mut || {
-                        Ok(Target::File(file::LogFile::open(path, config.rotation)?))
-                    })
-                    .map_err(failed(path.clone()))?;
-                    if config.tag {
+        let mut route =
+            |key: &'static str, sink: &Sink, stream: Stream| -> Result<Route, OpenError> {
+                let failed = |path: PathBuf| move |source| OpenError { key, path, source };
+                let mut shared =
+                    |name: String,
+                     is_file: bool,
+                     target: &mut dyn FnMut() -> std::io::Result<Target>| {
+                        if let Some((writer, _)) = writers.iter().find(|(w, _)| w.name() == name) {
+                            return Ok(writer.clone());
+                        }
+                        let writer = Arc::new(Writer::start(name, config.buffer, target()?)?);
+                        writers.push((writer.clone(), is_file));
+                        Ok::<_, std::io::Error>(writer)
+                    };
+                Ok(match sink {
+                    Sink::Null => Route::Null,
+                    Sink::Inherit if config.journal => Route::Journal(
+                        shared("journal".into(), false, &mut Target::journal)
+                            .map_err(failed("journal".into()))?,
+                    ),
+                    Sink::Inherit | Sink::Own => {
+                        let name = stream.name();
+                        let writer = shared(name.into(), false, &mut || {
+                            let fd = match stream {
+                                Stream::Stdout => std::io::stdout().as_fd().try_clone_to_owned()?,
+                                Stream::Stderr => std::io::stderr().as_fd().try_clone_to_owned()?,
+                            };
+                            Ok(Target::Stream(std::fs::File::from(fd)))
+                        })
+                        .map_err(failed(name.into()))?;
                         Route::Tagged(writer)
-                    } else {
-                        Route::Raw(writer)
                     }
-                }
-            })
-        };
+                    Sink::File(path) => {
+                        let writer = shared(path.display().to_string(), true, &mut || {
+                            Ok(Target::File(file::LogFile::open(path, config.rotation)?))
+                        })
+                        .map_err(failed(path.clone()))?;
+                        if config.tag {
+                            Route::Tagged(writer)
+                        } else {
+                            Route::Raw(writer)
+                        }
+                    }
+                })
+            };
         let stdout = route("logs.stdout", &config.stdout, Stream::Stdout)?;
         let stderr = route("logs.stderr", &config.stderr, Stream::Stderr)?;
         Ok(Output {
@@ -289,7 +293,12 @@ pub fn escape(buf: &mut Vec<u8>, text: &[u8]) {
     }
     let hex = |buf: &mut Vec<u8>, b: u8| {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        buf.extend_from_slice(&[b'\\', b'x', DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]]);
+        buf.extend_from_slice(&[
+            b'\\',
+            b'x',
+            DIGITS[(b >> 4) as usize],
+            DIGITS[(b & 15) as usize],
+        ]);
     };
     for chunk in text.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -314,7 +323,13 @@ pub fn escape(buf: &mut Vec<u8>, text: &[u8]) {
 
 /// One journal entry in the native protocol (`KEY=value` lines; values never hold a newline
 /// here), preceded by its length for the writer.
-fn journal_entry(buf: &mut Vec<u8>, origin: &Origin<'_>, stream: Stream, text: &[u8], continues: bool) {
+fn journal_entry(
+    buf: &mut Vec<u8>,
+    origin: &Origin<'_>,
+    stream: Stream,
+    text: &[u8],
+    continues: bool,
+) {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
     let program = Path::new(std::ffi::OsStr::from_bytes(origin.program))

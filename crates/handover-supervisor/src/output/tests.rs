@@ -5,7 +5,9 @@ fn split(input: &[u8], max: usize, step: usize) -> Vec<(Vec<u8>, bool)> {
     let mut lines = Lines::default();
     let mut out = Vec::new();
     for chunk in input.chunks(step.max(1)) {
-        lines.push(chunk, max, |line, continues| out.push((line.to_vec(), continues)));
+        lines.push(chunk, max, |line, continues| {
+            out.push((line.to_vec(), continues))
+        });
     }
     lines.flush(|line, continues| out.push((line.to_vec(), continues)));
     out
@@ -43,7 +45,10 @@ fn long_lines_come_in_pieces_marked_as_continuing() {
 fn the_result_does_not_depend_on_how_reads_cut_the_stream() {
     let mut input = Vec::new();
     for i in 0..300u32 {
-        input.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, (i * 7 % 23) as usize));
+        input.extend(std::iter::repeat_n(
+            b'a' + (i % 26) as u8,
+            (i * 7 % 23) as usize,
+        ));
         input.push(b'\n');
     }
     input.extend_from_slice(b"tail without newline");
@@ -93,7 +98,10 @@ fn escaped(text: &[u8]) -> String {
 fn escaping_keeps_text_and_hides_control_bytes() {
     assert_eq!(escaped(b"plain text\twith tab"), "plain text\twith tab");
     assert_eq!(escaped("héllo ✓".as_bytes()), "héllo ✓");
-    assert_eq!(escaped(b"a\0b\rc\x1b[31md\x7f"), "a\\x00b\\x0dc\\x1b[31md\\x7f");
+    assert_eq!(
+        escaped(b"a\0b\rc\x1b[31md\x7f"),
+        "a\\x00b\\x0dc\\x1b[31md\\x7f"
+    );
     assert_eq!(escaped(b"bad \xff\xfe utf8"), "bad \\xff\\xfe utf8");
     // A C1 control (U+009B, a terminal's CSI) is escaped byte by byte.
     assert_eq!(escaped("x\u{9b}y".as_bytes()), "x\\xc2\\x9by");
@@ -166,7 +174,10 @@ fn files_get_tagged_or_raw_lines() {
             let text = String::from_utf8(text).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert_eq!(lines.len(), 2, "{text}");
-            assert!(lines[0].ends_with(" gen=1 worker=0 pid=7 stdout: one \\xff"), "{text}");
+            assert!(
+                lines[0].ends_with(" gen=1 worker=0 pid=7 stdout: one \\xff"),
+                "{text}"
+            );
             assert!(lines[1].ends_with(" stdout: two [continues]"), "{text}");
         } else {
             assert_eq!(text, b"one \xff\ntwo [continues]\n");
@@ -195,7 +206,11 @@ fn both_streams_share_one_writer_per_file() {
         program: b"app",
     };
     for i in 0..100 {
-        let stream = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+        let stream = if i % 2 == 0 {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        };
         output.line(stream, &origin, format!("{i}").as_bytes(), false);
     }
     output.finish(Duration::from_secs(10));

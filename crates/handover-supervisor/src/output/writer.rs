@@ -47,9 +47,9 @@ impl Target {
             Target::Journal(socket) => {
                 let mut done = 0;
                 while data.len() - done >= 4 {
-                    let len = u32::from_ne_bytes(
-                        data[done..done + 4].try_into().expect("four bytes"),
-                    ) as usize;
+                    let len =
+                        u32::from_ne_bytes(data[done..done + 4].try_into().expect("four bytes"))
+                            as usize;
                     let record = &data[done + 4..done + 4 + len];
                     match socket.send_to(record, JOURNAL_SOCKET) {
                         Ok(_) => done += 4 + len,
@@ -87,8 +87,7 @@ impl Target {
                 let mut count = 0;
                 let mut at = 0;
                 while data.len() - at >= 4 {
-                    let len =
-                        u32::from_ne_bytes(data[at..at + 4].try_into().expect("four bytes"));
+                    let len = u32::from_ne_bytes(data[at..at + 4].try_into().expect("four bytes"));
                     at += 4 + len as usize;
                     count += 1;
                 }
@@ -148,7 +147,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state inconsistent beyond a line.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -319,7 +320,9 @@ fn run(name: &str, shared: &Shared, mut target: Target) {
                 drop(state);
                 retry_at = Some(Instant::now() + RETRY_AFTER);
                 if first {
-                    warn!("{name}: cannot write: {err}; holding output and trying again every second");
+                    warn!(
+                        "{name}: cannot write: {err}; holding output and trying again every second"
+                    );
                 }
             }
             None => {
@@ -339,7 +342,10 @@ fn run(name: &str, shared: &Shared, mut target: Target) {
                 if unreported > 0 {
                     warn!("{name}: writing again; {unreported} lines were dropped");
                 } else if recovered.is_some() {
-                    info!("{name}: writing again after: {}", recovered.unwrap_or_default());
+                    info!(
+                        "{name}: writing again after: {}",
+                        recovered.unwrap_or_default()
+                    );
                 }
                 if done {
                     return;

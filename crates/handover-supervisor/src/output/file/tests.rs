@@ -7,10 +7,8 @@ impl TestDir {
     pub(crate) fn new(label: &str) -> TestDir {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "handover-unit-{label}-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("handover-unit-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TestDir(dir)
@@ -81,7 +79,10 @@ fn rotates_between_lines_into_sorted_gzipped_files() {
     let mut all = Vec::new();
     for r in &rotated {
         let name = r.path.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with("app.log.") && name.ends_with("Z.gz"), "{name}");
+        assert!(
+            name.starts_with("app.log.") && name.ends_with("Z.gz"),
+            "{name}"
+        );
         let text = read_gz(&r.path);
         assert!(text.len() <= 4096 && text.ends_with(b"\n"), "{name}");
         all.extend(text);
@@ -211,7 +212,12 @@ fn names_keep_growing_across_runs_and_leftovers_get_compressed() {
 fn unrelated_files_are_left_alone() {
     let dir = TestDir::new("unrelated");
     let path = dir.path().join("app.log");
-    for name in ["app.log.1", "app.log.old.gz", "app.logger", "other.log.2026-01-01T00-00-00.000Z"] {
+    for name in [
+        "app.log.1",
+        "app.log.old.gz",
+        "app.logger",
+        "other.log.2026-01-01T00-00-00.000Z",
+    ] {
         std::fs::write(dir.path().join(name), b"x").unwrap();
     }
     let rotation = Rotation {
@@ -229,6 +235,12 @@ fn unrelated_files_are_left_alone() {
     names.sort();
     assert_eq!(
         names,
-        ["app.log", "app.log.1", "app.log.old.gz", "app.logger", "other.log.2026-01-01T00-00-00.000Z"]
+        [
+            "app.log",
+            "app.log.1",
+            "app.log.old.gz",
+            "app.logger",
+            "other.log.2026-01-01T00-00-00.000Z"
+        ]
     );
 }
