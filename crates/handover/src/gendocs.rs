@@ -169,7 +169,7 @@ fn top_level_sections() -> Roff {
         (
             exit::START_FAILED,
             "The first generation of workers never became ready, or the stop was forced \
-             by a fourth stop signal.",
+             by a fourth stop signal; for logs, a log file could not be read.",
         ),
         (exit::USAGE, "The command line is wrong."),
         (exit::CONFIG, "The configuration file is invalid."),

@@ -9,6 +9,7 @@ mod config;
 mod env;
 mod exit;
 mod gendocs;
+mod logs;
 mod sockets;
 mod spec;
 
@@ -97,6 +98,28 @@ enum Commands {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the last lines of workers' log files; with --follow, new lines as they come.
+    ///
+    /// Reads the files that [logs] of the configuration names (never the control socket),
+    /// oldest line first; lines of two files are merged by the time in their tags. Lines
+    /// are printed as they are in the file, tag included.
+    Logs {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Keep printing new lines as they are written, across rotation, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines of this worker index, of any generation (needs tagged lines).
+        #[arg(long, value_name = "N")]
+        worker: Option<u32>,
+        /// Only lines of this stream (needs tagged lines).
+        #[arg(long, value_enum)]
+        stream: Option<logs::Stream>,
+        /// How many lines to print first.
+        #[arg(long, short = 'n', value_name = "LINES", default_value_t = 20)]
+        lines: usize,
     },
     /// Abort a running reload; the old generation keeps serving.
     Abort {
@@ -262,6 +285,26 @@ fn main() -> ExitCode {
                 Err(err) => client_error(err),
             }
         }
+        Commands::Logs {
+            config,
+            follow,
+            worker,
+            stream,
+            lines,
+        } => match Config::load(&config) {
+            Ok(config) => {
+                let options = logs::Options {
+                    follow,
+                    lines,
+                    filter: logs::Filter { worker, stream },
+                };
+                logs::run(&config.path, &config.logs, &options)
+            }
+            Err(err) => {
+                eprintln!("handover: {err}");
+                ExitCode::from(exit::CONFIG)
+            }
+        },
         Commands::Abort { instance } => {
             control_command(&instance, &environment, Request::Abort, None)
         }
