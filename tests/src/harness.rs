@@ -240,6 +240,12 @@ pub struct Options {
     pub notify: bool,
     /// Echo handover's output to the test's stderr.
     pub echo: bool,
+    /// A command that starts handover: the harness appends what it would run (handover, or
+    /// `systemd-socket-activate` with handover) with its arguments, e.g. `unshare --mount sh
+    /// -c 'mount ... && exec "$@"' sh`. It must exec that command in place, so that the pid
+    /// the harness knows is handover's (or systemd-socket-activate's, as without a wrapper).
+    /// `{dir}` and the other placeholders of the config are replaced here too.
+    pub wrapper: Vec<String>,
 }
 
 /// A running `handover start`, killed (with its workers) when dropped.
@@ -267,10 +273,15 @@ impl Handover {
         std::fs::write(&config_path, config).expect("write config");
         let notify = options.notify.then(|| NotifyListener::new(dir.path()));
         let handover = binary("handover");
+        let wrapper: Vec<String> = options
+            .wrapper
+            .iter()
+            .map(|arg| expand(arg, dir.path()))
+            .collect();
         let mut cmd = if options.activate.is_empty() {
-            Command::new(&handover)
+            wrapped(&wrapper, handover.as_os_str())
         } else {
-            let mut cmd = Command::new("systemd-socket-activate");
+            let mut cmd = wrapped(&wrapper, "systemd-socket-activate".as_ref());
             for (address, _) in &options.activate {
                 cmd.arg("-l").arg(address);
             }
@@ -420,6 +431,18 @@ impl Handover {
                 self.log.text()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `program` as it is, or run by `wrapper` (see [`Options::wrapper`]).
+fn wrapped(wrapper: &[String], program: &std::ffi::OsStr) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(program);
+            cmd
         }
     }
 }

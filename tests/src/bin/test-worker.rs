@@ -59,6 +59,31 @@ usage: handover-test-worker [OPTIONS]
   --notify-raw HEX         send this hex-encoded datagram to NOTIFY_SOCKET (repeatable)
   --notify-raw-repeat N    send each raw datagram N times (1..=1000000)
   --sleep-forever          after all actions, sleep until a signal (the default)
+
+Output (written by a thread of its own, in this order, after --output-after-file):
+  --output-after-file PATH wait until PATH exists before writing any of the output below
+  --write-stdout-hex HEX   write these hex-encoded bytes to stdout in one write (repeatable)
+  --write-stderr-hex HEX   the same for stderr (repeatable); then `hex done` on stderr
+  --big-line BYTES         write one line of BYTES pattern bytes to stdout, then
+                           `big line done` on stderr (1..=1073741824)
+  --no-newline             end --big-line without its newline
+  --endless-no-newline BYTES
+                           write BYTES pattern bytes to stdout and never a newline, then
+                           `endless done` on stderr (1..=1073741824)
+  --byte-rate B            write --big-line and --endless-no-newline at B bytes a second,
+                           4 KiB at a time (default: as fast as possible)
+  --flood-stdout N         write N numbered lines `line 00000001 abc...` to stdout
+                           (1..=10000000), then `flood done` on stderr
+  --flood-stderr N         the same on stderr, after the stdout flood
+  --line-bytes B           length of each flood line, newline included (16..=65536,
+                           default 64)
+  --flood-rate N           write N flood lines a second (default: as fast as possible)
+  --flood-pause-at N PATH  after line N of a flood, say `flood paused after line N` on
+                           stderr and wait until PATH exists
+
+The pattern is ten-byte blocks, each its own offset in nine decimal digits and a `.`
+(`000000000.000000010.000000020.`), so any piece of it shows where it belongs.
+
   -h, --help               show this help";
 
 /// Timers beyond a day make no sense in tests and would only hide mistakes.
@@ -75,6 +100,45 @@ const MAX_SERVE_THREADS: usize = 64;
 const MAX_ACCEPT_ERRORS: u32 = 1000;
 /// A request head is read up to this size before it is answered anyway.
 const MAX_HEAD: usize = 16 * 1024;
+/// The most lines a flood writes; their numbers have eight digits.
+const MAX_FLOOD: u64 = 10_000_000;
+/// The most bytes `--big-line` and `--endless-no-newline` write.
+const MAX_BIG: u64 = 1 << 30;
+/// The shortest flood line: `line 00000001`, a space, one letter and the newline.
+const MIN_LINE_BYTES: usize = 16;
+/// The longest flood line.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// The highest `--flood-rate` and `--byte-rate`.
+const MAX_RATE: u64 = 1_000_000_000;
+/// Paced byte output is written in pieces of this size.
+const RATE_CHUNK: usize = 4096;
+
+#[derive(Debug, Default, Clone)]
+struct Output {
+    after_file: Option<PathBuf>,
+    stdout_hex: Vec<Vec<u8>>,
+    stderr_hex: Vec<Vec<u8>>,
+    big_line: Option<u64>,
+    no_newline: bool,
+    endless: Option<u64>,
+    byte_rate: Option<u64>,
+    flood_stdout: u64,
+    flood_stderr: u64,
+    line_bytes: usize,
+    flood_rate: Option<u64>,
+    flood_pause: Option<(u64, PathBuf)>,
+}
+
+impl Output {
+    fn any(&self) -> bool {
+        !self.stdout_hex.is_empty()
+            || !self.stderr_hex.is_empty()
+            || self.big_line.is_some()
+            || self.endless.is_some()
+            || self.flood_stdout > 0
+            || self.flood_stderr > 0
+    }
+}
 
 #[derive(Debug, Default)]
 struct Config {
@@ -92,10 +156,11 @@ struct Config {
     serve: bool,
     notify_raw: Vec<Vec<u8>>,
     notify_raw_repeat: u64,
+    output: Output,
 }
 
 enum Parsed {
-    Run(Config),
+    Run(Box<Config>),
     Help,
 }
 
@@ -126,6 +191,10 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
 fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut cfg = Config {
         notify_raw_repeat: 1,
+        output: Output {
+            line_bytes: 64,
+            ..Output::default()
+        },
         ..Config::default()
     };
     let mut it = args.iter();
@@ -173,10 +242,52 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
                 };
             }
             "--sleep-forever" => {}
+            "--output-after-file" => cfg.output.after_file = Some(PathBuf::from(value("a path")?)),
+            "--write-stdout-hex" | "--write-stderr-hex" => {
+                let hex = value("hex bytes")?;
+                let bytes =
+                    decode_hex(&hex).ok_or_else(|| format!("{flag}: {hex:?} is not hex"))?;
+                if flag == "--write-stdout-hex" {
+                    cfg.output.stdout_hex.push(bytes);
+                } else {
+                    cfg.output.stderr_hex.push(bytes);
+                }
+            }
+            "--big-line" => {
+                cfg.output.big_line = Some(parse_bounded(flag, &value("a size")?, 1, MAX_BIG)?)
+            }
+            "--no-newline" => cfg.output.no_newline = true,
+            "--endless-no-newline" => {
+                cfg.output.endless = Some(parse_bounded(flag, &value("a size")?, 1, MAX_BIG)?)
+            }
+            "--byte-rate" => {
+                cfg.output.byte_rate = Some(parse_bounded(flag, &value("a rate")?, 1, MAX_RATE)?)
+            }
+            "--flood-stdout" => {
+                cfg.output.flood_stdout = parse_bounded(flag, &value("a count")?, 1, MAX_FLOOD)?
+            }
+            "--flood-stderr" => {
+                cfg.output.flood_stderr = parse_bounded(flag, &value("a count")?, 1, MAX_FLOOD)?
+            }
+            "--line-bytes" => {
+                cfg.output.line_bytes = parse_bounded(
+                    flag,
+                    &value("a length")?,
+                    MIN_LINE_BYTES as u64,
+                    MAX_LINE_BYTES as u64,
+                )? as usize
+            }
+            "--flood-rate" => {
+                cfg.output.flood_rate = Some(parse_bounded(flag, &value("a rate")?, 1, MAX_RATE)?)
+            }
+            "--flood-pause-at" => {
+                let line = parse_bounded(flag, &value("a line number and a path")?, 1, MAX_FLOOD)?;
+                cfg.output.flood_pause = Some((line, PathBuf::from(value("a path")?)));
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Parsed::Run(cfg))
+    Ok(Parsed::Run(Box::new(cfg)))
 }
 
 fn parse_ms(v: &str) -> Result<u64, String> {
@@ -185,6 +296,13 @@ fn parse_ms(v: &str) -> Result<u64, String> {
         _ => Err(format!(
             "{v:?} is not a number of milliseconds (0..={MAX_MS})"
         )),
+    }
+}
+
+fn parse_bounded(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{flag}: {v:?} is not in {min}..={max}")),
     }
 }
 
@@ -272,6 +390,15 @@ fn run(cfg: &Config, start: Instant) -> c_int {
     }
     if cfg.serve {
         start_serving(me);
+    }
+    if cfg.output.any() {
+        let output = cfg.output.clone();
+        let spawned = std::thread::Builder::new()
+            .name("output".to_owned())
+            .spawn(move || write_output(me, &output));
+        if let Err(e) = spawned {
+            log!("test-worker {me}: cannot start the output thread: {e}");
+        }
     }
 
     // The timed actions run in time order; readiness goes first when both fall together.
@@ -835,6 +962,182 @@ fn write_report(dir: &Path, pid: u32, report: &Value) -> io::Result<()> {
 }
 
 // ----------------------------------------------------------------------------------------
+// Output: hex bytes, big lines, endless lines and floods
+// ----------------------------------------------------------------------------------------
+
+/// Writes the requested output, in the order the usage text gives. Every failure is logged
+/// and ends that part of the output; nothing here panics or blocks longer than a write does.
+fn write_output(me: u32, output: &Output) {
+    if let Some(path) = &output.after_file {
+        if !wait_for_file(path) {
+            log!(
+                "test-worker {me}: {} did not appear; no output written",
+                path.display()
+            );
+            return;
+        }
+    }
+    if !output.stdout_hex.is_empty() || !output.stderr_hex.is_empty() {
+        for bytes in &output.stdout_hex {
+            if let Err(e) = raw_fd(1).write_all(bytes) {
+                log!("test-worker {me}: writing stdout failed: {e}");
+                break;
+            }
+        }
+        for bytes in &output.stderr_hex {
+            if let Err(e) = raw_fd(2).write_all(bytes) {
+                log!("test-worker {me}: writing stderr failed: {e}");
+                break;
+            }
+        }
+        log!("test-worker {me}: hex done");
+    }
+    if let Some(len) = output.big_line {
+        let newline = !output.no_newline;
+        match write_pattern(len, newline, output.byte_rate) {
+            Ok(()) => log!("test-worker {me}: big line done: {len} bytes"),
+            Err(e) => log!("test-worker {me}: writing the big line failed: {e}"),
+        }
+    }
+    if let Some(len) = output.endless {
+        match write_pattern(len, false, output.byte_rate) {
+            Ok(()) => log!("test-worker {me}: endless done: {len} bytes without a newline"),
+            Err(e) => log!("test-worker {me}: writing the endless line failed: {e}"),
+        }
+    }
+    if output.flood_stdout > 0 || output.flood_stderr > 0 {
+        let mut ok = true;
+        for (fd, count) in [(1, output.flood_stdout), (2, output.flood_stderr)] {
+            if count == 0 || !ok {
+                continue;
+            }
+            if let Err(e) = flood(me, fd, count, output) {
+                log!("test-worker {me}: flooding fd {fd} failed: {e}");
+                ok = false;
+            }
+        }
+        if ok {
+            log!(
+                "test-worker {me}: flood done: {} stdout lines, {} stderr lines",
+                output.flood_stdout,
+                output.flood_stderr
+            );
+        }
+    }
+}
+
+/// Waits until `path` exists, at most for the worker's lifetime.
+fn wait_for_file(path: &Path) -> bool {
+    let deadline = Instant::now() + MAX_LIFETIME;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// The inherited stdout (1) or stderr (2) as a file that is never closed.
+fn raw_fd(fd: RawFd) -> std::mem::ManuallyDrop<std::fs::File> {
+    // SAFETY: fds 1 and 2 belong to the process for its whole life and nothing else wraps
+    // them in an owning type; ManuallyDrop keeps this wrapper from ever closing them. Were one
+    // of them closed, writes would fail with EBADF, which the callers report.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Fills `buf` with the pattern's bytes from `offset` on (see the usage text).
+fn pattern_into(offset: u64, buf: &mut [u8]) {
+    for (k, byte) in buf.iter_mut().enumerate() {
+        let i = offset + k as u64;
+        let pos = i % 10;
+        *byte = if pos == 9 {
+            b'.'
+        } else {
+            let block = (i - pos) % 1_000_000_000;
+            b'0' + ((block / 10u64.pow(8 - pos as u32)) % 10) as u8
+        };
+    }
+}
+
+/// Sleeps until `start` plus `done` units at `rate` units a second.
+fn pace(start: Instant, done: u64, rate: u64) {
+    let due = Duration::from_secs_f64(done as f64 / rate as f64);
+    sleep_until(start + due);
+}
+
+/// Writes `len` pattern bytes to stdout, then a newline if asked.
+fn write_pattern(len: u64, newline: bool, rate: Option<u64>) -> io::Result<()> {
+    let mut out = raw_fd(1);
+    let start = Instant::now();
+    let chunk = if rate.is_some() {
+        RATE_CHUNK
+    } else {
+        64 * 1024
+    };
+    let mut buf = vec![0u8; chunk];
+    let mut written = 0u64;
+    while written < len {
+        let n = chunk.min((len - written) as usize);
+        pattern_into(written, &mut buf[..n]);
+        out.write_all(&buf[..n])?;
+        written += n as u64;
+        if let Some(rate) = rate {
+            pace(start, written, rate);
+        }
+    }
+    if newline {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Flood line `n`: `line 00000001`, a space and letters `abc...` up to `len` bytes with the
+/// newline (`len` is at least [`MIN_LINE_BYTES`]; numbers beyond eight digits only come
+/// from counts the parser refuses).
+fn flood_line(n: u64, len: usize, line: &mut Vec<u8>) {
+    line.clear();
+    let _ = write!(line, "line {n:08} ");
+    let mut letter = 0u8;
+    while line.len() + 1 < len {
+        line.push(b'a' + letter);
+        letter = (letter + 1) % 26;
+    }
+    line.push(b'\n');
+}
+
+/// Writes `count` numbered lines to `fd`, buffered unless paced.
+fn flood(me: u32, fd: RawFd, count: u64, output: &Output) -> io::Result<()> {
+    let file = raw_fd(fd);
+    let mut out = io::BufWriter::with_capacity(64 * 1024, &*file);
+    let start = Instant::now();
+    let mut line = Vec::with_capacity(output.line_bytes);
+    for n in 1..=count {
+        flood_line(n, output.line_bytes, &mut line);
+        out.write_all(&line)?;
+        if let Some(rate) = output.flood_rate {
+            // A paced line goes out when it is due, not when the buffer happens to fill.
+            out.flush()?;
+            pace(start, n, rate);
+        }
+        if let Some((at, path)) = &output.flood_pause {
+            if *at == n {
+                out.flush()?;
+                log!("test-worker {me}: flood paused after line {n}");
+                if !wait_for_file(path) {
+                    return Err(io::Error::other(format!(
+                        "{} did not appear",
+                        path.display()
+                    )));
+                }
+                log!("test-worker {me}: flood resumed");
+            }
+        }
+    }
+    out.flush()
+}
+
+// ----------------------------------------------------------------------------------------
 // --serve
 // ----------------------------------------------------------------------------------------
 
@@ -1015,6 +1318,60 @@ mod tests {
         assert!(args(&["--exit-after", "10"]).is_err());
         assert!(args(&["--notify-raw-repeat", "0"]).is_err());
         assert!(args(&["--exit-after-ready", "256"]).is_err());
+    }
+
+    #[test]
+    fn output_flags_parse() {
+        match args(&[
+            "--flood-stdout",
+            "200000",
+            "--line-bytes",
+            "100",
+            "--flood-rate",
+            "3000",
+            "--flood-pause-at",
+            "10",
+            "/x/resume",
+            "--write-stdout-hex",
+            "ff0a",
+            "--big-line",
+            "10485760",
+            "--no-newline",
+        ]) {
+            Ok(Parsed::Run(c)) => {
+                assert_eq!(c.output.flood_stdout, 200_000);
+                assert_eq!(c.output.line_bytes, 100);
+                assert_eq!(c.output.flood_rate, Some(3000));
+                assert_eq!(c.output.flood_pause, Some((10, PathBuf::from("/x/resume"))));
+                assert_eq!(c.output.stdout_hex, vec![vec![0xff, b'\n']]);
+                assert_eq!(c.output.big_line, Some(10 << 20));
+                assert!(c.output.no_newline);
+            }
+            _ => panic!("valid flags rejected"),
+        }
+        assert!(args(&["--flood-stdout", "0"]).is_err());
+        assert!(args(&["--flood-stdout", "10000001"]).is_err());
+        assert!(args(&["--line-bytes", "15"]).is_err());
+        assert!(args(&["--big-line", "1073741825"]).is_err());
+        assert!(args(&["--flood-pause-at", "3"]).is_err());
+        assert!(args(&["--write-stderr-hex", "f"]).is_err());
+    }
+
+    #[test]
+    fn pattern_and_flood_lines() {
+        let mut buf = [0u8; 25];
+        pattern_into(0, &mut buf);
+        assert_eq!(&buf, b"000000000.000000010.00000");
+        let mut buf = [0u8; 12];
+        pattern_into(1_234_567_895, &mut buf);
+        assert_eq!(&buf, b"7890.2345679", "offsets wrap at a billion");
+        let mut line = Vec::new();
+        flood_line(7, 20, &mut line);
+        assert_eq!(line, b"line 00000007 abcde\n");
+        flood_line(12, 16, &mut line);
+        assert_eq!(line, b"line 00000012 a\n");
+        flood_line(30, 45, &mut line);
+        assert_eq!(line, b"line 00000030 abcdefghijklmnopqrstuvwxyzabcd\n");
     }
 
     #[test]
