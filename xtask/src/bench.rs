@@ -34,7 +34,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
                                 [--mode new|keepalive] [--boot-ms 200]
-       cargo xtask bench idle [--workers 4] [--seconds 10]";
+       cargo xtask bench idle [--workers 4] [--seconds 10]
+       cargo xtask bench logs [--workers 4] [--megabytes 200]";
 
 /// Entry point for `cargo xtask bench ...`; `args` follow `bench`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -43,7 +44,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     let options = Options::parse(&args[1..])?;
     match what.as_str() {
-        "reload" | "idle" => {}
+        "reload" | "idle" | "logs" => {}
         "-h" | "--help" => {
             println!("{USAGE}");
             return Ok(());
@@ -56,6 +57,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let paths = Paths::find()?;
     match what.as_str() {
         "reload" => bench_reload(&paths, &options),
+        "logs" => bench_logs(&paths, &options),
         _ => bench_idle(&paths, &options),
     }
 }
@@ -68,6 +70,7 @@ struct Options {
     mode: Mode,
     boot_ms: u64,
     seconds: u64,
+    megabytes: u64,
 }
 
 impl Options {
@@ -79,6 +82,7 @@ impl Options {
             mode: Mode::NewConnection,
             boot_ms: 200,
             seconds: 10,
+            megabytes: 200,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -99,6 +103,7 @@ impl Options {
                 }
                 "--boot-ms" => o.boot_ms = number(600_000)?,
                 "--seconds" => o.seconds = number(3600)?,
+                "--megabytes" => o.megabytes = number(100_000)?,
                 "--mode" => {
                     o.mode = loadgen::parse_mode(value).with_context(|| {
                         format!("--mode must be new or keepalive, not {value:?}")
@@ -236,9 +241,23 @@ struct Running {
 
 impl Running {
     fn start(paths: &Paths, workers: u32, boot_ms: u64) -> anyhow::Result<Running> {
+        let worker = paths.bin("handover-example-http")?;
+        let command =
+            format!(r#"[{worker:?}, "--boot-ms", "{boot_ms}", "--idle-grace-ms", "200"]"#);
+        Running::start_with(paths, workers, &command, "")
+    }
+
+    /// handover running `count` workers of `command` (a TOML array), with `extra` appended to
+    /// the configuration (`{dir}` in it is the scratch directory).
+    fn start_with(
+        paths: &Paths,
+        workers: u32,
+        command: &str,
+        extra: &str,
+    ) -> anyhow::Result<Running> {
         let dir = TempDir::new(paths)?;
         let port = free_port()?;
-        let worker = paths.bin("handover-example-http")?;
+        let extra = extra.replace("{dir}", &dir.0.display().to_string());
         let config = format!(
             r#"# written by cargo xtask bench
 [[socket]]
@@ -246,7 +265,7 @@ name = "http"
 listen = "127.0.0.1:{port}"
 
 [worker]
-command = [{worker:?}, "--boot-ms", "{boot_ms}", "--idle-grace-ms", "200"]
+command = {command}
 count = {workers}
 ready_timeout = "60s"
 stop_timeout = "10s"
@@ -254,7 +273,7 @@ stop_timeout = "10s"
 [reload]
 drain_timeout = "10s"
 max_draining = 4
-"#
+{extra}"#
         );
         let config_path = dir.0.join("handover.toml");
         std::fs::write(&config_path, config).context("writing the config")?;
@@ -297,6 +316,10 @@ max_draining = 4
 
     fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    fn dir(&self) -> &Path {
+        &self._dir.0
     }
 
     fn signal(&self, signal: i32) {
@@ -563,6 +586,147 @@ fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
     print_memory(pid);
     handover.stop()?;
     Ok(())
+}
+
+/// Length of a flood line, newline excluded.
+const FLOOD_LINE: u64 = 99;
+
+/// `cargo xtask bench logs`: workers that write as fast as they can, their output written to
+/// a file by handover (without and with rotation and gzip), against the same workers writing
+/// to a file themselves.
+fn bench_logs(paths: &Paths, o: &Options) -> anyhow::Result<()> {
+    let lines_per_worker = o.megabytes * 1_000_000 / u64::from(o.workers) / (FLOOD_LINE + 1);
+    let bytes_per_worker = lines_per_worker * FLOOD_LINE;
+    let expected = lines_per_worker * u64::from(o.workers);
+    // Lines of 99 'x' without the last newline, which handover adds at end of file.
+    let flood = format!("head -c {bytes_per_worker} /dev/zero | tr -c x x | fold -w {FLOOD_LINE}");
+    println!(
+        "bench logs: {} workers, {} lines of {} bytes in all ({} MB)",
+        o.workers,
+        expected,
+        FLOOD_LINE + 1,
+        expected * (FLOOD_LINE + 1) / 1_000_000
+    );
+
+    // The workers alone, each writing to its own file.
+    let dir = TempDir::new(paths)?;
+    let started = Instant::now();
+    let children: Vec<Child> = (0..o.workers)
+        .map(|i| {
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("{flood} > {}/direct-{i}.log", dir.0.display()))
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .context("starting the direct writers")?;
+    for mut child in children {
+        child.wait()?;
+    }
+    let direct = started.elapsed();
+    print_throughput("workers writing their own files", expected, direct);
+    drop(dir);
+
+    for (label, logs) in [
+        ("through handover, one file, no rotation", "max_size = 0\n"),
+        (
+            "through handover, rotated at 10 MiB and gzipped",
+            "max_size = \"10MiB\"\nkeep = 1000\n",
+        ),
+    ] {
+        let command =
+            format!(r#"["/bin/sh", "-c", "{flood}; echo flood done >&2; exec sleep 3600"]"#);
+        // `ready` belongs to [worker], which the command ends; [logs] comes after [reload].
+        let command = format!("{command}\nready = \"delay\"\nready_delay = \"1ms\"");
+        let logs_table = format!("\n[logs]\nstdout = \"{{dir}}/out.log\"\nstderr = \"-\"\n{logs}");
+        let handover = Running::start_with(paths, o.workers, &command, &logs_table)?;
+        let started = Instant::now();
+        let pid = handover.pid();
+        let cpu_before = cpu_seconds(pid);
+        let out = handover.dir().join("out.log");
+        let deadline = Instant::now() + WAIT_LIMIT;
+        let mut lines;
+        loop {
+            lines = count_lines(&out)?;
+            if lines >= expected || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let elapsed = started.elapsed();
+        let cpu = cpu_seconds(pid) - cpu_before;
+        println!("{label}:");
+        print_throughput("  written", lines, elapsed);
+        println!(
+            "  handover CPU: {cpu:.2} s ({:.2} s per million lines)",
+            cpu / (lines.max(1) as f64 / 1e6)
+        );
+        println!("  lines missing: {}", expected.saturating_sub(lines));
+        print_memory(pid);
+    }
+    Ok(())
+}
+
+fn print_throughput(label: &str, lines: u64, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{label}: {lines} lines in {seconds:.2} s: {:.0} lines/s, {:.0} MB/s of worker output",
+        lines as f64 / seconds,
+        (lines * (FLOOD_LINE + 1)) as f64 / seconds / 1e6
+    );
+}
+
+/// Lines in `path` and its rotated files (decompressed with `gzip -dc`).
+fn count_lines(path: &Path) -> anyhow::Result<u64> {
+    let dir = path.parent().context("no parent")?;
+    let name = path
+        .file_name()
+        .context("no name")?
+        .to_string_lossy()
+        .into_owned();
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file == name {
+            total += newlines(&std::fs::read(entry.path()).unwrap_or_default());
+        } else if file.starts_with(&format!("{name}.")) && file.ends_with(".gz") {
+            let out = Command::new("gzip")
+                .arg("-dc")
+                .arg(entry.path())
+                .output()
+                .context("running gzip -dc")?;
+            total += newlines(&out.stdout);
+        } else if file.starts_with(&format!("{name}.")) && !file.ends_with(".tmp") {
+            total += newlines(&std::fs::read(entry.path()).unwrap_or_default());
+        }
+    }
+    Ok(total)
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// User plus system CPU time of `pid`, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat; here 11 and 12 (state is field 3).
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// p50 and p99 (nearest rank) of `samples` minus `boot`, in milliseconds.

@@ -7,11 +7,13 @@
 //! any length does too.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+use handover_supervisor::output::{rotated_files, time, Rotated};
 
 use crate::config::{LogSink, LogsConfig};
 use crate::exit;
@@ -589,6 +591,8 @@ struct Follower {
     partial: Vec<u8>,
     /// Within a line longer than [`MAX_HELD`], which is skipped.
     skipping: bool,
+    /// When `file` was opened at the path: its rotated name will carry a later time.
+    opened_at: u64,
 }
 
 impl Follower {
@@ -605,6 +609,7 @@ impl Follower {
             offset,
             partial: Vec::new(),
             skipping: false,
+            opened_at: time::now_ms(),
         })
     }
 
@@ -637,15 +642,61 @@ impl Follower {
         if self.id == Some(identity(&meta)) {
             return Ok(false);
         }
+        let opened_at = time::now_ms();
         let file = match open(&self.path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(err) => return Err(err),
         };
+        if self.file.is_some() {
+            self.catch_up(lines)?;
+        }
         self.id = Some(identity(&file.metadata()?));
         self.file = Some(file);
+        self.opened_at = opened_at;
         self.restart();
         Ok(true)
+    }
+
+    /// The file read so far was rotated, and handover may have rotated more than once
+    /// since the last step: reads in full the rotated files that came after it, so no line
+    /// is skipped. The file read so far is the first rotation since it was opened (or the
+    /// one with its inode, while it is not compressed yet).
+    fn catch_up(&mut self, lines: &mut Vec<Vec<u8>>) -> io::Result<()> {
+        let rotated: Vec<Rotated> = rotated_files(&self.path)
+            .into_iter()
+            .filter(|r| r.stamp >= self.opened_at)
+            .collect();
+        let mine = rotated.iter().position(|r| {
+            !r.compressed && std::fs::metadata(&r.path).is_ok_and(|m| Some(identity(&m)) == self.id)
+        });
+        let after = match mine {
+            Some(i) => rotated[i].stamp,
+            None => match rotated.first() {
+                Some(first) => first.stamp,
+                None => return Ok(()),
+            },
+        };
+        let mut done = Vec::new();
+        for r in rotated.iter().filter(|r| r.stamp > after) {
+            if done.contains(&r.stamp) {
+                continue;
+            }
+            done.push(r.stamp);
+            let text = match read_rotated(r) {
+                Ok(text) => text,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            self.partial.clear();
+            self.skipping = false;
+            for line in text.split_inclusive(|&b| b == b'\n') {
+                if line.ends_with(b"\n") {
+                    lines.push(line.to_vec());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads from the start of the file; an unfinished line of before is dropped.
@@ -692,6 +743,26 @@ impl Follower {
             }
         }
         Ok(self.offset - start)
+    }
+}
+
+/// The whole of a rotated file, decompressed; the `.gz` if compression renamed it meanwhile.
+fn read_rotated(rotated: &Rotated) -> io::Result<Vec<u8>> {
+    let gunzip = |path: &Path| -> io::Result<Vec<u8>> {
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(File::open(path)?).read_to_end(&mut text)?;
+        Ok(text)
+    };
+    if rotated.compressed {
+        return gunzip(&rotated.path);
+    }
+    match std::fs::read(&rotated.path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let mut gz = rotated.path.clone().into_os_string();
+            gz.push(".gz");
+            gunzip(Path::new(&gz))
+        }
+        other => other,
     }
 }
 

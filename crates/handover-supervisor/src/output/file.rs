@@ -334,14 +334,17 @@ fn gzip(rotated: &Path) -> io::Result<()> {
 
 /// A rotated file found next to its log file.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Rotated {
+pub struct Rotated {
+    /// Where it is.
     pub path: PathBuf,
+    /// When it was rotated (milliseconds since the epoch, from its name).
     pub stamp: u64,
+    /// Whether it is the `.gz`.
     pub compressed: bool,
 }
 
 /// The rotated files of `path`: `PATH.STAMP` and `PATH.STAMP.gz`, oldest first.
-pub(crate) fn rotated_files(path: &Path) -> Vec<Rotated> {
+pub fn rotated_files(path: &Path) -> Vec<Rotated> {
     scan(path, false)
 }
 

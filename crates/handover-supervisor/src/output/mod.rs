@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use file::Rotation;
+pub use file::{rotated_files, Rotated, Rotation};
 use writer::{Target, Writer};
 
 /// Appended to every piece of a split line but the last.
