@@ -889,7 +889,7 @@ name = "web"
 listen = "127.0.0.1:{port}"
 
 [worker]
-command = ["{{worker}}", "--ready-after", "0", "--serve", "--flood-stdout", "{K}", "--line-bytes", "{LINE}", "--flood-pause-at", "{PAUSE}", "{{dir}}/resume"]
+command = ["{{worker}}", "--ready-after", "0", "--serve", "--flood-stdout", "{K}", "--flood-rate", "5000", "--line-bytes", "{LINE}", "--flood-pause-at", "{PAUSE}", "{{dir}}/resume"]
 
 [logs]
 stdout = "{{dir}}/disk/out.log"
@@ -925,11 +925,10 @@ buffer = "64KiB"
         "the worker did not answer while the disk was full: {response:?}"
     );
     assert!(alive(hpid), "handover died on a full disk");
-    assert_eq!(
-        h.log.count("dropping workers' output"),
-        1,
-        "the warning is logged once"
-    );
+    // Once per run of drops, not per line. (A run may also start earlier, when the writer
+    // falls behind the flood for a moment; each run ends with its own count, checked below.)
+    let runs = h.log.count("dropping workers' output");
+    assert!(runs <= 2, "{runs} warnings: one per line?");
 
     // Space comes back; handover notices at its next attempt (within a second), and only
     // then does the flood go on: lines written while the buffer is still full are dropped.
@@ -974,6 +973,11 @@ buffer = "64KiB"
         numbers.last().copied(),
         Some(K),
         "the lines after the space came back were lost"
+    );
+    assert_eq!(
+        h.log.count(&format!("{path}: writing again; ")),
+        h.log.count("dropping workers' output"),
+        "every run of drops ends with its count"
     );
     let reported = reported_drops(&h.log.text(), &path);
     assert_eq!(
