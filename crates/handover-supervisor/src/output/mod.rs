@@ -133,6 +133,8 @@ pub struct Output {
     max_line: usize,
     /// Each distinct writer once, for reopen, status and finish.
     writers: Vec<(Arc<Writer>, bool)>,
+    /// The last tag time written, and its text: a flood writes many lines per millisecond.
+    clock: std::sync::Mutex<(u64, String)>,
 }
 
 impl Output {
@@ -191,6 +193,7 @@ impl Output {
             stderr,
             max_line: config.max_line,
             writers,
+            clock: std::sync::Mutex::new((u64::MAX, String::new())),
         })
     }
 
@@ -220,7 +223,13 @@ impl Output {
                 buf.push(b'\n');
             }),
             Route::Tagged(writer) => writer.push(|buf| {
-                tag(buf, time::now_ms(), origin, stream);
+                let ms = time::now_ms();
+                let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+                if clock.0 != ms {
+                    *clock = (ms, time::rfc3339(ms));
+                }
+                tag(buf, &clock.1, origin, stream);
+                drop(clock);
                 escape(buf, text);
                 if continues {
                     buf.extend_from_slice(CONTINUES);
@@ -270,12 +279,11 @@ impl Output {
     }
 }
 
-/// `2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: `
-fn tag(buf: &mut Vec<u8>, ms: u64, origin: &Origin<'_>, stream: Stream) {
+/// `2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: `, given the time's text.
+fn tag(buf: &mut Vec<u8>, time: &str, origin: &Origin<'_>, stream: Stream) {
     let _ = write!(
         buf,
-        "{} gen={} worker={} pid={} {}: ",
-        time::rfc3339(ms),
+        "{time} gen={} worker={} pid={} {}: ",
         origin.generation,
         origin.index,
         origin.pid,

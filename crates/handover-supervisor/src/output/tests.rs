@@ -118,7 +118,12 @@ fn a_tag_names_time_generation_worker_pid_and_stream() {
         program: b"/usr/bin/app",
     };
     let mut buf = Vec::new();
-    tag(&mut buf, 1_795_255_200_123, &origin, Stream::Stdout);
+    tag(
+        &mut buf,
+        &time::rfc3339(1_795_255_200_123),
+        &origin,
+        Stream::Stdout,
+    );
     assert_eq!(
         String::from_utf8(buf).unwrap(),
         "2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: "
