@@ -1816,3 +1816,58 @@ fn readers_of_this_suite() {
     let log = "... /a.log: writing again; 12 lines were dropped\n... /a.log: writing again; 3 lines were dropped\n... /b.log: writing again; 5 lines were dropped";
     assert_eq!(reported_drops(log, "/a.log"), 15);
 }
+
+/// A second `handover start` on the same control socket and log file is refused before it
+/// touches the log: a rotated file waiting for compression (as a killed run leaves one) is
+/// not compressed or removed by the instance that is about to be told "already running".
+#[test]
+fn a_refused_second_instance_leaves_the_log_files_alone() {
+    let shared = TempDir::new("logs-second");
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let template = format!(
+        r#"
+[worker]
+command = ["{{worker}}", "--ready-after", "0"]
+
+[logs]
+stdout = "{shared}/out.log"
+
+[control]
+socket = "{shared}/control.sock"
+"#,
+        shared = shared.path().display()
+    );
+    let first = Handover::start("logs-second-a", &template, Options::default());
+    wait_log(&first, "all 1 workers ready");
+    let rotated = shared.path().join("out.log.2026-01-01T00-00-00.000Z");
+    let tmp = shared
+        .path()
+        .join("out.log.2026-01-01T00-00-00.000Z.gz.tmp");
+    std::fs::write(&rotated, b"rotated, not compressed yet\n").expect("write");
+    std::fs::write(&tmp, b"a compression in progress").expect("write");
+
+    let mut second = Handover::start("logs-second-b", &template, Options::default());
+    assert_eq!(second.wait().code(), Some(5), "{}", second.log.text());
+    assert!(second.log.text().contains("already running"));
+    assert_eq!(
+        std::fs::read(&rotated).expect("the rotated file is still there"),
+        b"rotated, not compressed yet\n"
+    );
+    assert_eq!(
+        std::fs::read(&tmp).ok().as_deref(),
+        Some(&b"a compression in progress"[..]),
+        "the running instance's temporary file was removed or overwritten"
+    );
+    assert!(
+        !shared
+            .path()
+            .join("out.log.2026-01-01T00-00-00.000Z.gz")
+            .exists(),
+        "the refused instance compressed a file"
+    );
+    assert!(alive(first.pid()));
+}

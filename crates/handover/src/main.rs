@@ -638,10 +638,6 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         }
     }
     let journal = init_logging(&environment, options.log_to_stdout);
-    let output = match handover_supervisor::Output::open(&output_config(&config.logs, journal)) {
-        Ok(output) => std::sync::Arc::new(output),
-        Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
-    };
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -699,6 +695,13 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Err(err) => return fail(exit::CONTROL, format!("control socket: {err}")),
     };
     tracing::info!("control socket: {}", control.path().display());
+    // Opened only once this instance is known to be the only one: opening a log file also
+    // compresses rotated files a killed run left behind, which must not race with the
+    // compression of a running handover.
+    let output = match handover_supervisor::Output::open(&output_config(&config.logs, journal)) {
+        Ok(output) => std::sync::Arc::new(output),
+        Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
+    };
     let sockets = match sockets::resolve(&config, inherited) {
         Ok(sockets) => sockets,
         Err(err) => return fail(exit::SOCKETS, err),
