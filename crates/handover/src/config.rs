@@ -200,18 +200,9 @@ pub struct ControlConfig {
     pub allow_uids: Vec<u32>,
 }
 
-/// Where one of workers' output streams goes (`[logs] stdout`, `stderr`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogSink {
-    /// `"inherit"`: where handover's own log goes.
-    Inherit,
-    /// `"-"`: handover's own stdout or stderr.
-    Own,
-    /// `"/dev/null"`: nowhere.
-    Null,
-    /// An absolute path.
-    File(PathBuf),
-}
+/// Where one of workers' output streams goes (`[logs] stdout`, `stderr`): the supervisor's
+/// own type, which holds nothing of TOML.
+pub use handover_supervisor::Sink as LogSink;
 
 /// `[logs]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -526,17 +526,9 @@ fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
 
 /// The supervisor's view of `[logs]`.
 fn output_config(logs: &config::LogsConfig, journal: bool) -> handover_supervisor::OutputConfig {
-    use config::LogSink;
-    use handover_supervisor::Sink;
-    let sink = |s: &LogSink| match s {
-        LogSink::Inherit => Sink::Inherit,
-        LogSink::Own => Sink::Own,
-        LogSink::Null => Sink::Null,
-        LogSink::File(path) => Sink::File(path.clone()),
-    };
     handover_supervisor::OutputConfig {
-        stdout: sink(&logs.stdout),
-        stderr: sink(&logs.stderr),
+        stdout: logs.stdout.clone(),
+        stderr: logs.stderr.clone(),
         tag: logs.tag,
         max_line: logs.max_line as usize,
         rotation: handover_supervisor::Rotation {
