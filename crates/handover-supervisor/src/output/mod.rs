@@ -140,54 +140,21 @@ pub struct Output {
 impl Output {
     /// Opens every destination and starts their threads.
     pub fn open(config: &OutputConfig) -> Result<Output, OpenError> {
-        let mut writers: Vec<(Arc<Writer>, bool)> = Vec::new();
-        let mut route =
-            |key: &'static str, sink: &Sink, stream: Stream| -> Result<Route, OpenError> {
-                let failed = |path: PathBuf| move |source| OpenError { key, path, source };
-                let mut shared =
-                    |name: String,
-                     is_file: bool,
-                     target: &mut dyn FnMut() -> std::io::Result<Target>| {
-                        if let Some((writer, _)) = writers.iter().find(|(w, _)| w.name() == name) {
-                            return Ok(writer.clone());
-                        }
-                        let writer = Arc::new(Writer::start(name, config.buffer, target()?)?);
-                        writers.push((writer.clone(), is_file));
-                        Ok::<_, std::io::Error>(writer)
-                    };
-                Ok(match sink {
-                    Sink::Null => Route::Null,
-                    Sink::Inherit if config.journal => Route::Journal(
-                        shared("journal".into(), false, &mut Target::journal)
-                            .map_err(failed("journal".into()))?,
-                    ),
-                    Sink::Inherit | Sink::Own => {
-                        let name = stream.name();
-                        let writer = shared(name.into(), false, &mut || {
-                            let fd = match stream {
-                                Stream::Stdout => std::io::stdout().as_fd().try_clone_to_owned()?,
-                                Stream::Stderr => std::io::stderr().as_fd().try_clone_to_owned()?,
-                            };
-                            Ok(Target::Stream(std::fs::File::from(fd)))
-                        })
-                        .map_err(failed(name.into()))?;
-                        Route::Tagged(writer)
-                    }
-                    Sink::File(path) => {
-                        let writer = shared(path.display().to_string(), true, &mut || {
-                            Ok(Target::File(file::LogFile::open(path, config.rotation)?))
-                        })
-                        .map_err(failed(path.clone()))?;
-                        if config.tag {
-                            Route::Tagged(writer)
-                        } else {
-                            Route::Raw(writer)
-                        }
-                    }
-                })
-            };
-        let stdout = route("logs.stdout", &config.stdout, Stream::Stdout)?;
-        let stderr = route("logs.stderr", &config.stderr, Stream::Stderr)?;
+        let mut writers = Vec::new();
+        let stdout = route(
+            config,
+            &mut writers,
+            "logs.stdout",
+            &config.stdout,
+            Stream::Stdout,
+        )?;
+        let stderr = route(
+            config,
+            &mut writers,
+            "logs.stderr",
+            &config.stderr,
+            Stream::Stderr,
+        )?;
         Ok(Output {
             stdout,
             stderr,
@@ -277,6 +244,54 @@ impl Output {
             writer.finish(deadline.saturating_duration_since(std::time::Instant::now()));
         }
     }
+}
+
+/// How `stream` goes to `sink`. Destinations are shared: both streams naming one file, or
+/// both going to the journal, use one writer (`writers` holds each once, with whether it is
+/// a file).
+fn route(
+    config: &OutputConfig,
+    writers: &mut Vec<(Arc<Writer>, bool)>,
+    key: &'static str,
+    sink: &Sink,
+    stream: Stream,
+) -> Result<Route, OpenError> {
+    let (name, is_file) = match sink {
+        Sink::Null => return Ok(Route::Null),
+        Sink::Inherit if config.journal => ("journal".to_string(), false),
+        Sink::Inherit | Sink::Own => (stream.name().to_string(), false),
+        Sink::File(path) => (path.display().to_string(), true),
+    };
+    let writer = match writers.iter().find(|(w, _)| w.name() == name) {
+        Some((writer, _)) => writer.clone(),
+        None => {
+            let target = match sink {
+                Sink::File(path) => file::LogFile::open(path, config.rotation).map(Target::File),
+                _ if config.journal && *sink == Sink::Inherit => Target::journal(),
+                _ => match stream {
+                    Stream::Stdout => std::io::stdout().as_fd().try_clone_to_owned(),
+                    Stream::Stderr => std::io::stderr().as_fd().try_clone_to_owned(),
+                }
+                .map(|fd| Target::Stream(std::fs::File::from(fd))),
+            };
+            let failed = |source| OpenError {
+                key,
+                path: PathBuf::from(&name),
+                source,
+            };
+            let writer = Arc::new(
+                Writer::start(name.clone(), config.buffer, target.map_err(failed)?)
+                    .map_err(failed)?,
+            );
+            writers.push((writer.clone(), is_file));
+            writer
+        }
+    };
+    Ok(match sink {
+        Sink::File(_) if !config.tag => Route::Raw(writer),
+        Sink::Inherit if config.journal => Route::Journal(writer),
+        _ => Route::Tagged(writer),
+    })
 }
 
 /// `2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: `, given the time's text.
