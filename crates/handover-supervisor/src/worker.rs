@@ -69,7 +69,7 @@ pub struct Worker {
     pub notify: Option<Arc<NotifySocket>>,
     /// Read end of its stderr pipe.
     pub stderr: Option<Arc<std::fs::File>>,
-    /// Read end of its stdout pipe (only when handover logs workers' output).
+    /// Read end of its stdout pipe (none when `[logs] stdout` is `/dev/null`).
     pub stdout: Option<Arc<std::fs::File>>,
     /// Its stdout, split into lines.
     pub stdout_lines: crate::output::Lines,

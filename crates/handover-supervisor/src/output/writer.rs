@@ -341,11 +341,8 @@ fn run(name: &str, shared: &Shared, mut target: Target) {
                 }
                 if unreported > 0 {
                     warn!("{name}: writing again; {unreported} lines were dropped");
-                } else if recovered.is_some() {
-                    info!(
-                        "{name}: writing again after: {}",
-                        recovered.unwrap_or_default()
-                    );
+                } else if let Some(reason) = recovered {
+                    info!("{name}: writing again after: {reason}");
                 }
                 if done {
                     return;
