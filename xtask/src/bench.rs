@@ -431,6 +431,16 @@ fn print_memory(pid: i32) {
     let kib = |k: &str| status.get(k).copied().unwrap_or(0);
     println!("handover VmRSS: {} KiB", kib("VmRSS"));
     println!("handover VmHWM: {} KiB", kib("VmHWM"));
+    // What of the RSS is handover's own memory, and what pages of files (its code, libc).
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    for key in ["Pss_Anon", "Pss_File"] {
+        let value = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?");
+        println!("handover {key}: {value} KiB");
+    }
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
