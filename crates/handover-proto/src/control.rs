@@ -100,7 +100,7 @@ pub enum Response {
     /// The state.
     Status {
         /// The snapshot.
-        status: serde_json::Value,
+        status: Box<crate::status::Status>,
     },
     /// The request was refused or malformed.
     Error {

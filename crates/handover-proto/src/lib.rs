@@ -8,4 +8,6 @@
 pub mod control;
 pub mod fdmap;
 pub mod listen;
+pub mod logtag;
 pub mod notify;
+pub mod status;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use handover_proto::control::{self, Request, Response, MAX_REQUEST};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
-use crate::control::{Command, ReloadOverrides, ReloadReply};
+use crate::control::Command;
 
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -176,109 +176,35 @@ async fn handle(
     let gone = || Response::Error {
         message: "handover is shutting down".into(),
     };
-    match request {
-        Request::Reload {
-            workers,
-            env,
-            replace_env,
-            cwd,
-            timeout_ms,
-        } => {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let overrides = ReloadOverrides {
-                workers,
-                env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-                replace_env,
-                cwd: cwd.map(Into::into),
-                timeout: timeout_ms.map(Duration::from_millis),
-            };
-            if commands
-                .send(Command::Reload {
-                    overrides,
-                    reply: Some(tx),
-                })
-                .is_err()
-            {
-                send(&mut stream, gone()).await;
-                return;
-            }
-            loop {
-                let Some(reply) = rx.recv().await else {
-                    send(
-                        &mut stream,
-                        Response::Failed {
-                            reason: "handover stopped during the reload".into(),
-                        },
-                    )
-                    .await;
-                    return;
-                };
-                let response = match reply {
-                    ReloadReply::Progress(message) => Response::Progress { message },
-                    ReloadReply::Done { generation } => Response::Done { generation },
-                    ReloadReply::Failed { reason } => Response::Failed { reason },
-                    ReloadReply::Busy { generation } => Response::Busy { generation },
-                };
-                let last = response.is_final();
-                if !send(&mut stream, response).await || last {
-                    return;
+    let is_reload = matches!(request, Request::Reload { .. });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if commands.send(Command { request, reply: tx }).is_err() {
+        send(&mut stream, gone()).await;
+        return;
+    }
+    loop {
+        let Some(response) = rx.recv().await else {
+            let last = if is_reload {
+                Response::Failed {
+                    reason: "handover stopped during the reload".into(),
                 }
-            }
-        }
-        Request::Abort => {
-            let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Abort { reply: tx }).is_err() {
-                send(&mut stream, gone()).await;
-                return;
-            }
-            let response = match rx.await {
-                Ok(true) => Response::Ok {
-                    message: "reload aborted".into(),
-                },
-                Ok(false) => Response::Error {
-                    message: "no reload is running".into(),
-                },
-                Err(_) => gone(),
+            } else {
+                gone()
             };
-            send(&mut stream, response).await;
-        }
-        Request::Scale { count } => {
-            let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Scale { count, reply: tx }).is_err() {
-                send(&mut stream, gone()).await;
-                return;
-            }
-            let response = match rx.await {
-                Ok(Ok(())) => Response::Ok {
-                    message: format!("scaling to {count} workers"),
-                },
-                Ok(Err(message)) => Response::Error { message },
-                Err(_) => gone(),
-            };
-            send(&mut stream, response).await;
-        }
-        Request::Status => {
-            let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Status { reply: tx }).is_err() {
-                send(&mut stream, gone()).await;
-                return;
-            }
-            let response = match rx.await {
-                Ok(status) => Response::Status { status },
-                Err(_) => gone(),
-            };
-            send(&mut stream, response).await;
-        }
-        Request::Stop => {
-            if commands.send(Command::Stop).is_err() {
-                send(&mut stream, gone()).await;
-                return;
-            }
+            send(&mut stream, last).await;
+            return;
+        };
+        if response == Response::Stopping {
             // The connection stays open until handover exits: the client's end of file
             // means "everything is down".
-            if send(&mut stream, Response::Stopping).await {
+            if send(&mut stream, response).await {
                 std::future::pending::<()>().await;
             }
+            return;
+        }
+        let last = response.is_final();
+        if !send(&mut stream, response).await || last {
+            return;
         }
     }
 }

@@ -1,7 +1,10 @@
-//! handover's supervisor: one event loop that owns every worker of every generation.
+//! handover's supervisor: generations of workers, readiness, restarts, reloads and stop.
 //!
-//! The loop is driven only by events (signals, child exits, readable notify sockets and
-//! worker pipes, control requests) and by named deadlines; it never polls. It takes all its
+//! Two layers. The core (`core`) is a state machine without I/O: it takes the time and one input
+//! (an exit, a notification, a request, a deadline) and returns actions. The driver
+//! (`driver`, behind [`run`]) owns the OS (signals, the reaper, fd watchers, the spawning
+//! thread) and turns what happens into inputs and the actions into syscalls. The loop is
+//! driven only by events and by deadlines the core names; it never polls. It takes all its
 //! resources as arguments ([`Plan`], a [`Spawner`](handover_sys::spawn::Spawner)), so tests
 //! and the binary hand it whatever sockets they like.
 #![deny(missing_docs)]
@@ -10,14 +13,23 @@
 pub mod backoff;
 pub mod control;
 pub mod control_server;
+mod core;
+mod driver;
 pub mod output;
 pub mod plan;
-mod supervisor;
 mod systemd;
 mod worker;
 
-pub use control::{Command, Outcome, ReloadOverrides, ReloadReply};
+use std::sync::Arc;
+
+pub use control::{AbortCause, Command, Outcome, ReloadError, ReloadOverrides};
+pub use driver::{run, RunResult};
 pub use output::{Output, OutputConfig, Rotation, Sink};
 pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy};
-pub use supervisor::{run, Reloader, RunResult};
 pub use worker::is_reserved_var;
+
+/// Makes the plan of a reload's new generation (re-reading the configuration, binding new
+/// sockets): given the reload's overrides and the serving generation's spec, the new spec and
+/// reload settings, or why not. It runs on a blocking thread, off the event loop.
+pub type Reloader =
+    Arc<dyn Fn(&ReloadOverrides, &Arc<GenerationSpec>) -> core::Resolved + Send + Sync + 'static>;

@@ -6,6 +6,8 @@
 
 use sd_notify::NotifyState;
 
+use crate::core::Notice;
+
 /// Reports to systemd, if handover runs under it.
 #[derive(Debug)]
 pub struct Systemd {
@@ -18,7 +20,7 @@ impl Systemd {
         Systemd { enabled }
     }
 
-    fn send(&self, states: &[NotifyState<'_>]) {
+    fn notify(&self, states: &[NotifyState<'_>]) {
         if !self.enabled {
             return;
         }
@@ -27,37 +29,25 @@ impl Systemd {
         }
     }
 
-    /// The service is ready (after start, or at the end of a reload).
-    pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
-    }
-
-    /// A reload begins.
-    pub fn reloading(&self, status: &str) {
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
-            Err(_) => self.send(&[NotifyState::Reloading, NotifyState::Status(status)]),
+    /// Sends what the core asked for.
+    pub fn send(&self, notice: &Notice) {
+        match notice {
+            Notice::Ready(status) => {
+                self.notify(&[NotifyState::Ready, NotifyState::Status(status)])
+            }
+            Notice::Reloading(status) => match NotifyState::monotonic_usec_now() {
+                Ok(now) => self.notify(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+                Err(_) => self.notify(&[NotifyState::Reloading, NotifyState::Status(status)]),
+            },
+            Notice::Status(status) => self.notify(&[NotifyState::Status(status)]),
+            Notice::Watchdog => self.notify(&[NotifyState::Watchdog]),
+            Notice::ExtendTimeout(by) => {
+                let usec = by.as_micros().min(u32::MAX as u128) as u32;
+                self.notify(&[NotifyState::ExtendTimeoutUsec(usec)]);
+            }
+            Notice::Stopping(status) => {
+                self.notify(&[NotifyState::Stopping, NotifyState::Status(status)])
+            }
         }
-    }
-
-    /// A new status line.
-    pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
-    }
-
-    /// The watchdog keep-alive.
-    pub fn watchdog(&self) {
-        self.send(&[NotifyState::Watchdog]);
-    }
-
-    /// Asks for `by` more time before systemd's start, reload or stop timeout fires.
-    pub fn extend_timeout(&self, by: std::time::Duration) {
-        let usec = by.as_micros().min(u32::MAX as u128) as u32;
-        self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
-    }
-
-    /// handover is stopping.
-    pub fn stopping(&self, status: &str) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 }

@@ -1,13 +1,9 @@
-//! One worker process: its state, its environment, and the pipes handover reads from it.
+//! What a worker is given (its environment) and what handover keeps of what it says (the
+//! stderr lines that explain a death).
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
-use std::sync::Arc;
-use std::time::Instant;
-
-use handover_sys::notify::NotifySocket;
-use handover_sys::process::Pidfd;
 
 use crate::plan::GenerationSpec;
 
@@ -15,92 +11,6 @@ use crate::plan::GenerationSpec;
 pub const STDERR_TAIL_LINES: usize = 10;
 /// Longest stderr line kept in that tail.
 pub const STDERR_TAIL_LINE_MAX: usize = 512;
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Waiting out a restart delay.
-    Waiting { until: Instant },
-    /// Handed to the spawning thread.
-    Spawning,
-    /// Running, not ready yet.
-    Starting {
-        ready_deadline: Instant,
-        ready_at: Option<Instant>,
-    },
-    /// Ready.
-    Ready { since: Instant },
-    /// Asked to stop; killed at `kill_at`.
-    Stopping { kill_at: Instant },
-    /// SIGKILL sent to its process group; waiting for the exit.
-    Killed,
-}
-
-impl State {
-    /// A short name for status output.
-    pub fn name(&self) -> &'static str {
-        match self {
-            State::Waiting { .. } => "waiting",
-            State::Spawning => "spawning",
-            State::Starting { .. } => "starting",
-            State::Ready { .. } => "ready",
-            State::Stopping { .. } => "stopping",
-            State::Killed => "killed",
-        }
-    }
-}
-
-/// A worker.
-#[derive(Debug)]
-pub struct Worker {
-    /// Unique for the supervisor's lifetime.
-    pub id: u64,
-    /// Its generation.
-    pub generation: u64,
-    /// Its slot index in the generation (`HANDOVER_WORKER`).
-    pub index: u32,
-    /// The spec it was started from.
-    pub spec: Arc<GenerationSpec>,
-    /// Its state.
-    pub state: State,
-    /// Set once the process exists.
-    pub pidfd: Option<Pidfd>,
-    /// Its notify socket.
-    pub notify: Option<Arc<NotifySocket>>,
-    /// Read end of its stderr pipe.
-    pub stderr: Option<Arc<std::fs::File>>,
-    /// Read end of its stdout pipe (none when `[logs] stdout` is `/dev/null`).
-    pub stdout: Option<Arc<std::fs::File>>,
-    /// Its stdout, split into lines.
-    pub stdout_lines: crate::output::Lines,
-    /// Tasks watching its fds; aborted when it is gone.
-    pub watchers: Vec<tokio::task::JoinHandle<()>>,
-    /// Last lines written to stderr.
-    pub stderr_tail: VecDeque<String>,
-    /// Its stderr, split into lines.
-    pub stderr_lines: crate::output::Lines,
-    /// Going away for good: its exit starts no replacement.
-    pub retiring: bool,
-    /// When its current process was spawned.
-    pub spawned_at: Option<Instant>,
-    /// The last `STATUS=` it sent.
-    pub status: Option<String>,
-    /// Set when the stub could not exec it.
-    pub exec_error: Option<String>,
-    /// Probe mode: when the next readiness probe may start.
-    pub next_probe: Option<Instant>,
-    /// Probe mode: an attempt is running (they never overlap).
-    pub probe_running: bool,
-    /// Probe mode: how the last attempt ended, to explain a ready timeout.
-    pub last_probe: Option<String>,
-}
-
-impl Worker {
-    /// Its pid, once spawned.
-    pub fn pid(&self) -> Option<i32> {
-        self.pidfd.as_ref().map(|p| p.pid())
-    }
-}
 
 /// Keeps a line of stderr (without its newline) among the last few, which explain a death,
 /// escaped as in a tagged log line so that it cannot disturb the log message quoting it.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use handover_proto::control::{self, Request, Response};
+use handover_proto::status::{Phase, Status};
 
 use crate::config::Config;
 use crate::env::Environment;
@@ -127,8 +128,8 @@ pub fn request(
     }
 }
 
-fn ms(value: &serde_json::Value) -> String {
-    match value.as_u64() {
+fn ms(value: Option<u64>) -> String {
+    match value {
         None => "-".into(),
         Some(ms) if ms < 1000 => format!("{ms}ms"),
         Some(ms) if ms < 120_000 => format!("{:.1}s", ms as f64 / 1000.0),
@@ -138,75 +139,67 @@ fn ms(value: &serde_json::Value) -> String {
 }
 
 /// Renders `handover status` as a table.
-pub fn render_status(status: &serde_json::Value) -> String {
+pub fn render_status(status: &Status) -> String {
     let mut out = String::new();
-    let text = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
+    let phase = match status.phase {
+        Phase::Starting => "starting",
+        Phase::Running => "running",
+        Phase::Stopping => "stopping",
     };
     out.push_str(&format!(
-        "handover pid {}, {}, up {}: {}\n",
-        status["pid"],
-        text(&status["phase"]),
-        ms(&status["uptime_ms"]),
-        text(&status["status"])
+        "handover pid {}, {phase}, up {}: {}\n",
+        status.pid,
+        ms(Some(status.uptime_ms)),
+        status.status
     ));
-    if let Some(generation) = status["reloading"].as_u64() {
+    if let Some(generation) = status.reloading {
         out.push_str(&format!("reload in progress: generation {generation}\n"));
     }
     out.push_str("\nSOCKET       FD  ADDRESS                         FROM\n");
-    for socket in status["sockets"].as_array().into_iter().flatten() {
+    for socket in &status.sockets {
         out.push_str(&format!(
             "{:<12} {:<3} {:<31} {}\n",
-            text(&socket["name"]),
-            text(&socket["fd"]),
-            text(&socket["address"]),
-            if socket["from_systemd"].as_bool() == Some(true) {
+            socket.name,
+            socket.fd,
+            socket.address,
+            if socket.from_systemd {
                 "systemd"
             } else {
                 "handover"
             }
         ));
     }
-    let logs = status["logs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if !logs.is_empty() {
+    if !status.logs.is_empty() {
         out.push_str("\nLOG FILE                                 DROPPED LINES  ROTATIONS\n");
-        for log in logs {
+        for log in &status.logs {
             out.push_str(&format!(
                 "{:<40} {:<14} {}\n",
-                text(&log["path"]),
-                text(&log["dropped"]),
-                text(&log["rotations"])
+                log.path, log.dropped, log.rotations
             ));
         }
     }
-    for generation in status["generations"].as_array().into_iter().flatten() {
+    for generation in &status.generations {
         out.push_str(&format!(
             "\ngeneration {} ({}, {} workers, age {})\n",
-            generation["generation"],
-            text(&generation["state"]),
-            generation["count"],
-            ms(&generation["age_ms"])
+            generation.generation,
+            generation.state.name(),
+            generation.count,
+            ms(Some(generation.age_ms))
         ));
         out.push_str("  WORKER  PID      STATE     READY FOR  RESTARTS  LAST EXIT\n");
-        for worker in generation["workers"].as_array().into_iter().flatten() {
-            let pid = worker["pid"]
-                .as_i64()
+        for worker in &generation.workers {
+            let pid = worker
+                .pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into());
-            let last_exit = worker["last_exit"].as_str().unwrap_or("-");
             out.push_str(&format!(
                 "  {:<7} {:<8} {:<9} {:<10} {:<9} {}\n",
-                text(&worker["index"]),
+                worker.index,
                 pid,
-                text(&worker["state"]),
-                ms(&worker["ready_for_ms"]),
-                text(&worker["restarts"]),
-                last_exit
+                worker.state.name(),
+                ms(worker.ready_for_ms),
+                worker.restarts,
+                worker.last_exit.as_deref().unwrap_or("-")
             ));
         }
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use handover_proto::logtag::{self, Tag, TIME_LEN};
 use handover_supervisor::output::{rotated_files, time, Rotated};
 
 use crate::config::{LogSink, LogsConfig};
@@ -21,11 +22,8 @@ use crate::exit;
 /// Bytes read at a time, backwards for the last lines and forwards when following.
 const BLOCK: usize = 64 * 1024;
 
-/// Bytes at the start of a line enough to hold any tag (at most 91 bytes).
-const TAG_MAX: usize = 128;
-
-/// Length of the time that starts a tag: `2026-11-21T10:00:00.123Z`.
-const TIME_LEN: usize = 24;
+/// Bytes at the start of a line enough to hold any tag.
+const TAG_MAX: usize = logtag::TAG_MAX;
 
 /// How often `--follow` looks for new lines.
 const POLL: Duration = Duration::from_millis(200);
@@ -49,9 +47,14 @@ pub enum Stream {
 
 impl Stream {
     fn name(self) -> &'static str {
+        self.tagged().name()
+    }
+
+    /// The same stream as tags name it.
+    fn tagged(self) -> logtag::Stream {
         match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
+            Stream::Stdout => logtag::Stream::Stdout,
+            Stream::Stderr => logtag::Stream::Stderr,
         }
     }
 }
@@ -89,81 +92,9 @@ impl Filter {
         let Some(tag) = Tag::parse(line) else {
             return false;
         };
-        self.worker.is_none_or(|w| w == tag.worker) && self.stream.is_none_or(|s| s == tag.stream)
+        self.worker.is_none_or(|w| w == tag.worker)
+            && self.stream.is_none_or(|s| s.tagged() == tag.stream)
     }
-}
-
-/// The tag handover puts at the start of each line of a file:
-/// `2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: `.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tag {
-    /// The time, as written: byte order is time order.
-    time: [u8; TIME_LEN],
-    generation: u64,
-    worker: u32,
-    pid: u32,
-    stream: Stream,
-}
-
-impl Tag {
-    /// Reads the tag at the start of `line`; `None` unless it is exactly one.
-    fn parse(line: &[u8]) -> Option<Tag> {
-        let time: [u8; TIME_LEN] = line.get(..TIME_LEN)?.try_into().ok()?;
-        if !is_time(&time) {
-            return None;
-        }
-        let rest = line[TIME_LEN..].strip_prefix(b" gen=")?;
-        let (generation, rest) = number(rest)?;
-        let rest = rest.strip_prefix(b" worker=")?;
-        let (worker, rest) = number(rest)?;
-        let rest = rest.strip_prefix(b" pid=")?;
-        let (pid, rest) = number(rest)?;
-        let (stream, rest) = if let Some(rest) = rest.strip_prefix(b" stdout") {
-            (Stream::Stdout, rest)
-        } else {
-            (Stream::Stderr, rest.strip_prefix(b" stderr")?)
-        };
-        rest.strip_prefix(b": ")?;
-        Some(Tag {
-            time,
-            generation,
-            worker: u32::try_from(worker).ok()?,
-            pid: u32::try_from(pid).ok().filter(|&p| p <= i32::MAX as u32)?,
-            stream,
-        })
-    }
-}
-
-/// Whether `t` is a time as handover writes it: `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
-fn is_time(t: &[u8; TIME_LEN]) -> bool {
-    let shape = b"dddd-dd-ddTdd:dd:dd.dddZ";
-    let shaped = t.iter().zip(shape).all(|(&c, &s)| {
-        if s == b'd' {
-            c.is_ascii_digit()
-        } else {
-            c == s
-        }
-    });
-    let two = |i: usize| u32::from(t[i] - b'0') * 10 + u32::from(t[i + 1] - b'0');
-    shaped
-        && (1..=12).contains(&two(5))
-        && (1..=31).contains(&two(8))
-        && two(11) <= 23
-        && two(14) <= 59
-        && two(17) <= 60
-}
-
-/// A decimal number as handover writes one (no sign, no leading zero) and the bytes after it.
-fn number(text: &[u8]) -> Option<(u64, &[u8])> {
-    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 20 || (digits > 1 && text[0] == b'0') {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &d in &text[..digits] {
-        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    Some((value, &text[digits..]))
 }
 
 /// The time of a line, if it starts with a tag.
@@ -884,51 +815,6 @@ mod tests {
         let follower = Follower::new(&path, Some(file), tail.end).unwrap();
         print_tails(&[follower], vec![tail], false, 5, &mut out).unwrap();
         assert_eq!(out, content);
-    }
-
-    #[test]
-    fn tags_parse_strictly() {
-        let tag =
-            Tag::parse(b"2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: GET / 200\n")
-                .unwrap();
-        assert_eq!(&tag.time, b"2026-11-21T10:00:00.123Z");
-        assert_eq!(
-            (tag.generation, tag.worker, tag.pid, tag.stream),
-            (3, 1, 1234, Stream::Stdout)
-        );
-        let tag = Tag::parse(
-            b"1999-12-31T23:59:60.999Z gen=18446744073709551615 worker=0 pid=0 stderr: ",
-        )
-        .unwrap();
-        assert_eq!(
-            (tag.generation, tag.worker, tag.pid, tag.stream),
-            (u64::MAX, 0, 0, Stream::Stderr)
-        );
-        for bad in [
-            "",
-            "2026-11-21T10:00:00.123Z",
-            "2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout:",
-            "2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout:x",
-            "2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdin: x",
-            "2026-11-21T10:00:00.123Z gen=3 worker=1 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=3  worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.123Z gen= worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=03 worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=-3 worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=18446744073709551616 worker=1 pid=1 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=3 worker=4294967296 pid=1 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=3 worker=1 pid=2147483648 stdout: x",
-            "2026-11-21 10:00:00.123Z gen=3 worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.123+ gen=3 worker=1 pid=1234 stdout: x",
-            "2026-13-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: x",
-            "2026-11-21T24:00:00.123Z gen=3 worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.1234Z gen=3 worker=1 pid=1234 stdout: x",
-            " 2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: x",
-            "2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 STDOUT: x",
-        ] {
-            assert_eq!(Tag::parse(bad.as_bytes()), None, "{bad:?}");
-        }
-        assert_eq!(Tag::parse(b"\xff\xfe2026-11-21T10:00:00.123Z"), None);
     }
 
     #[test]

@@ -783,7 +783,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     }
     let config_path = config.path.clone();
     let logs_at_start = config.logs.clone();
-    let reloader: handover_supervisor::Reloader = Box::new(move |overrides, current| {
+    let reloader: handover_supervisor::Reloader = std::sync::Arc::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         if config.logs != logs_at_start {
             tracing::warn!(

@@ -22,24 +22,7 @@ use writer::{Target, Writer};
 /// Appended to every piece of a split line but the last.
 pub const CONTINUES: &[u8] = b" [continues]";
 
-/// One of a worker's two output streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// fd 1.
-    Stdout,
-    /// fd 2.
-    Stderr,
-}
-
-impl Stream {
-    /// `stdout` or `stderr`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-}
+pub use handover_proto::logtag::Stream;
 
 /// Where one stream goes, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +178,14 @@ impl Output {
                 if clock.0 != ms {
                     *clock = (ms, time::rfc3339(ms));
                 }
-                tag(buf, &clock.1, origin, stream);
+                handover_proto::logtag::write(
+                    buf,
+                    &clock.1,
+                    origin.generation,
+                    origin.index,
+                    origin.pid,
+                    stream,
+                );
                 drop(clock);
                 escape(buf, text);
                 if continues {
@@ -222,17 +212,17 @@ impl Output {
     }
 
     /// Each file: its path, lines dropped and rotations, for `status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Vec<handover_proto::status::LogFileStatus> {
         self.writers
             .iter()
             .filter(|(_, is_file)| *is_file)
             .map(|(writer, _)| {
                 let (dropped, rotations) = writer.counters();
-                serde_json::json!({
-                    "path": writer.name(),
-                    "dropped": dropped,
-                    "rotations": rotations,
-                })
+                handover_proto::status::LogFileStatus {
+                    path: writer.name().to_string(),
+                    dropped,
+                    rotations,
+                }
             })
             .collect()
     }
@@ -292,18 +282,6 @@ fn route(
         Sink::Inherit if config.journal => Route::Journal(writer),
         _ => Route::Tagged(writer),
     })
-}
-
-/// `2026-11-21T10:00:00.123Z gen=3 worker=1 pid=1234 stdout: `, given the time's text.
-fn tag(buf: &mut Vec<u8>, time: &str, origin: &Origin<'_>, stream: Stream) {
-    let _ = write!(
-        buf,
-        "{time} gen={} worker={} pid={} {}: ",
-        origin.generation,
-        origin.index,
-        origin.pid,
-        stream.name()
-    );
 }
 
 /// Appends `text` as printable UTF-8: control characters other than tab, DEL, and bytes

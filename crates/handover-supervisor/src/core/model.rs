@@ -1,0 +1,267 @@
+//! The supervisor's state: generations, their slots, and the workers filling them, with the
+//! questions every other part of the core asks of it ("which generation serves?", "how many
+//! of its workers are ready?").
+//!
+//! A *generation* has `count` slots; each slot is filled by at most one current worker.
+//! A worker that leaves its slot (retired by a reload, a scale-down or `STOPPING=1`) lives on
+//! as a worker of its generation until its process is gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use handover_proto::status::GenerationState as GenState;
+
+use crate::plan::GenerationSpec;
+
+/// Identifies a worker for the supervisor's lifetime (never reused, unlike a pid).
+pub type WorkerId = u64;
+
+/// Where the supervisor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The first generation is starting.
+    Starting,
+    /// The first generation became ready; reloads are possible.
+    Running,
+    /// Every worker has been asked to stop.
+    Stopping,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Waiting out a restart delay; no process yet.
+    Waiting { until: Instant },
+    /// Handed to the driver to spawn; the pid is not known yet.
+    Spawning,
+    /// Running, not ready yet.
+    Starting {
+        ready_deadline: Instant,
+        /// `ready = "delay"`: ready at this moment.
+        ready_at: Option<Instant>,
+    },
+    /// Ready.
+    Ready { since: Instant },
+    /// Asked to stop; killed at `kill_at`.
+    Stopping { kill_at: Instant },
+    /// SIGKILL sent to its process group; waiting for the exit.
+    Killed,
+}
+
+impl WorkerState {
+    /// The name status shows.
+    pub fn public(&self) -> handover_proto::status::WorkerState {
+        use handover_proto::status::WorkerState as W;
+        match self {
+            WorkerState::Waiting { .. } => W::Waiting,
+            WorkerState::Spawning => W::Spawning,
+            WorkerState::Starting { .. } => W::Starting,
+            WorkerState::Ready { .. } => W::Ready,
+            WorkerState::Stopping { .. } => W::Stopping,
+            WorkerState::Killed => W::Killed,
+        }
+    }
+}
+
+/// A readiness probe's progress (`ready = "probe"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// No attempt scheduled (not in probe mode, or no longer starting).
+    Idle,
+    /// The next attempt starts at this moment.
+    Due(Instant),
+    /// Handed to the driver; not running yet.
+    Spawning,
+    /// Running; killed at `deadline`. `killed`: it was, and its result does not count.
+    Running { deadline: Instant, killed: bool },
+}
+
+/// One worker: a process, or the plan of one.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub generation: u64,
+    /// Its slot in the generation (`HANDOVER_WORKER`).
+    pub index: u32,
+    pub spec: Arc<GenerationSpec>,
+    pub state: WorkerState,
+    /// Known once the driver reports the spawn.
+    pub pid: Option<i32>,
+    /// Going away for good: its exit starts no replacement.
+    pub retiring: bool,
+    /// The last `STATUS=` it sent.
+    pub status: Option<String>,
+    /// Set when the stub could not exec it.
+    pub exec_error: Option<String>,
+    pub probe: Probe,
+    /// How the last probe attempt ended, to explain a ready timeout.
+    pub last_probe: Option<String>,
+}
+
+impl Worker {
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, WorkerState::Ready { .. })
+    }
+
+    pub fn is_starting(&self) -> bool {
+        matches!(self.state, WorkerState::Starting { .. })
+    }
+}
+
+/// A place for one worker in a generation.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// The worker currently filling the slot.
+    pub worker: Option<WorkerId>,
+    /// Failures since the slot's worker was last ready long enough (`backoff_reset`).
+    pub consecutive_failures: u32,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+/// Workers started together from one spec.
+#[derive(Debug)]
+pub struct Generation {
+    pub id: u64,
+    pub spec: Arc<GenerationSpec>,
+    pub state: GenState,
+    pub slots: Vec<Slot>,
+    pub created: Instant,
+}
+
+/// Generations and workers, and the counters that name new ones.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub generations: BTreeMap<u64, Generation>,
+    pub workers: BTreeMap<WorkerId, Worker>,
+    pub next_worker: WorkerId,
+    /// The number the next generation gets; reserved by a reload from its request on.
+    pub next_generation: u64,
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model {
+            next_worker: 1,
+            next_generation: 1,
+            ..Model::default()
+        }
+    }
+
+    /// The newest generation in `state`.
+    pub fn newest(&self, state: GenState) -> Option<&Generation> {
+        self.generations.values().rev().find(|g| g.state == state)
+    }
+
+    /// The generation that serves, or else the one starting first: what status describes.
+    pub fn current(&self) -> Option<&Generation> {
+        self.newest(GenState::Serving)
+            .or_else(|| self.newest(GenState::Starting))
+    }
+
+    /// Workers of a generation, current and retiring.
+    pub fn workers_of(&self, generation: u64) -> impl Iterator<Item = &Worker> {
+        self.workers
+            .values()
+            .filter(move |w| w.generation == generation)
+    }
+
+    /// Ids of a generation's workers.
+    pub fn worker_ids_of(&self, generation: u64) -> Vec<WorkerId> {
+        self.workers_of(generation).map(|w| w.id).collect()
+    }
+
+    /// How many of the workers filling a generation's slots are ready.
+    pub fn ready_count(&self, generation: u64) -> usize {
+        let Some(gen) = self.generations.get(&generation) else {
+            return 0;
+        };
+        gen.slots
+            .iter()
+            .filter_map(|slot| slot.worker.and_then(|id| self.workers.get(&id)))
+            .filter(|w| w.is_ready())
+            .count()
+    }
+
+    /// Whether `id` fills its slot (rather than having been replaced or retired).
+    pub fn fills_its_slot(&self, id: WorkerId) -> bool {
+        let Some(worker) = self.workers.get(&id) else {
+            return false;
+        };
+        self.slot(worker.generation, worker.index)
+            .is_some_and(|s| s.worker == Some(id))
+    }
+
+    pub fn slot(&self, generation: u64, index: u32) -> Option<&Slot> {
+        self.generations
+            .get(&generation)
+            .and_then(|g| g.slots.get(index as usize))
+    }
+
+    pub fn slot_mut(&mut self, generation: u64, index: u32) -> Option<&mut Slot> {
+        self.generations
+            .get_mut(&generation)
+            .and_then(|g| g.slots.get_mut(index as usize))
+    }
+
+    pub fn state_of(&self, generation: u64) -> Option<GenState> {
+        self.generations.get(&generation).map(|g| g.state)
+    }
+
+    /// The rules that hold after every input; the core's tests check them after each step.
+    /// Returns the first one broken.
+    pub fn check(&self) -> Result<(), String> {
+        let starting = self
+            .generations
+            .values()
+            .filter(|g| g.state == GenState::Starting)
+            .count();
+        if starting > 1 {
+            return Err(format!("{starting} generations are starting"));
+        }
+        let serving = self
+            .generations
+            .values()
+            .filter(|g| g.state == GenState::Serving)
+            .count();
+        if serving > 1 {
+            return Err(format!("{serving} generations are serving"));
+        }
+        for gen in self.generations.values() {
+            for (index, slot) in gen.slots.iter().enumerate() {
+                let Some(id) = slot.worker else { continue };
+                // A slot may name a worker that is gone only while its replacement waits to
+                // be created; the core never leaves it so between inputs.
+                let Some(worker) = self.workers.get(&id) else {
+                    continue;
+                };
+                if worker.generation != gen.id || worker.index as usize != index {
+                    return Err(format!(
+                        "slot {}/{index} names worker {id} of {}/{}",
+                        gen.id, worker.generation, worker.index
+                    ));
+                }
+            }
+        }
+        for worker in self.workers.values() {
+            if !self.generations.contains_key(&worker.generation) {
+                return Err(format!(
+                    "worker {} belongs to generation {}, which is gone",
+                    worker.id, worker.generation
+                ));
+            }
+            let has_process = !matches!(
+                worker.state,
+                WorkerState::Waiting { .. } | WorkerState::Spawning
+            );
+            if has_process != worker.pid.is_some() {
+                return Err(format!(
+                    "worker {} is {:?} with pid {:?}",
+                    worker.id, worker.state, worker.pid
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! Notifications and readiness: what a worker's datagrams mean, and a worker becoming ready by
+//! `READY=1`, by staying alive for a delay, or by a probe command that exits 0.
+
+use std::time::Instant;
+
+use handover_proto::notify;
+use handover_sys::process::ExitStatus;
+
+use super::model::{GenState, Phase, Probe, WorkerId, WorkerState};
+use super::{Action, Core, Fields, Level, Notice};
+use crate::plan::ReadyMode;
+
+impl Core {
+    pub(super) fn notified(&mut self, now: Instant, id: WorkerId, sender_pid: i32, payload: &[u8]) {
+        let Some(worker) = self.model.workers.get(&id) else {
+            return;
+        };
+        if worker.spec.notify_main_only && Some(sender_pid) != worker.pid {
+            let fields = self.fields_of(id);
+            self.log(
+                Level::Warn,
+                format!(
+                    "ignored a notification from pid {sender_pid}: only the worker's own pid may \
+                     notify (notify_access = \"main\")"
+                ),
+                Fields {
+                    pid: None,
+                    ..fields
+                },
+            );
+            return;
+        }
+        match notify::parse(payload) {
+            Ok(message) => self.apply_notify(now, id, message),
+            Err(err) => {
+                let fields = self.fields_of(id);
+                self.log(
+                    Level::Warn,
+                    format!("dropped a notification: {err}"),
+                    Fields {
+                        pid: None,
+                        ..fields
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn notify_dropped(
+        &mut self,
+        id: WorkerId,
+        sender_pid: Option<i32>,
+        reason: &'static str,
+        fds_closed: usize,
+    ) {
+        let fields = self.fields_of(id);
+        let fds = if fds_closed > 0 {
+            format!(" ({fds_closed} passed fds closed)")
+        } else {
+            String::new()
+        };
+        self.log(
+            Level::Warn,
+            format!(
+                "dropped a notification from pid {}: {reason}{fds}",
+                sender_pid.unwrap_or(0)
+            ),
+            Fields {
+                pid: None,
+                ..fields
+            },
+        );
+    }
+
+    fn apply_notify(&mut self, now: Instant, id: WorkerId, message: notify::NotifyMessage) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        if let Some(status) = message.status {
+            worker.status = Some(status);
+        }
+        if message.ready {
+            self.mark_ready(now, id, "worker ready");
+        }
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        if message.stopping && !worker.retiring && worker.pid.is_some() {
+            // The worker is going down on its own (naught's "offline"): replace it now and
+            // give it the drain timeout to finish.
+            let (generation, index) = (worker.generation, worker.index);
+            worker.retiring = true;
+            worker.state = WorkerState::Stopping {
+                kill_at: now + self.policy.drain_timeout,
+            };
+            let serving = self.model.state_of(generation) == Some(GenState::Serving);
+            if serving && self.phase == Phase::Running {
+                let fields = self.fields_of(id);
+                self.log(
+                    Level::Info,
+                    "worker is going offline; starting its replacement".into(),
+                    fields,
+                );
+                self.spawn_into_slot(now, generation, index, None);
+            }
+        }
+    }
+
+    /// A starting worker is ready (by notification, delay or probe; `how` says which): log it
+    /// and let its generation move on. Workers in any other state are left as they are.
+    pub(super) fn mark_ready(&mut self, now: Instant, id: WorkerId, how: &str) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        if !worker.is_starting() {
+            return;
+        }
+        worker.state = WorkerState::Ready { since: now };
+        let generation = worker.generation;
+        let fields = self.fields_of(id);
+        self.log(Level::Info, how.to_string(), fields);
+        self.on_worker_ready(now, generation);
+    }
+
+    fn on_worker_ready(&mut self, now: Instant, generation: u64) {
+        let Some(gen) = self.model.generations.get(&generation) else {
+            return;
+        };
+        let ready = self.model.ready_count(generation);
+        let total = gen.slots.len();
+        match (self.phase, gen.state) {
+            (Phase::Starting, GenState::Starting) if ready == total => {
+                if let Some(gen) = self.model.generations.get_mut(&generation) {
+                    gen.state = GenState::Serving;
+                }
+                self.phase = Phase::Running;
+                self.log(
+                    Level::Info,
+                    format!("all {total} workers ready"),
+                    Fields::generation(generation),
+                );
+                let status = self.status_line();
+                self.notify(Notice::Ready(status));
+                self.actions.push(Action::Started);
+            }
+            (Phase::Running, GenState::Starting) => {
+                self.progress(format!("{ready}/{total} ready in generation {generation}"));
+                self.advance_reload(now);
+            }
+            (Phase::Running, GenState::Serving) => {
+                let status = self.status_line();
+                self.notify(Notice::Status(status));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- probes --------------------------------------------------------------------------
+
+    /// Starts due probes and kills those past their timeout.
+    pub(super) fn probe_deadlines(&mut self, now: Instant) {
+        let mut start = Vec::new();
+        let mut timed_out = Vec::new();
+        for worker in self.model.workers.values_mut() {
+            match worker.probe {
+                Probe::Due(at) if at <= now && worker.is_starting() => {
+                    worker.probe = Probe::Spawning;
+                    start.push(worker.id);
+                }
+                Probe::Running {
+                    deadline,
+                    killed: false,
+                } if deadline <= now => {
+                    worker.probe = Probe::Running {
+                        deadline,
+                        killed: true,
+                    };
+                    if let ReadyMode::Probe { timeout, .. } = &worker.spec.ready {
+                        worker.last_probe =
+                            Some(format!("timed out after {}", super::humanize(*timeout)));
+                    }
+                    timed_out.push(worker.id);
+                }
+                _ => {}
+            }
+        }
+        for worker in start {
+            self.actions.push(Action::StartProbe { worker });
+        }
+        for worker in timed_out {
+            self.actions.push(Action::KillProbe { worker });
+        }
+    }
+
+    pub(super) fn probe_started(&mut self, now: Instant, id: WorkerId, exec_error: Option<String>) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            // Its worker is gone: the probe has nothing left to check.
+            self.actions.push(Action::KillProbe { worker: id });
+            return;
+        };
+        let ReadyMode::Probe { timeout, .. } = &worker.spec.ready else {
+            return;
+        };
+        if let Some(err) = exec_error {
+            worker.last_probe = Some(format!("could not start: {err}"));
+        }
+        let wanted = worker.is_starting() && worker.probe == Probe::Spawning;
+        worker.probe = Probe::Running {
+            deadline: now + *timeout,
+            killed: !wanted,
+        };
+        if !wanted {
+            self.actions.push(Action::KillProbe { worker: id });
+        }
+    }
+
+    pub(super) fn probe_failed(&mut self, now: Instant, id: WorkerId, error: String) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        worker.last_probe = Some(error);
+        worker.probe = match &worker.spec.ready {
+            ReadyMode::Probe { interval, .. } if worker.is_starting() => {
+                Probe::Due(now + *interval)
+            }
+            _ => Probe::Idle,
+        };
+    }
+
+    /// A probe ended: success makes its worker ready; anything else schedules the next try.
+    pub(super) fn probe_exited(&mut self, now: Instant, id: WorkerId, status: ExitStatus) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        let killed = match worker.probe {
+            Probe::Running { killed, .. } => killed,
+            _ => return,
+        };
+        worker.probe = Probe::Idle;
+        if !worker.is_starting() {
+            return;
+        }
+        if status.success() && !killed {
+            self.mark_ready(now, id, "worker ready (probe succeeded)");
+            return;
+        }
+        if !killed
+            && worker
+                .last_probe
+                .as_deref()
+                .is_none_or(|p| !p.starts_with("could not start"))
+        {
+            worker.last_probe = Some(status.to_string());
+        }
+        if let ReadyMode::Probe { interval, .. } = &worker.spec.ready {
+            worker.probe = Probe::Due(now + *interval);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! What `handover status`, `status --json` and the SIGUSR2 dump show, and `scale`, the one
+//! request that changes the serving generation in place.
+
+use std::time::Instant;
+
+use handover_proto::status::{
+    GenerationStatus, Phase as PublicPhase, SocketStatus, Status, WorkerStatus, STATUS_VERSION,
+};
+
+use super::model::{GenState, Phase, Slot, WorkerState};
+use super::{Core, Fields, Level, Notice};
+
+impl Core {
+    /// The state as status shows it. `logs` is left empty: the files are the driver's.
+    pub(super) fn snapshot(&self, now: Instant) -> Status {
+        let ms = |since: Instant| now.saturating_duration_since(since).as_millis() as u64;
+        let generations = self
+            .model
+            .generations
+            .values()
+            .map(|gen| GenerationStatus {
+                generation: gen.id,
+                state: gen.state,
+                count: gen.slots.len() as u32,
+                age_ms: ms(gen.created),
+                workers: self
+                    .model
+                    .workers_of(gen.id)
+                    .map(|w| {
+                        let slot = gen.slots.get(w.index as usize);
+                        WorkerStatus {
+                            index: w.index,
+                            pid: w.pid,
+                            state: w.state.public(),
+                            retiring: w.retiring,
+                            ready_for_ms: match w.state {
+                                WorkerState::Ready { since } => Some(ms(since)),
+                                _ => None,
+                            },
+                            restarts: slot.map_or(0, |s| s.restarts),
+                            last_exit: slot.and_then(|s| s.last_exit.clone()),
+                            status: w.status.clone(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let sockets = self
+            .model
+            .current()
+            .map(|g| {
+                g.spec
+                    .sockets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| SocketStatus {
+                        name: s.name.clone(),
+                        address: s.address.clone(),
+                        fd: 3 + i as u32,
+                        from_systemd: s.from_systemd,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Status {
+            version: STATUS_VERSION,
+            pid: self.pid,
+            phase: match self.phase {
+                Phase::Starting => PublicPhase::Starting,
+                Phase::Running => PublicPhase::Running,
+                Phase::Stopping => PublicPhase::Stopping,
+            },
+            uptime_ms: ms(self.started),
+            reloading: self.reload.as_ref().map(|r| r.generation),
+            status: self.status_line(),
+            generations,
+            sockets,
+            logs: Vec::new(),
+        }
+    }
+
+    /// Changes the number of workers of the serving generation: new slots are filled at once,
+    /// removed slots' workers get their stop signal.
+    pub(super) fn scale(&mut self, now: Instant, count: u32) -> Result<(), String> {
+        if !(1..=1024).contains(&count) {
+            return Err(format!(
+                "worker count must be between 1 and 1024, got {count}"
+            ));
+        }
+        if self.phase != Phase::Running {
+            return Err("handover is not running".into());
+        }
+        if self.reload.is_some() {
+            return Err("a reload is running".into());
+        }
+        let Some(generation) = self.model.newest(GenState::Serving).map(|g| g.id) else {
+            return Err("no serving generation".into());
+        };
+        let Some(gen) = self.model.generations.get_mut(&generation) else {
+            return Err("no serving generation".into());
+        };
+        let current = gen.slots.len() as u32;
+        if count > current {
+            gen.slots.resize_with(count as usize, Slot::default);
+            for index in current..count {
+                self.spawn_into_slot(now, generation, index, None);
+            }
+        } else {
+            let retired: Vec<_> = gen
+                .slots
+                .drain(count as usize..)
+                .filter_map(|s| s.worker)
+                .collect();
+            for id in retired {
+                self.ask_to_stop(now, id, None);
+            }
+        }
+        self.log(
+            Level::Info,
+            format!("scaled from {current} to {count} workers"),
+            Fields::generation(generation),
+        );
+        let status = self.status_line();
+        self.notify(Notice::Status(status));
+        Ok(())
+    }
+}

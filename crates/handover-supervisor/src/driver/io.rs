@@ -1,0 +1,239 @@
+//! A worker's OS side: its notify socket, its output pipes and their watchers, its pidfd.
+//! Set up before the spawn, read while it runs, dropped when it is gone.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use handover_sys::notify::{NotifySocket, Received};
+use handover_sys::process::Pidfd;
+use handover_sys::spawn::SpawnRequest;
+use tokio::sync::mpsc;
+
+use super::Event;
+use crate::core::model::WorkerId;
+use crate::core::Input;
+use crate::output::{Lines, Origin, Output, Stream};
+use crate::plan::GenerationSpec;
+use crate::worker::{remember, worker_env};
+
+/// A worker's pipe is read at most this much at a time before other events get their turn.
+pub(super) const READ_BUDGET: usize = 64 * 1024;
+
+/// One worker's descriptors and buffers.
+#[derive(Debug)]
+pub(super) struct WorkerIo {
+    pub generation: u64,
+    pub index: u32,
+    pub spec: Arc<GenerationSpec>,
+    /// Set once the spawning thread reports the process.
+    pub pidfd: Option<Pidfd>,
+    notify: Arc<NotifySocket>,
+    stderr: Option<Arc<std::fs::File>>,
+    /// None when `[logs] stdout` is `/dev/null` (then it is `/dev/null` itself).
+    stdout: Option<Arc<std::fs::File>>,
+    stderr_lines: Lines,
+    stdout_lines: Lines,
+    /// Its last stderr lines, to explain its death.
+    pub stderr_tail: VecDeque<String>,
+    /// Tasks watching its fds; aborted when it is dropped.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for WorkerIo {
+    fn drop(&mut self) {
+        for task in &self.watchers {
+            task.abort();
+        }
+    }
+}
+
+impl WorkerIo {
+    /// Creates the worker's notify socket (in `notify_dir`, owned by `owner`) and pipes, starts
+    /// watching them, and builds the request for the spawning thread.
+    pub(super) fn prepare(
+        id: WorkerId,
+        generation: u64,
+        index: u32,
+        spec: Arc<GenerationSpec>,
+        plan: &super::Settings,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> io::Result<(WorkerIo, SpawnRequest)> {
+        let path = plan
+            .notify_dir
+            .join(format!("{generation}-{index}-{id}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let notify = Arc::new(NotifySocket::bind(&path, plan.notify_owner)?);
+        let (stderr_read, stderr_write) = handover_sys::fd::pipe_cloexec()?;
+        handover_sys::fd::set_nonblocking(stderr_read.as_fd())?;
+        let stderr_read = Arc::new(std::fs::File::from(stderr_read));
+        let mut watchers = vec![
+            watch(notify.clone(), events.clone(), move || {
+                Event::NotifyReadable(id)
+            })?,
+            watch(stderr_read.clone(), events.clone(), move || {
+                Event::Readable(id, Stream::Stderr)
+            })?,
+        ];
+        let (stdout_read, stdout_write) = if plan.output.stdout_is_null() {
+            let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            (None, null.into())
+        } else {
+            let (read, write) = handover_sys::fd::pipe_cloexec()?;
+            handover_sys::fd::set_nonblocking(read.as_fd())?;
+            let read = Arc::new(std::fs::File::from(read));
+            watchers.push(watch(read.clone(), events.clone(), move || {
+                Event::Readable(id, Stream::Stdout)
+            })?);
+            (Some(read), write)
+        };
+        let env = worker_env(&spec, generation, index, notify.path());
+        let request = SpawnRequest {
+            exec: spec.exec.clone(),
+            env,
+            sockets: spec.sockets.iter().map(|s| s.fd.clone()).collect(),
+            stdout: Some(stdout_write),
+            stderr: Some(stderr_write),
+        };
+        let io = WorkerIo {
+            generation,
+            index,
+            spec,
+            pidfd: None,
+            notify,
+            stderr: Some(stderr_read),
+            stdout: stdout_read,
+            stderr_lines: Lines::default(),
+            stdout_lines: Lines::default(),
+            stderr_tail: VecDeque::new(),
+            watchers,
+        };
+        Ok((io, request))
+    }
+
+    pub(super) fn pid(&self) -> Option<i32> {
+        self.pidfd.as_ref().map(Pidfd::pid)
+    }
+
+    /// The next datagram on its notify socket, as an input; `None` when there is none (or
+    /// before the pid is known: a message cannot be attributed until then, so it waits).
+    pub(super) fn next_notification(&self, id: WorkerId) -> Option<Input> {
+        self.pid()?;
+        match self.notify.recv() {
+            Ok(Received::Empty) => None,
+            Ok(Received::Dropped {
+                reason,
+                sender,
+                fds_closed,
+            }) => Some(Input::NotifyDropped {
+                worker: id,
+                sender_pid: sender.map(|s| s.pid),
+                reason,
+                fds_closed,
+            }),
+            Ok(Received::Message {
+                payload, sender, ..
+            }) => Some(Input::Notify {
+                worker: id,
+                sender_pid: sender.pid,
+                payload,
+            }),
+            Err(err) => {
+                tracing::warn!(
+                    generation = self.generation,
+                    worker = self.index,
+                    "reading notifications failed: {err}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads what the worker wrote on one of its pipes, without blocking, and passes it on
+    /// line by line; stderr lines are also kept to explain a death. Reads at most
+    /// [`READ_BUDGET`] bytes; returns whether more may be waiting.
+    pub(super) fn read_stream(&mut self, stream: Stream, output: &Output) -> bool {
+        // Every line carries the worker's pid: until it is known, output waits in the pipe.
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let max_line = output.max_line();
+        let mut buf = [0u8; 8192];
+        let mut read = 0;
+        loop {
+            let pipe_slot = match stream {
+                Stream::Stderr => &mut self.stderr,
+                Stream::Stdout => &mut self.stdout,
+            };
+            let Some(pipe) = pipe_slot.clone() else {
+                return false;
+            };
+            if read >= READ_BUDGET {
+                return true;
+            }
+            let n = match (&*pipe).read(&mut buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            read += n;
+            if n == 0 {
+                *pipe_slot = None;
+            }
+            let program = self
+                .spec
+                .exec
+                .argv
+                .first()
+                .map(|p| p.as_bytes())
+                .unwrap_or_default();
+            let origin = Origin {
+                generation: self.generation,
+                index: self.index,
+                pid,
+                program,
+            };
+            let (lines, mut tail) = match stream {
+                Stream::Stderr => (&mut self.stderr_lines, Some(&mut self.stderr_tail)),
+                Stream::Stdout => (&mut self.stdout_lines, None),
+            };
+            let mut emit = |line: &[u8], continues: bool| {
+                output.line(stream, &origin, line, continues);
+                if let Some(tail) = tail.as_deref_mut() {
+                    remember(tail, line);
+                }
+            };
+            if n == 0 {
+                lines.flush(&mut emit);
+                return false;
+            }
+            lines.push(&buf[..n], max_line, &mut emit);
+        }
+    }
+}
+
+/// Sends `event()` every time `fd` becomes readable; the driver does the reading.
+fn watch<T: AsFd + Send + Sync + 'static>(
+    fd: Arc<T>,
+    events: mpsc::UnboundedSender<Event>,
+    event: impl Fn() -> Event + Send + 'static,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    let async_fd = handover_sys::watch::readable(fd)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = async_fd.readable().await else {
+                return;
+            };
+            // A closed pipe stays readable forever: report it once and stop watching.
+            let closed = guard.ready().is_read_closed();
+            // Cleared before the driver reads: data arriving later raises a new edge.
+            guard.clear_ready();
+            if events.send(event()).is_err() || closed {
+                return;
+            }
+        }
+    }))
+}

@@ -1,0 +1,480 @@
+//! The driver: everything the supervisor does to and hears from the OS, around the core.
+//!
+//! It owns the signals, the reaper, the fd watchers, the spawning thread, the control
+//! channel and the reload plan's blocking task. Each thing that happens becomes one
+//! [`Input`] for the [`Core`]; each [`Action`] the core returns is carried out here. The
+//! driver decides nothing about workers; it only keeps the orderings the core relies on:
+//!
+//! - a worker's notifications and output are read before its exit is reported, so `READY=1`
+//!   followed by death is always "died after ready", and its last stderr lines explain it;
+//! - a worker's process group is killed before its leader is reaped, so a group signal can
+//!   never reach a recycled pgid;
+//! - an unknown child is reaped as an orphan only while no spawn is in flight (a worker can
+//!   exit before the spawning thread has reported its pid).
+
+mod io;
+mod reaper;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use handover_proto::control::Response;
+use handover_sys::process::{self, Pidfd};
+use handover_sys::spawn::{Spawned, Spawner};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::control::{Command, Outcome};
+use crate::core::model::WorkerId;
+use crate::core::{self, Action, ClientId, Core, Input, Level, Log, ReloadId, Resolved};
+use crate::output::{Output, Stream};
+use crate::plan::Plan;
+use crate::systemd::Systemd;
+use crate::Reloader;
+use io::WorkerIo;
+
+/// How long to wait for killed orphans to be reaped at the very end.
+const ORPHAN_GRACE: Duration = Duration::from_secs(1);
+
+/// What arrives from the driver's own tasks and threads.
+#[derive(Debug)]
+enum Event {
+    Spawned {
+        worker: WorkerId,
+        result: std::io::Result<Spawned>,
+    },
+    NotifyReadable(WorkerId),
+    Readable(WorkerId, Stream),
+    ProbeSpawned {
+        worker: WorkerId,
+        result: std::io::Result<Spawned>,
+    },
+    Resolved {
+        reload: ReloadId,
+        plan: Resolved,
+    },
+}
+
+/// The parts of the plan the driver keeps.
+#[derive(Debug)]
+struct Settings {
+    notify_dir: PathBuf,
+    notify_owner: Option<(u32, u32)>,
+    dump_dirs: Vec<PathBuf>,
+    on_ready: Option<Arc<std::fs::File>>,
+    output: Arc<Output>,
+}
+
+/// A readiness probe's process.
+#[derive(Debug)]
+struct ProbeIo {
+    worker: WorkerId,
+    pidfd: Pidfd,
+}
+
+struct Driver {
+    core: Core,
+    settings: Settings,
+    spawner: Spawner,
+    systemd: Systemd,
+    reloader: Reloader,
+    events: mpsc::UnboundedSender<Event>,
+    workers: BTreeMap<WorkerId, WorkerIo>,
+    /// Spawned workers by pid, for the reaper.
+    by_pid: BTreeMap<i32, WorkerId>,
+    /// Workers handed to the spawning thread that it has not reported yet.
+    spawns_in_flight: usize,
+    probes: BTreeMap<i32, ProbeIo>,
+    probe_spawns_in_flight: usize,
+    clients: BTreeMap<ClientId, mpsc::UnboundedSender<Response>>,
+    next_client: ClientId,
+    /// Inputs that carrying out actions produced, handled next.
+    pending: VecDeque<Input>,
+    my_pid: i32,
+}
+
+/// What [`run`] returns.
+#[derive(Debug)]
+pub struct RunResult {
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Runs the supervisor until it is stopped or its first generation fails to start.
+///
+/// `systemd` says whether to report to the service manager (`NOTIFY_SOCKET` was set at
+/// startup). Commands arrive on `commands` (the control socket); signals are handled here;
+/// `reloader` makes a reload's plan, on a blocking thread.
+pub async fn run(
+    plan: Plan,
+    spawner: Spawner,
+    systemd: bool,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    reloader: Reloader,
+) -> std::io::Result<RunResult> {
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigchld = signal(SignalKind::child())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    if let Err(err) = process::set_child_subreaper() {
+        warn!("could not become a child subreaper ({err}); orphaned grandchildren of workers will not be collected");
+    }
+    let my_pid = std::process::id() as i32;
+    let now = Instant::now();
+    // From here on the core's generations alone hold the sockets, so a socket that no
+    // generation uses any more (dropped or moved by a reload) is closed.
+    let core = Core::new(
+        core::Config {
+            first: plan.generation,
+            reload: plan.reload,
+            watchdog: plan.watchdog,
+            watchdog_min_workers: plan.watchdog_min_workers,
+            pid: my_pid,
+        },
+        now,
+    );
+    let mut driver = Driver {
+        core,
+        settings: Settings {
+            notify_dir: plan.notify_dir,
+            notify_owner: plan.notify_owner,
+            dump_dirs: plan.dump_dirs,
+            on_ready: plan.on_ready,
+            output: plan.output,
+        },
+        spawner,
+        systemd: Systemd::new(systemd),
+        reloader,
+        events: events_tx,
+        workers: BTreeMap::new(),
+        by_pid: BTreeMap::new(),
+        spawns_in_flight: 0,
+        probes: BTreeMap::new(),
+        probe_spawns_in_flight: 0,
+        clients: BTreeMap::new(),
+        next_client: 1,
+        pending: VecDeque::new(),
+        my_pid,
+    };
+    driver.input(Input::Start);
+    let mut commands_open = true;
+    let outcome = loop {
+        if let Some(outcome) = driver.core.finished() {
+            break outcome;
+        }
+        let deadline = driver.core.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = sigchld.recv() => driver.reap(),
+            Some(event) = events_rx.recv() => driver.event(event),
+            _ = sigterm.recv() => driver.input(Input::Stop("SIGTERM")),
+            _ = sigint.recv() => driver.input(Input::Stop("SIGINT")),
+            _ = sighup.recv() => driver.input(Input::Reload),
+            _ = sigusr1.recv() => {
+                if driver.settings.output.reopen() {
+                    info!("SIGUSR1: reopening log files");
+                } else {
+                    debug!("SIGUSR1: no log file to reopen");
+                }
+            }
+            _ = sigusr2.recv() => driver.input(Input::Dump),
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => driver.command(command),
+                None => commands_open = false,
+            },
+            _ = sleep => driver.input(Input::Tick),
+        }
+    };
+    if outcome != Outcome::Forced {
+        driver.collect_orphans(&mut sigchld).await;
+    }
+    Ok(RunResult { outcome })
+}
+
+impl Driver {
+    /// Hands one input to the core and carries out what follows, then any inputs that
+    /// produced.
+    fn input(&mut self, input: Input) {
+        self.pending.push_back(input);
+        while let Some(input) = self.pending.pop_front() {
+            let actions = self.core.handle(Instant::now(), input);
+            // Every end-to-end test runs a debug build: they all check the core's rules too.
+            #[cfg(debug_assertions)]
+            if let Err(broken) = self.core.check() {
+                panic!("the supervisor's state broke a rule: {broken}");
+            }
+            for action in actions {
+                self.execute(action);
+            }
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Spawn {
+                worker,
+                generation,
+                index,
+                spec,
+            } => self.spawn(worker, generation, index, spec),
+            Action::Signal { worker, signal } => {
+                if let Some(pid) = self.workers.get(&worker).and_then(WorkerIo::pid) {
+                    if let Err(err) = process::signal_group(pid, signal) {
+                        warn!(pid, "could not signal worker: {err}");
+                    }
+                }
+            }
+            Action::Kill { worker } => {
+                if let Some(pid) = self.workers.get(&worker).and_then(WorkerIo::pid) {
+                    let _ = process::signal_group(pid, libc::SIGKILL);
+                }
+            }
+            Action::StartProbe { worker } => self.start_probe(worker),
+            Action::KillProbe { worker } => {
+                for (pid, probe) in self.probes.iter().filter(|(_, p)| p.worker == worker) {
+                    let _ = probe.pidfd.send_signal(libc::SIGKILL);
+                    let _ = process::signal_group(*pid, libc::SIGKILL);
+                }
+            }
+            Action::Notify(notice) => self.systemd.send(&notice),
+            Action::Reply {
+                client,
+                mut response,
+            } => {
+                if let Response::Status { status } = &mut response {
+                    status.logs = self.settings.output.status();
+                }
+                let last = response.is_final() || response == Response::Stopping;
+                let delivered = self
+                    .clients
+                    .get(&client)
+                    .is_some_and(|tx| tx.send(response).is_ok());
+                if last || !delivered {
+                    self.clients.remove(&client);
+                }
+            }
+            Action::Resolve {
+                reload,
+                generation,
+                overrides,
+                current,
+            } => {
+                debug!(generation, "making the plan of the new generation");
+                // Reading files and looking up users may block: not on the event loop.
+                let reloader = self.reloader.clone();
+                let events = self.events.clone();
+                tokio::task::spawn_blocking(move || {
+                    let plan = reloader(&overrides, &current);
+                    let _ = events.send(Event::Resolved { reload, plan });
+                });
+            }
+            Action::Dump(mut status) => {
+                status.logs = self.settings.output.status();
+                self.write_dump(&status);
+            }
+            Action::Started => {
+                if let Some(pipe) = self.settings.on_ready.take() {
+                    use std::io::Write;
+                    let _ = (&*pipe).write_all(b"ready\n");
+                }
+            }
+            Action::Log(log) => emit(&log),
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let client = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(client, command.reply);
+        self.input(Input::Control {
+            client,
+            request: command.request,
+        });
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Spawned { worker, result } => {
+                self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
+                self.spawned(worker, result);
+                // A worker may have exited before its pid was known.
+                self.reap();
+            }
+            Event::NotifyReadable(worker) => self.read_notifications(worker),
+            Event::Readable(worker, stream) => self.read_stream(worker, stream),
+            Event::ProbeSpawned { worker, result } => {
+                self.probe_spawns_in_flight = self.probe_spawns_in_flight.saturating_sub(1);
+                match result {
+                    Ok(spawned) => {
+                        self.probes.insert(
+                            spawned.pid,
+                            ProbeIo {
+                                worker,
+                                pidfd: spawned.pidfd,
+                            },
+                        );
+                        self.input(Input::ProbeStarted {
+                            worker,
+                            exec_error: spawned.exec_error,
+                        });
+                    }
+                    Err(err) => self.input(Input::ProbeFailed {
+                        worker,
+                        error: format!("could not start: {err}"),
+                    }),
+                }
+                self.reap();
+            }
+            Event::Resolved { reload, plan } => self.input(Input::Resolved { reload, plan }),
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        worker: WorkerId,
+        generation: u64,
+        index: u32,
+        spec: Arc<crate::plan::GenerationSpec>,
+    ) {
+        match WorkerIo::prepare(
+            worker,
+            generation,
+            index,
+            spec,
+            &self.settings,
+            &self.events,
+        ) {
+            Ok((io, request)) => {
+                self.workers.insert(worker, io);
+                self.spawns_in_flight += 1;
+                let events = self.events.clone();
+                self.spawner.spawn(request, move |result| {
+                    let _ = events.send(Event::Spawned { worker, result });
+                });
+            }
+            Err(err) => self.pending.push_back(Input::SpawnFailed {
+                worker,
+                error: format!("could not prepare its notify socket and pipes: {err}"),
+            }),
+        }
+    }
+
+    fn spawned(&mut self, worker: WorkerId, result: std::io::Result<Spawned>) {
+        let spawned = match result {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                self.workers.remove(&worker);
+                return self.input(Input::SpawnFailed {
+                    worker,
+                    error: err.to_string(),
+                });
+            }
+        };
+        let Some(io) = self.workers.get_mut(&worker) else {
+            // Cannot happen (a spawning worker is never forgotten); never leave a stray.
+            let _ = spawned.pidfd.send_signal(libc::SIGKILL);
+            return;
+        };
+        let pid = spawned.pid;
+        io.pidfd = Some(spawned.pidfd);
+        self.by_pid.insert(pid, worker);
+        self.input(Input::Spawned {
+            worker,
+            pid,
+            exec_error: spawned.exec_error,
+        });
+        // What it said and wrote before its pid was known waited in the socket and pipes.
+        self.read_notifications(worker);
+        self.read_stream(worker, Stream::Stderr);
+        self.read_stream(worker, Stream::Stdout);
+    }
+
+    fn read_notifications(&mut self, worker: WorkerId) {
+        while let Some(input) = self
+            .workers
+            .get(&worker)
+            .and_then(|io| io.next_notification(worker))
+        {
+            self.input(input);
+        }
+    }
+
+    fn read_stream(&mut self, worker: WorkerId, stream: Stream) {
+        let Some(io) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if io.read_stream(stream, &self.settings.output) {
+            // More is waiting: queue it behind other events, so one chatty worker cannot
+            // starve the rest.
+            let _ = self.events.send(Event::Readable(worker, stream));
+        }
+    }
+
+    fn start_probe(&mut self, worker: WorkerId) {
+        let Some(io) = self.workers.get(&worker) else {
+            return;
+        };
+        let request = match reaper::probe_request(io) {
+            Ok(request) => request,
+            Err(error) => {
+                return self.pending.push_back(Input::ProbeFailed { worker, error });
+            }
+        };
+        self.probe_spawns_in_flight += 1;
+        let events = self.events.clone();
+        self.spawner.spawn(request, move |result| {
+            let _ = events.send(Event::ProbeSpawned { worker, result });
+        });
+    }
+
+    /// SIGUSR2: writes the state as JSON to the first dump directory that takes it.
+    fn write_dump(&self, status: &handover_proto::status::Status) {
+        let snapshot = serde_json::to_string_pretty(status).unwrap_or_default();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let name = format!("handover-state-{}-{stamp}.json", self.my_pid);
+        for dir in &self.settings.dump_dirs {
+            let path = dir.join(&name);
+            match std::fs::write(&path, &snapshot) {
+                Ok(()) => {
+                    info!("SIGUSR2: state written to {}", path.display());
+                    return;
+                }
+                Err(err) => debug!("SIGUSR2: cannot write {}: {err}", path.display()),
+            }
+        }
+        warn!("SIGUSR2: no directory accepted the state dump; state: {snapshot}");
+    }
+}
+
+/// Writes a core log line through `tracing`, with its fields.
+fn emit(log: &Log) {
+    let Log {
+        level,
+        message,
+        generation,
+        worker,
+        pid,
+        outcome,
+    } = log;
+    match level {
+        Level::Debug => debug!(generation, worker, pid, outcome, "{message}"),
+        Level::Info => info!(generation, worker, pid, outcome, "{message}"),
+        Level::Warn => warn!(generation, worker, pid, outcome, "{message}"),
+        Level::Error => tracing::error!(generation, worker, pid, outcome, "{message}"),
+    }
+}

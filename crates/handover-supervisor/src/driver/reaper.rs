@@ -1,0 +1,175 @@
+//! The one reaper: every exited child, whether worker, probe or orphan, is collected here;
+//! and the probes' processes.
+
+use std::time::Instant;
+
+use handover_sys::process::{self, ExitStatus, Pidfd};
+use handover_sys::spawn::SpawnRequest;
+use tracing::{debug, info, warn};
+
+use super::io::WorkerIo;
+use super::{Driver, ORPHAN_GRACE};
+use crate::core::model::WorkerId;
+use crate::core::Input;
+use crate::output::Stream;
+use crate::plan::ReadyMode;
+use crate::worker::is_reserved_var;
+
+impl Driver {
+    /// Handles every exited child. Known workers and probes are checked by pid first. A
+    /// child nobody knows is an orphan only if no spawn is in flight: a worker that exits
+    /// right after exec can be seen before the spawning thread has told us its pid, so
+    /// unknown children wait until then (every spawn reply runs this again).
+    pub(super) fn reap(&mut self) {
+        let known: Vec<(i32, WorkerId)> = self.by_pid.iter().map(|(&p, &w)| (p, w)).collect();
+        for (pid, worker) in known {
+            match process::peek_exited_pid(pid) {
+                Ok(Some(status)) => self.collect_worker(pid, worker, status),
+                Ok(None) => {}
+                Err(err) => warn!(pid, "waitid failed: {err}"),
+            }
+        }
+        let probes: Vec<i32> = self.probes.keys().copied().collect();
+        for pid in probes {
+            match process::peek_exited_pid(pid) {
+                Ok(Some(status)) => self.collect_probe(pid, status),
+                Ok(None) => {}
+                Err(err) => warn!(pid, "waitid failed: {err}"),
+            }
+        }
+        if self.spawns_in_flight > 0 || self.probe_spawns_in_flight > 0 {
+            return;
+        }
+        loop {
+            let (pid, status) = match process::peek_exited() {
+                Ok(Some(exited)) => exited,
+                Ok(None) => break,
+                Err(err) => {
+                    warn!("waitid failed: {err}");
+                    break;
+                }
+            };
+            if self.probes.contains_key(&pid) {
+                self.collect_probe(pid, status);
+            } else if let Some(&worker) = self.by_pid.get(&pid) {
+                self.collect_worker(pid, worker, status);
+            } else {
+                let _ = process::reap(pid);
+                debug!(pid, "reaped an orphan: {status}");
+            }
+        }
+    }
+
+    /// A worker's process exited: read what it said and wrote before it died, kill what is
+    /// left of its process group while the unreaped leader still pins the pgid, reap it, and
+    /// only then report the exit.
+    fn collect_worker(&mut self, pid: i32, worker: WorkerId, status: ExitStatus) {
+        self.by_pid.remove(&pid);
+        self.read_notifications(worker);
+        self.read_stream(worker, Stream::Stderr);
+        self.read_stream(worker, Stream::Stdout);
+        let _ = process::signal_group(pid, libc::SIGKILL);
+        let _ = process::reap(pid);
+        // Forgotten before the core hears of it: nothing can signal the reaped pid after this.
+        let stderr_tail = self
+            .workers
+            .remove(&worker)
+            .map(|io| io.stderr_tail.iter().cloned().collect())
+            .unwrap_or_default();
+        self.input(Input::Exited {
+            worker,
+            status,
+            stderr_tail,
+        });
+    }
+
+    fn collect_probe(&mut self, pid: i32, status: ExitStatus) {
+        let Some(probe) = self.probes.remove(&pid) else {
+            return;
+        };
+        let _ = process::signal_group(pid, libc::SIGKILL);
+        let _ = process::reap(pid);
+        self.input(Input::ProbeExited {
+            worker: probe.worker,
+            status,
+        });
+    }
+
+    /// At the very end, with every worker gone: kill what their descendants left behind
+    /// (they came to handover, the subreaper) and reap it, waiting at most [`ORPHAN_GRACE`].
+    pub(super) async fn collect_orphans(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
+        let orphans = process::children_of(self.my_pid);
+        if orphans.is_empty() {
+            return;
+        }
+        info!(
+            "killing {} orphaned process(es) left by workers",
+            orphans.len()
+        );
+        for pid in orphans {
+            if let Ok(pidfd) = Pidfd::open(pid) {
+                let _ = pidfd.send_signal(libc::SIGKILL);
+            }
+        }
+        let deadline = Instant::now() + ORPHAN_GRACE;
+        loop {
+            self.reap();
+            let left = process::children_of(self.my_pid);
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!("{} orphaned process(es) did not go away", left.len());
+                return;
+            }
+            tokio::select! {
+                _ = sigchld.recv() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+}
+
+/// The spawn request of one readiness probe: its command, as the worker's user, in its
+/// directory, with its environment (minus the socket variables) and `HANDOVER_WORKER_PID`;
+/// output discarded, so a chatty probe costs no memory.
+pub(super) fn probe_request(io: &WorkerIo) -> Result<SpawnRequest, String> {
+    let ReadyMode::Probe { argv, .. } = &io.spec.ready else {
+        return Err("not in probe mode".into());
+    };
+    let Some(pid) = io.pid() else {
+        return Err("the worker has no pid yet".into());
+    };
+    let mut env: Vec<std::ffi::CString> = Vec::new();
+    for (key, value) in io
+        .spec
+        .env
+        .iter()
+        .filter(|(k, _)| !is_reserved_var(k.as_encoded_bytes()))
+    {
+        let mut kv = key.as_encoded_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(value.as_encoded_bytes());
+        env.extend(std::ffi::CString::new(kv).ok());
+    }
+    for (key, value) in [
+        ("HANDOVER_WORKER_PID", pid.to_string()),
+        ("HANDOVER_WORKER", io.index.to_string()),
+        ("HANDOVER_GENERATION", io.generation.to_string()),
+    ] {
+        env.extend(std::ffi::CString::new(format!("{key}={value}")).ok());
+    }
+    let (out, err) = match (handover_sys::fd::dev_null(), handover_sys::fd::dev_null()) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("could not start: {e}")),
+    };
+    let mut exec = io.spec.exec.clone();
+    exec.argv = argv.clone();
+    Ok(SpawnRequest {
+        exec,
+        env,
+        sockets: Vec::new(),
+        stdout: Some(out),
+        stderr: Some(err),
+    })
+}
