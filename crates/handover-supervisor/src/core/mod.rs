@@ -366,7 +366,9 @@ impl Core {
         Some(self.outcome.clone().unwrap_or(Outcome::Stopped))
     }
 
-    /// The state's invariants (see [`Model::check`]); for tests.
+    /// The state's invariants (see [`Model::check`]); checked after every input in tests
+    /// and debug builds.
+    #[cfg(debug_assertions)]
     pub fn check(&self) -> Result<(), String> {
         self.model.check()?;
         if self.phase == Phase::Running && self.model.newest(model::GenState::Serving).is_none() {

@@ -211,6 +211,7 @@ impl Model {
 
     /// The rules that hold after every input; the core's tests check them after each step.
     /// Returns the first one broken.
+    #[cfg(debug_assertions)]
     pub fn check(&self) -> Result<(), String> {
         let starting = self
             .generations
