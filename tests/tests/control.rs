@@ -829,6 +829,34 @@ fn malformed_requests_get_error_events() {
             b"{\"v\":1,\"cmd\":\"reload\",\"workers\":2,\"evil\":true}\n",
             "malformed request",
         ),
+        // Commands without fields refuse unknown ones too (issue 13, item 6): a stop that
+        // carries one must not stop anything.
+        (
+            "stop with an unknown field",
+            b"{\"v\":1,\"cmd\":\"stop\",\"force\":true}\n",
+            "unknown field \"force\" in a stop request",
+        ),
+        (
+            "status with an unknown field",
+            b"{\"v\":1,\"cmd\":\"status\",\"verbose\":1}\n",
+            "unknown field \"verbose\"",
+        ),
+        (
+            "abort with an unknown field",
+            b"{\"v\":1,\"cmd\":\"abort\",\"all\":1}\n",
+            "unknown field \"all\"",
+        ),
+        // A key given twice is refused rather than read as its last value.
+        (
+            "duplicate count",
+            b"{\"v\":1,\"cmd\":\"scale\",\"count\":1,\"count\":3}\n",
+            "duplicate field \"count\"",
+        ),
+        (
+            "duplicate cmd",
+            b"{\"v\":1,\"cmd\":\"status\",\"cmd\":\"stop\"}\n",
+            "duplicate field \"cmd\"",
+        ),
     ];
     for (what, request, needle) in cases {
         let responses = raw_exchange(&socket, request);

@@ -153,13 +153,60 @@ pub enum RequestError {
     Version(u32),
 }
 
-/// Parses one request line.
+/// The fields each command may carry, besides `v` and `cmd`.
+fn fields_of(cmd: &str) -> Option<&'static [&'static str]> {
+    Some(match cmd {
+        "reload" => &["workers", "env", "replace_env", "cwd", "timeout_ms"],
+        "scale" => &["count"],
+        "abort" | "stop" | "status" => &[],
+        _ => return None,
+    })
+}
+
+/// A JSON object whose keys are unique: serde_json alone keeps the last of two equal keys
+/// without a word, and a request is refused rather than read in a way its sender did not mean.
+struct UniqueObject(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if object.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate field {key:?}"
+                        )));
+                    }
+                    let value = map.next_value()?;
+                    object.insert(key, value);
+                }
+                Ok(UniqueObject(object))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// Parses one request line: a JSON object with `"v"`, a known `"cmd"`, and only the fields
+/// that command takes, each once.
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     let malformed = |e: serde_json::Error| RequestError::Malformed(e.to_string());
-    let mut value: serde_json::Value = serde_json::from_slice(line).map_err(malformed)?;
-    let object = value
-        .as_object_mut()
-        .ok_or_else(|| RequestError::Malformed("a request is a JSON object".into()))?;
+    let UniqueObject(mut object) = serde_json::from_slice(line).map_err(|e| {
+        if e.is_data() && !e.to_string().starts_with("duplicate field") {
+            RequestError::Malformed("a request is a JSON object".into())
+        } else {
+            malformed(e)
+        }
+    })?;
     let version = object
         .remove("v")
         .and_then(|v| v.as_u64())
@@ -169,7 +216,23 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
             u32::try_from(version).unwrap_or(u32::MAX),
         ));
     }
-    serde_json::from_value(value).map_err(malformed)
+    let cmd = match object.get("cmd") {
+        Some(serde_json::Value::String(cmd)) => cmd.clone(),
+        Some(_) => return Err(RequestError::Malformed("\"cmd\" must be a string".into())),
+        None => return Err(RequestError::Malformed("missing field \"cmd\"".into())),
+    };
+    let Some(fields) = fields_of(&cmd) else {
+        return Err(RequestError::Malformed(format!("unknown command {cmd:?}")));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| *k != "cmd" && !fields.contains(&k.as_str()))
+    {
+        return Err(RequestError::Malformed(format!(
+            "unknown field {unknown:?} in a {cmd} request"
+        )));
+    }
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(malformed)
 }
 
 /// Parses one response line.
@@ -247,6 +310,47 @@ mod tests {
             parse_request(b"{\"v\":2,\"cmd\":\"status\"}"),
             Err(RequestError::Version(2))
         );
+    }
+
+    /// docs/control-protocol.md: unknown fields are errors, for every command.
+    #[test]
+    fn unknown_fields_are_refused_for_every_command() {
+        for (line, field) in [
+            (&br#"{"v":1,"cmd":"status","verbose":true}"#[..], "verbose"),
+            (br#"{"v":1,"cmd":"abort","force":1}"#, "force"),
+            (br#"{"v":1,"cmd":"stop","timeout":5}"#, "timeout"),
+            (br#"{"v":1,"cmd":"scale","count":2,"workers":3}"#, "workers"),
+            (br#"{"v":1,"cmd":"reload","worker":3}"#, "worker"),
+        ] {
+            let err = parse_request(line).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("unknown field \"{field}\"")),
+                "{}: {err}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    /// Two equal keys are an error, not "the last one wins".
+    #[test]
+    fn duplicate_fields_are_refused() {
+        for line in [
+            &br#"{"v":1,"cmd":"scale","count":2,"count":200}"#[..],
+            br#"{"v":1,"cmd":"status","cmd":"stop"}"#,
+            br#"{"v":1,"v":1,"cmd":"status"}"#,
+            br#"{"v":1,"cmd":"reload","timeout_ms":1,"timeout_ms":999999}"#,
+        ] {
+            let err = parse_request(line).unwrap_err().to_string();
+            assert!(
+                err.contains("duplicate field"),
+                "{}: {err}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert!(matches!(
+            parse_request(br#"{"v":1,"cmd":"explode"}"#),
+            Err(RequestError::Malformed(m)) if m == "unknown command \"explode\""
+        ));
     }
 
     #[test]

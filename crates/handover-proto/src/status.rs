@@ -139,6 +139,12 @@ pub struct WorkerStatus {
     pub last_exit: Option<String>,
     /// The last `STATUS=` it sent.
     pub status: Option<String>,
+    /// Failures of its slot in a row (reset by a worker that stayed ready long enough).
+    #[serde(default)]
+    pub failures_in_a_row: u32,
+    /// Its slot fails again and again: restarts wait out a long backoff.
+    #[serde(default)]
+    pub crash_looping: bool,
 }
 
 /// One listening socket.
@@ -192,6 +198,8 @@ mod tests {
                         restarts: 1,
                         last_exit: Some("exited with code 3".into()),
                         status: Some("serving".into()),
+                        failures_in_a_row: 0,
+                        crash_looping: false,
                     },
                     WorkerStatus {
                         index: 1,
@@ -202,6 +210,8 @@ mod tests {
                         restarts: 0,
                         last_exit: None,
                         status: None,
+                        failures_in_a_row: 6,
+                        crash_looping: true,
                     },
                 ],
             }],
@@ -241,6 +251,8 @@ mod tests {
         assert_eq!(worker["last_exit"], "exited with code 3");
         let waiting = &value["generations"][0]["workers"][1];
         assert!(waiting["pid"].is_null() && waiting["ready_for_ms"].is_null());
+        assert_eq!(waiting["crash_looping"], true);
+        assert_eq!(waiting["failures_in_a_row"], 6);
         assert_eq!(value["sockets"][0]["fd"], 3);
         assert_eq!(value["logs"][0]["dropped"], 7);
     }

@@ -202,6 +202,12 @@ pub fn render_status(status: &Status) -> String {
                 worker.last_exit.as_deref().unwrap_or("-")
             ));
         }
+        for worker in generation.workers.iter().filter(|w| w.crash_looping) {
+            out.push_str(&format!(
+                "  worker {} is crash-looping: {} failures in a row\n",
+                worker.index, worker.failures_in_a_row
+            ));
+        }
     }
     out
 }

@@ -118,6 +118,9 @@ pub struct Slot {
     pub consecutive_failures: u32,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// Workers that left this slot by saying `STOPPING=1`: each gets its stop signal once
+    /// the slot's worker is ready again.
+    pub offline: Vec<WorkerId>,
 }
 
 /// Workers started together from one spec.

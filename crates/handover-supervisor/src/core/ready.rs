@@ -86,22 +86,48 @@ impl Core {
             return;
         };
         if message.stopping && !worker.retiring && worker.pid.is_some() {
-            // The worker is going down on its own (naught's "offline"): replace it now and
-            // give it the drain timeout to finish.
-            let (generation, index) = (worker.generation, worker.index);
-            worker.retiring = true;
-            worker.state = WorkerState::Stopping {
-                kill_at: now + self.policy.drain_timeout,
-            };
-            let serving = self.model.state_of(generation) == Some(GenState::Serving);
-            if serving && self.phase == Phase::Running {
-                let fields = self.fields_of(id);
+            self.going_offline(now, id);
+        }
+    }
+
+    /// The worker said `STOPPING=1`: it is going down on its own (naught's "offline"). In the
+    /// serving generation its replacement starts at once, and the worker gets its stop signal
+    /// (and the drain timeout) once the replacement is ready, like any draining worker. A
+    /// worker of a generation that is still starting has failed before it served; any other
+    /// is stopped now.
+    fn going_offline(&mut self, now: Instant, id: WorkerId) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        let (generation, index) = (worker.generation, worker.index);
+        let fields = self.fields_of(id);
+        match (self.phase, self.model.state_of(generation)) {
+            (Phase::Running, Some(GenState::Serving)) if self.model.fills_its_slot(id) => {
                 self.log(
                     Level::Info,
                     "worker is going offline; starting its replacement".into(),
                     fields,
                 );
+                if let Some(worker) = self.model.workers.get_mut(&id) {
+                    worker.retiring = true;
+                }
                 self.spawn_into_slot(now, generation, index, None);
+                if let Some(slot) = self.model.slot_mut(generation, index) {
+                    slot.offline.push(id);
+                }
+            }
+            (_, Some(GenState::Starting)) if self.model.fills_its_slot(id) => {
+                self.ask_to_stop(now, id, None);
+                self.slot_failed(
+                    now,
+                    generation,
+                    index,
+                    "it said STOPPING=1 before its generation served".into(),
+                );
+            }
+            _ => {
+                let drain = self.policy.drain_timeout;
+                self.ask_to_stop(now, id, Some(drain));
             }
         }
     }
@@ -116,9 +142,21 @@ impl Core {
             return;
         }
         worker.state = WorkerState::Ready { since: now };
-        let generation = worker.generation;
+        let (generation, index) = (worker.generation, worker.index);
         let fields = self.fields_of(id);
         self.log(Level::Info, how.to_string(), fields);
+        // Workers that went offline from this slot may stop now that it serves again.
+        if self.model.fills_its_slot(id) {
+            let offline = self
+                .model
+                .slot_mut(generation, index)
+                .map(|slot| std::mem::take(&mut slot.offline))
+                .unwrap_or_default();
+            let drain = self.policy.drain_timeout;
+            for old in offline {
+                self.ask_to_stop(now, old, Some(drain));
+            }
+        }
         self.on_worker_ready(now, generation);
     }
 

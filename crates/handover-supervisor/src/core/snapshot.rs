@@ -8,7 +8,7 @@ use handover_proto::status::{
 };
 
 use super::model::{GenState, Phase, Slot, WorkerState};
-use super::{Core, Fields, Level, Notice};
+use super::{Core, Fields, Level, Notice, CRASH_LOOP_FAILURES};
 
 impl Core {
     /// The state as status shows it. `logs` is left empty: the files are the driver's.
@@ -28,6 +28,16 @@ impl Core {
                     .workers_of(gen.id)
                     .map(|w| {
                         let slot = gen.slots.get(w.index as usize);
+                        // A worker ready for `backoff_reset` ends a run of failures, even
+                        // before the next failure would reset the count.
+                        let stable = matches!(w.state, WorkerState::Ready { since }
+                            if now.saturating_duration_since(since) >= w.spec.backoff_reset);
+                        let failures = match slot {
+                            Some(slot) if !stable && slot.worker == Some(w.id) => {
+                                slot.consecutive_failures
+                            }
+                            _ => 0,
+                        };
                         WorkerStatus {
                             index: w.index,
                             pid: w.pid,
@@ -40,6 +50,8 @@ impl Core {
                             restarts: slot.map_or(0, |s| s.restarts),
                             last_exit: slot.and_then(|s| s.last_exit.clone()),
                             status: w.status.clone(),
+                            failures_in_a_row: failures,
+                            crash_looping: failures >= CRASH_LOOP_FAILURES,
                         }
                     })
                     .collect(),

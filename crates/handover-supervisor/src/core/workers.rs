@@ -236,7 +236,13 @@ impl Core {
     }
 
     /// The worker of `generation`/`index` failed before it was ready.
-    fn slot_failed(&mut self, now: Instant, generation: u64, index: u32, reason: String) {
+    pub(super) fn slot_failed(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        index: u32,
+        reason: String,
+    ) {
         let Some(state) = self.model.state_of(generation) else {
             return;
         };

@@ -286,11 +286,22 @@ fn a_crashing_worker_is_restarted_with_doubling_delays_and_called_crash_looping(
     }
     assert_eq!(delays, [100, 200, 400, 800, 1600, 3200]);
     assert!(sim.logged("crash-looping: 5 failures in a row; restarting in 1.6s"));
+    // Status says so too (issue 13, item 10).
+    let status = sim.core.snapshot(sim.now);
+    let looping = &status.generations[0].workers[0];
+    assert!(looping.crash_looping, "{looping:?}");
+    assert_eq!(looping.failures_in_a_row, 7);
     // Ready for at least backoff_reset: the next failure starts again at the first delay.
     sim.after(ms(6_400));
     sim.spawned(worker);
     sim.ready(worker);
+    assert!(sim.core.snapshot(sim.now).generations[0].workers[0].crash_looping);
     sim.after(ms(10_000));
+    let worker_status = &sim.core.snapshot(sim.now).generations[0].workers[0];
+    assert!(
+        !worker_status.crash_looping,
+        "ready long enough: {worker_status:?}"
+    );
     sim.exited(worker, 1);
     assert_eq!(sim.next_in_ms(), Some(100));
 }
@@ -311,19 +322,60 @@ fn a_restart_that_cannot_spawn_backs_off_like_a_crash() {
     assert!(sim.logged("could not start worker: Resource temporarily unavailable"));
 }
 
+/// Issue 13, item 3: a worker that says STOPPING=1 is replaced at once, and gets its stop
+/// signal (then the drain timeout) once the replacement is ready, never a bare SIGKILL.
 #[test]
-fn a_worker_going_offline_is_replaced_at_once_and_killed_after_the_drain_timeout() {
+fn a_worker_going_offline_gets_its_stop_signal_once_its_replacement_is_ready() {
     let mut sim = serving(spec(2), policy());
     assert_eq!(sim.notify(1, "STOPPING=1"), ["spawn w3 g1/0"]);
     assert!(sim.logged("worker is going offline; starting its replacement"));
+    assert_eq!(
+        sim.next_in_ms(),
+        None,
+        "it keeps serving meanwhile, with no deadline"
+    );
     sim.spawned(3);
     assert_eq!(
         sim.ready(3),
-        ["systemd STATUS=2/2 workers ready, generation 1"]
+        [
+            "signal w1 SIGTERM",
+            "systemd STATUS=2/2 workers ready, generation 1"
+        ]
     );
-    assert_eq!(sim.after(ms(3_000)), ["kill w1"]);
+    assert_eq!(sim.next_in_ms(), Some(3_000), "the drain timeout");
     assert_eq!(sim.exited(1, 0), Vec::<String>::new());
     assert!(sim.logged("worker stopped: exited with code 0"));
+    assert!(!sim.logged("did not stop in time"));
+}
+
+#[test]
+fn a_worker_going_offline_whose_replacement_crashes_waits_for_the_next_one() {
+    let mut sim = serving(spec(1), policy());
+    sim.notify(1, "STOPPING=1");
+    sim.spawned(2);
+    assert_eq!(
+        sim.exited(2, 1),
+        Vec::<String>::new(),
+        "restarted after 100ms"
+    );
+    assert_eq!(sim.after(ms(100)), ["spawn w3 g1/0"]);
+    sim.spawned(3);
+    assert_eq!(only(&sim.ready(3), "signal"), ["signal w1 SIGTERM"]);
+}
+
+#[test]
+fn stopping_before_the_first_generation_serves_fails_the_start() {
+    let (mut sim, _) = Sim::start(spec(2), policy());
+    sim.spawned_all(&[1, 2]);
+    let lines = sim.notify(1, "STOPPING=1");
+    assert_eq!(lines[0], "signal w1 SIGTERM");
+    sim.exited_all(&[1, 2]);
+    assert_eq!(
+        sim.finished(),
+        Some(Outcome::StartFailed(
+            "worker 0: it said STOPPING=1 before its generation served".into()
+        ))
+    );
 }
 
 #[test]

@@ -1,0 +1,123 @@
+//! Issue 13 (hardening): what a crash, a hostile local process or a storm could still break.
+//! Each test is named after the item it pins down and failed before its fix.
+
+use std::time::{Duration, Instant};
+
+use handover_tests::harness::{self, free_port, Handover, Options};
+
+/// Hex of a datagram, as the test worker's `--notify-raw` takes it.
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The pid in the first log line containing `needle` (`pid=N`).
+fn pid_in(line: &str) -> i32 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Item 3: a worker that said STOPPING=1 gets its stop signal once its replacement is
+/// ready, and exits by itself; it is not left to be SIGKILLed at the drain timeout.
+#[test]
+fn item3_a_worker_that_went_offline_gets_its_stop_signal() {
+    let port = free_port();
+    let offline = hex("READY=1\nSTOPPING=1");
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["/bin/sh", "-c", "if mkdir {{dir}}/once 2>/dev/null; then exec {{worker}} --notify-raw {offline}; else exec {{worker}} --ready-after 0; fi"]
+count = 1
+
+[reload]
+drain_timeout = "5s"
+"#
+    );
+    let mut h = Handover::start("offline-signal", &config, Options::default());
+    let first = pid_in(&h.log.wait_for("worker is going offline"));
+    let started = Instant::now();
+    let stopped = h.log.wait_for("worker stopped");
+    assert_eq!(pid_in(&stopped), first, "{stopped}");
+    assert!(
+        stopped.contains("worker stopped: exited with code 0"),
+        "it exited on its stop signal: {stopped}\n{}",
+        h.log.text()
+    );
+    assert!(
+        h.log.text().contains(&format!("{first} got SIGTERM")),
+        "{}",
+        h.log.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait for the drain timeout"
+    );
+    assert!(
+        !h.log.text().contains("sending SIGKILL"),
+        "{}",
+        h.log.text()
+    );
+    assert!(h.stop().success());
+    let _ = harness::alive(first);
+}
+
+/// Item 10: `handover status` (and `--json`) says which worker is crash-looping, not only
+/// the log and systemd's STATUS=.
+#[test]
+fn item10_status_shows_a_crash_looping_worker() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["/bin/sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ] && [ -e {{dir}}/serving ]; then exec {{worker}} --ready-after 0 --exit-after 30 1; else exec {{worker}} --ready-after 0; fi"]
+count = 2
+restart_backoff_initial = "10ms"
+restart_backoff_max = "40ms"
+"#
+    );
+    let mut h = Handover::start("crash-status", &config, Options::default());
+    h.log.wait_for("all 2 workers ready");
+    std::fs::write(h.dir.path().join("serving"), "").unwrap();
+    // The first failure: worker 1 is killed from outside; every restart then dies too.
+    let first = pid_in(
+        &h.log
+            .wait_for_count("worker started generation=1 worker=1", 1),
+    );
+    harness::kill(first, libc::SIGKILL);
+    h.log.wait_for("crash-looping: 5 failures in a row");
+    let (status, out, err) = h.ctl(&["status"]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("worker 1 is crash-looping: "),
+        "status does not say so:\n{out}"
+    );
+    assert!(!out.contains("worker 0 is crash-looping"), "{out}");
+    let (status, out, err) = h.ctl(&["status", "--json"]);
+    assert!(status.success(), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let workers = json["generations"][0]["workers"]
+        .as_array()
+        .expect("workers");
+    let looping: Vec<_> = workers
+        .iter()
+        .filter(|w| w["crash_looping"] == true)
+        .map(|w| w["index"].as_u64())
+        .collect();
+    assert_eq!(looping, [Some(1)], "{out}");
+    assert!(
+        workers
+            .iter()
+            .any(|w| w["index"] == 1 && w["failures_in_a_row"].as_u64() >= Some(5)),
+        "{out}"
+    );
+    assert!(h.stop().success());
+}
