@@ -267,8 +267,7 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
         }
     }
 
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = nix::unistd::getpid().as_raw();
     let mut envp: Vec<CString> = Vec::with_capacity(env.len() + 1);
     let mut path_var: Option<OsString> = None;
     for (key, value) in env {
