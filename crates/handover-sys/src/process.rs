@@ -27,11 +27,9 @@ impl Pidfd {
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: a new fd owned by nobody else.
-        Ok(Pidfd {
-            fd: unsafe { OwnedFd::from_raw_fd(raw as i32) },
-            pid,
-        })
+        // SAFETY: `raw` is the new fd pidfd_open just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        Ok(Pidfd { fd, pid })
     }
 
     /// The pid.

@@ -3,6 +3,7 @@
 //!
 //! This binary alone knows the command line, the configuration file format and logging;
 //! the supervisor and the OS plumbing live in their own crates.
+#![forbid(unsafe_code)]
 
 mod client;
 mod config;
