@@ -411,3 +411,233 @@ time.sleep(1000)
         "handover holds {after} fds: the passed ones were not closed"
     );
 }
+
+/// A small seeded generator (splitmix64), so a failing case can be made again from its seed.
+struct Mutator(u64);
+
+impl Mutator {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// One edit of `text`: bytes deleted, inserted, flipped or truncated, lines doubled or
+    /// swapped, or a value replaced by one of the kinds that have broken parsers before.
+    fn mutate(&mut self, text: &mut Vec<u8>) {
+        const BYTES: &[u8] =
+            b"[]{}=\"',.#\n\t -_0123456789aeflnrstux\\\x00\x01\x1b\x7f\x80\xc3\xa9\xff";
+        const VALUES: &[&str] = &[
+            "-1",
+            "0",
+            "\"\"",
+            "nan",
+            "inf",
+            "-inf",
+            "1e999",
+            "99999999999999999999",
+            "0x",
+            "[]",
+            "{}",
+            "[[]]",
+            "\"10\"",
+            "\"10s\"",
+            "\"-1s\"",
+            "\"25h\"",
+            "true",
+            "1979-05-27",
+            "1979-05-27T07:32:00Z",
+            "\"/\"",
+            "\"a\\u0000b\"",
+            "'''\nx'''",
+            "\"\u{1}\"",
+            "1.5",
+            "\"SIGKILL\"",
+            "\"0.0.0.0:99999\"",
+            "{ x = 1 }",
+            "[1, \"a\"]",
+            "\"localhost:80\"",
+        ];
+        let len = text.len();
+        match self.below(9) {
+            0 if len > 0 => {
+                let start = self.below(len);
+                let end = (start + 1 + self.below(20)).min(len);
+                text.drain(start..end);
+            }
+            1 => {
+                let at = self.below(len + 1);
+                let count = 1 + self.below(4);
+                for _ in 0..count {
+                    let byte = BYTES[self.below(BYTES.len())];
+                    text.insert(at, byte);
+                }
+            }
+            2 if len > 0 => {
+                let at = self.below(len);
+                text[at] ^= 1 << self.below(8);
+            }
+            3 => text.truncate(self.below(len + 1)),
+            4 | 5 => {
+                let mut lines: Vec<Vec<u8>> =
+                    text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+                let a = self.below(lines.len());
+                let b = self.below(lines.len());
+                if self.below(2) == 0 {
+                    let line = lines[a].clone();
+                    lines.insert(b, line);
+                } else {
+                    lines.swap(a, b);
+                }
+                *text = lines.join(&b'\n');
+            }
+            _ => {
+                // Replace what follows one `= ` up to the end of its line.
+                let equals: Vec<usize> = text
+                    .windows(3)
+                    .enumerate()
+                    .filter(|(_, w)| w == b" = ")
+                    .map(|(i, _)| i + 3)
+                    .collect();
+                if equals.is_empty() {
+                    return;
+                }
+                let start = equals[self.below(equals.len())];
+                let end = text[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len(), |i| start + i);
+                let value = VALUES[self.below(VALUES.len())].as_bytes();
+                text.splice(start..end, value.iter().copied());
+            }
+        }
+    }
+}
+
+/// Issue 11: thousands of seeded mutations of the full example through `handover check`:
+/// nothing panics, the exit status is 0 (valid) or 3 (invalid), and every error is one line
+/// that names the file, a line and column of the file from 1:1, and says what is wrong.
+#[test]
+fn config_fuzz_through_check() {
+    const CASES: usize = 3000;
+    const THREADS: usize = 2;
+    let example = std::fs::read(format!(
+        "{}/../examples/handover.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let dir = TempDir::new("config-fuzz");
+    let outcomes: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let (example, dir) = (&example, dir.path());
+                scope.spawn(move || {
+                    let path = dir.join(format!("fuzz-{thread}.toml"));
+                    let (mut valid, mut invalid) = (0, 0);
+                    for case in (thread..CASES).step_by(THREADS) {
+                        let seed = 11_000 + case as u64;
+                        let mut mutator = Mutator(seed);
+                        let mut text = example.clone();
+                        for _ in 0..1 + mutator.below(3) {
+                            mutator.mutate(&mut text);
+                        }
+                        std::fs::write(&path, &text).unwrap();
+                        let output = Command::new(harness::binary("handover"))
+                            .args(["check", "--config"])
+                            .arg(&path)
+                            .stdin(std::process::Stdio::null())
+                            .output()
+                            .unwrap();
+                        let stdout = String::from_utf8_lossy(&output.stdout);
+                        let stderr = String::from_utf8_lossy(&output.stderr);
+                        let shown = String::from_utf8_lossy(&text);
+                        let context =
+                            || format!("seed {seed}: {stdout}{stderr}\n--- input:\n{shown}");
+                        assert!(!stderr.contains("panicked"), "{}", context());
+                        match output.status.code() {
+                            Some(0) => {
+                                assert!(stdout.contains(": valid ("), "{}", context());
+                                valid += 1;
+                            }
+                            Some(3) => {
+                                let prefix = format!("handover: {}:", path.display());
+                                let rest = stderr
+                                    .strip_suffix('\n')
+                                    .and_then(|s| s.strip_prefix(&prefix))
+                                    .unwrap_or_else(|| {
+                                        panic!("not one located line: {}", context())
+                                    });
+                                assert!(!rest.contains('\n'), "{}", context());
+                                let mut parts = rest.splitn(3, ':');
+                                let line: usize = parts.next().unwrap().parse().unwrap_or(0);
+                                let column: usize = parts.next().unwrap_or("").parse().unwrap_or(0);
+                                let message = parts.next().unwrap_or("").trim();
+                                assert!(
+                                    line >= 1 && column >= 1,
+                                    "position below 1:1: {}",
+                                    context()
+                                );
+                                let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+                                assert!(
+                                    line <= lines.len(),
+                                    "line {line} past the end: {}",
+                                    context()
+                                );
+                                let width =
+                                    String::from_utf8_lossy(lines[line - 1]).chars().count();
+                                assert!(
+                                    column <= width + 1,
+                                    "column {column} past the line: {}",
+                                    context()
+                                );
+                                assert!(!message.is_empty(), "empty message: {}", context());
+                                invalid += 1;
+                            }
+                            other => panic!("exit {other:?}: {}", context()),
+                        }
+                    }
+                    (valid, invalid)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let valid: usize = outcomes.iter().map(|o| o.0).sum();
+    let invalid: usize = outcomes.iter().map(|o| o.1).sum();
+    eprintln!("{valid} valid, {invalid} invalid");
+    assert_eq!(valid + invalid, CASES);
+    // Both outcomes happen, or the mutations would test only one side.
+    assert!(
+        valid >= CASES / 20 && invalid >= CASES / 4,
+        "{valid} valid, {invalid} invalid"
+    );
+}
+
+/// Issue 11: `--timeout` of `reload` and `stop` takes the duration grammar (bare seconds too);
+/// a negative, NaN, empty or huge value is a usage error, never a panic.
+#[test]
+fn command_line_timeouts_are_checked() {
+    let socket = "/nonexistent/handover-control.sock";
+    for command in ["stop", "reload"] {
+        for bad in ["-1", "nan", "", "inf", "1e999", "99999999999", "10x"] {
+            let arg = format!("--timeout={bad}");
+            let (status, out, err) = run_handover(&[command, &arg, "--socket", socket], &[]);
+            assert_eq!(status.code(), Some(2), "{command} {arg}: {out}{err}");
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(err.contains("--timeout"), "{command} {arg}: {err}");
+        }
+    }
+    // Good values get as far as the socket: stop says nothing runs there.
+    for good in ["0.5", "2", "500ms", "1.5s", "2m"] {
+        let (status, out, err) =
+            run_handover(&["stop", "--timeout", good, "--socket", socket], &[]);
+        assert_eq!(status.code(), Some(0), "{good}: {out}{err}");
+        assert!(out.contains("not running"), "{good}: {out}");
+    }
+}

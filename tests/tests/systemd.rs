@@ -703,3 +703,49 @@ fn self_bound_socket_survives_systemctl_restart() {
         "{journal}"
     );
 }
+
+/// Issue 11: a worker's line larger than one datagram to journald can be (300 KiB; about
+/// 200 KiB fit with the kernel's default buffers) reaches the journal whole, through a sealed
+/// memfd, and the lines after it arrive too.
+#[test]
+fn a_line_larger_than_a_datagram_reaches_the_journal_whole() {
+    const LEN: usize = 300 * 1024;
+    let config = format!(
+        r#"
+[worker]
+command = ["sh", "-c", "echo before-the-long-line; head -c {LEN} /dev/zero | tr '\\000' x; echo; echo after-the-long-line; exec sleep 1000"]
+ready = "delay"
+ready_delay = "0s"
+
+[logs]
+max_line = "1MiB"
+"#
+    );
+    let sd = boot!(builder("long-line", &config));
+    sd.systemctl_ok(&["start", SERVICE]);
+    sd.wait_journal(SERVICE, "after-the-long-line");
+    let messages = sd.journalctl(&["-o", "cat", "--all", "-u", SERVICE]);
+    let lines: Vec<&str> = messages.lines().collect();
+    let long = lines
+        .iter()
+        .position(|line| line.len() == LEN && line.bytes().all(|b| b == b'x'));
+    let Some(long) = long else {
+        let sizes: Vec<usize> = lines.iter().map(|l| l.len()).collect();
+        panic!("no message of {LEN} x's; message sizes: {sizes:?}");
+    };
+    let before = lines.iter().position(|l| *l == "before-the-long-line");
+    let after = lines.iter().position(|l| *l == "after-the-long-line");
+    assert!(
+        before < Some(long) && Some(long) < after,
+        "in order: {before:?} {long} {after:?}"
+    );
+    // Whole, as one entry of the worker's: not split, not counted as dropped.
+    let verbose = sd.journalctl(&["-o", "verbose", "-u", SERVICE, "HANDOVER_STREAM=stdout"]);
+    assert!(
+        verbose.contains("SYSLOG_IDENTIFIER=sh"),
+        "{}",
+        &verbose[..verbose.len().min(2000)]
+    );
+    let own = sd.journalctl(&["-o", "cat", "-u", SERVICE, "SYSLOG_IDENTIFIER=handover"]);
+    assert!(!own.contains("dropped"), "{own}");
+}

@@ -38,7 +38,7 @@ usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
        cargo xtask bench logs [--workers 4] [--megabytes 200]";
 
 /// Entry point for `cargo xtask bench ...`; `args` follow `bench`.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(what) = args.first() else {
         bail!("{USAGE}");
     };

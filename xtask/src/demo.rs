@@ -21,7 +21,7 @@ const CONFIG: &str = "examples/demo.toml";
 static HANDOVER_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Runs the demo; returns once handover has exited.
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         bail!("takes no arguments, got {args:?}");
     }

@@ -9,12 +9,12 @@ use anyhow::{bail, Context, Result};
 use crate::workspace;
 
 /// Writes man pages to `target/man`.
-pub fn run_man(args: &[String]) -> Result<()> {
+pub(crate) fn run_man(args: &[String]) -> Result<()> {
     generate(args, "man")
 }
 
 /// Writes bash, zsh and fish completions to `target/completions`.
-pub fn run_completions(args: &[String]) -> Result<()> {
+pub(crate) fn run_completions(args: &[String]) -> Result<()> {
     generate(args, "completions")
 }
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// The workspace's root directory (the parent of `xtask/`).
-pub fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     let xtask_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     // An absolute path (cargo sets it so), so it always has a parent.
     xtask_dir.parent().unwrap_or(xtask_dir)
@@ -14,7 +14,7 @@ pub fn root() -> &'static Path {
 
 /// The target directory cargo built this xtask into, wherever it is configured to be: the
 /// binaries xtask builds go next to xtask itself.
-pub fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find xtask's own executable")?;
     // <target>/<profile>/xtask
     exe.parent()
@@ -24,12 +24,12 @@ pub fn target_dir() -> Result<PathBuf> {
 }
 
 /// Where `build` puts binaries: `<target>/debug`.
-pub fn bin_dir() -> Result<PathBuf> {
+pub(crate) fn bin_dir() -> Result<PathBuf> {
     Ok(target_dir()?.join("debug"))
 }
 
 /// Runs `cargo build -p PACKAGE...` (dev profile) into [`target_dir`].
-pub fn build(packages: &[&str]) -> Result<()> {
+pub(crate) fn build(packages: &[&str]) -> Result<()> {
     // `cargo xtask` is `cargo run`, which sets CARGO to the cargo that runs us.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);

@@ -6,13 +6,19 @@
 //! is a socket nobody listens on (a stale one from a killed run); a live socket, a regular
 //! file or a symlink is refused.
 
-use std::ffi::CString;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    SockaddrIn6, UnixAddr,
+};
 
 /// How to bind one socket.
 #[derive(Debug, Clone)]
@@ -98,35 +104,12 @@ pub fn bind_listener(spec: &BindSpec) -> Result<OwnedFd, BindError> {
     }
 }
 
-fn new_socket(domain: i32, address: &BindAddress) -> Result<OwnedFd, BindError> {
-    // SAFETY: socket() with SOCK_CLOEXEC creates a new fd we immediately own.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(BindError::Io {
-            step: "socket()",
-            address: address.clone(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: just created, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live int of the size the option expects.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn new_socket(family: AddressFamily, address: &BindAddress) -> Result<OwnedFd, BindError> {
+    socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|errno| BindError::Io {
+        step: "socket()",
+        address: address.clone(),
+        source: errno.into(),
+    })
 }
 
 fn classify(step: &'static str, address: &BindAddress, err: io::Error) -> BindError {
@@ -142,9 +125,11 @@ fn classify(step: &'static str, address: &BindAddress, err: io::Error) -> BindEr
     }
 }
 
+/// `listen()`, raw: nix's `Backlog` refuses values from `SOMAXCONN` (4096) up, while the
+/// kernel takes any backlog and clamps it to `net.core.somaxconn`, which may be set higher.
 fn listen(fd: &OwnedFd, backlog: u32, address: &BindAddress) -> Result<(), BindError> {
     let backlog = backlog.min(i32::MAX as u32) as i32;
-    // SAFETY: listen on a socket we own.
+    // SAFETY: `fd` is a socket we own, open for the whole call; listen takes no pointers.
     if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
         return Err(classify("listen()", address, io::Error::last_os_error()));
     }
@@ -153,112 +138,71 @@ fn listen(fd: &OwnedFd, backlog: u32, address: &BindAddress) -> Result<(), BindE
 
 fn bind_tcp(addr: SocketAddr, spec: &BindSpec) -> Result<OwnedFd, BindError> {
     let address = BindAddress::Tcp(addr);
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
+        AddressFamily::Inet6
     };
-    let fd = new_socket(domain, &address)?;
-    let opt_err = |source| BindError::Io {
+    let fd = new_socket(family, &address)?;
+    let opt_err = |errno: nix::Error| BindError::Io {
         step: "setsockopt()",
         address: address.clone(),
-        source,
+        source: errno.into(),
     };
-    set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(opt_err)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(opt_err)?;
     if spec.reuse_port {
-        set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(opt_err)?;
+        setsockopt(&fd, sockopt::ReusePort, &true).map_err(opt_err)?;
     }
-    let rc = match addr {
-        SocketAddr::V4(v4) => {
-            // SAFETY: a zeroed sockaddr_in is valid; we fill family, port and address.
-            let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-            // SAFETY: pointer and length describe the sockaddr_in above.
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: a zeroed sockaddr_in6 is valid; we fill its fields.
-            let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            sin6.sin6_flowinfo = v6.flowinfo();
-            sin6.sin6_scope_id = v6.scope_id();
-            // SAFETY: pointer and length describe the sockaddr_in6 above.
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
+    let bound = match addr {
+        SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4)),
+        SocketAddr::V6(v6) => bind(fd.as_raw_fd(), &SockaddrIn6::from(v6)),
     };
-    if rc < 0 {
-        return Err(classify("bind()", &address, io::Error::last_os_error()));
-    }
+    bound.map_err(|errno| classify("bind()", &address, errno.into()))?;
     listen(&fd, spec.backlog, &address)?;
     Ok(fd)
 }
 
-/// Builds a `sockaddr_un` for `path`, refusing paths that do not fit.
-pub fn unix_sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), BindError> {
+/// The unix address of `path`, refusing paths that do not fit in `sun_path` (with its NUL).
+pub(crate) fn unix_addr(path: &Path) -> Result<UnixAddr, BindError> {
     let bytes = path.as_os_str().as_bytes();
-    // SAFETY: a zeroed sockaddr_un is valid.
-    let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
-    if bytes.len() >= sun.sun_path.len() || bytes.contains(&0) {
-        return Err(BindError::PathTooLong {
-            path: path.to_path_buf(),
-            len: bytes.len(),
-        });
+    let too_long = || BindError::PathTooLong {
+        path: path.to_path_buf(),
+        len: bytes.len(),
+    };
+    if bytes.len() > 107 || bytes.contains(&0) {
+        return Err(too_long());
     }
-    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, &src) in sun.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    let len = mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((sun, len as libc::socklen_t))
+    UnixAddr::new(path).map_err(|_| too_long())
+}
+
+/// Builds a `sockaddr_un` for `path`, refusing paths that do not fit; the length counts the
+/// final NUL.
+pub fn unix_sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), BindError> {
+    let addr = unix_addr(path)?;
+    let len = mem::size_of::<libc::sa_family_t>() + path.as_os_str().len() + 1;
+    Ok((*addr.as_ref(), len as libc::socklen_t))
 }
 
 /// Whether something listens on the unix socket at `path` (connect succeeds).
 fn unix_path_is_live(path: &Path, address: &BindAddress) -> Result<bool, BindError> {
-    let (sun, len) = unix_sockaddr(path)?;
-    let probe = new_socket(libc::AF_UNIX, address)?;
-    // SAFETY: connect with a sockaddr_un we built; the probe fd is ours and dropped after.
-    let rc = unsafe {
-        libc::connect(
-            probe.as_raw_fd(),
-            (&sun as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => Ok(false),
+    let addr = unix_addr(path)?;
+    let probe = new_socket(AddressFamily::Unix, address)?;
+    match connect(probe.as_raw_fd(), &addr) {
+        Ok(()) => Ok(true),
+        Err(Errno::ECONNREFUSED | Errno::ENOENT) => Ok(false),
         // A full backlog still means somebody listens.
-        Some(libc::EAGAIN) => Ok(true),
-        _ => Err(BindError::Io {
+        Err(Errno::EAGAIN) => Ok(true),
+        Err(errno) => Err(BindError::Io {
             step: "probing the existing socket",
             address: address.clone(),
-            source: err,
+            source: errno.into(),
         }),
     }
 }
 
 fn bind_unix(path: &Path, spec: &BindSpec) -> Result<OwnedFd, BindError> {
     let address = BindAddress::Unix(path.to_path_buf());
-    let (sun, len) = unix_sockaddr(path)?;
+    unix_addr(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
@@ -293,43 +237,25 @@ fn bind_unix(path: &Path, spec: &BindSpec) -> Result<OwnedFd, BindError> {
             })
         }
     }
-    let fd = new_socket(libc::AF_UNIX, &address)?;
-    // SAFETY: bind with the sockaddr_un built above.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sun as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    } < 0
-    {
-        return Err(classify("bind()", &address, io::Error::last_os_error()));
-    }
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| BindError::PathTooLong {
-        path: path.to_path_buf(),
-        len: path.as_os_str().len(),
-    })?;
+    let fd = new_socket(AddressFamily::Unix, &address)?;
+    let addr = unix_addr(path)?;
+    bind(fd.as_raw_fd(), &addr).map_err(|errno| classify("bind()", &address, errno.into()))?;
     if let Some(mode) = spec.mode {
-        // SAFETY: chmod on a NUL-terminated path we own.
-        if unsafe { libc::chmod(c_path.as_ptr(), mode as libc::mode_t) } < 0 {
-            return Err(BindError::Io {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| BindError::Io {
                 step: "chmod()",
-                address,
-                source: io::Error::last_os_error(),
-            });
-        }
+                address: address.clone(),
+                source,
+            },
+        )?;
     }
     if let Some((uid, gid)) = spec.owner {
-        let uid = uid.unwrap_or(u32::MAX);
-        let gid = gid.unwrap_or(u32::MAX);
-        // SAFETY: lchown on a NUL-terminated path; -1 (u32::MAX) leaves an id unchanged.
-        if unsafe { libc::lchown(c_path.as_ptr(), uid, gid) } < 0 {
-            return Err(BindError::Io {
-                step: "chown()",
-                address,
-                source: io::Error::last_os_error(),
-            });
-        }
+        // `None` leaves that id unchanged; the socket file itself, never a link's target.
+        std::os::unix::fs::lchown(path, uid, gid).map_err(|source| BindError::Io {
+            step: "chown()",
+            address: address.clone(),
+            source,
+        })?;
     }
     listen(&fd, spec.backlog, &address)?;
     Ok(fd)

@@ -6,14 +6,18 @@
 //! is stale (nobody listens); a live one means another instance runs. Symlinks, non-sockets
 //! and files owned by another user are refused, never unlinked.
 
+use std::fs::File;
 use std::io;
-use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::bind::unix_sockaddr;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::socket::{
+    bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+};
+
+use crate::bind::unix_addr;
 
 /// A bound, listening control socket; removed (with its lock file) on drop.
 #[derive(Debug)]
@@ -22,7 +26,7 @@ pub struct ControlListener {
     pub fd: OwnedFd,
     path: PathBuf,
     lock_path: PathBuf,
-    _lock: OwnedFd,
+    _lock: Flock<File>,
 }
 
 impl ControlListener {
@@ -133,27 +137,11 @@ pub fn listening_pid(path: &Path) -> io::Result<Option<Option<i32>>> {
         }
         Err(err) => return Err(err),
     };
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes a ucred of `len` bytes into `cred`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    Ok(Some(if rc == 0 && cred.pid > 0 {
-        Some(cred.pid)
-    } else {
-        None
-    }))
+    let pid = getsockopt(&stream, sockopt::PeerCredentials)
+        .ok()
+        .map(|cred| cred.pid())
+        .filter(|&pid| pid > 0);
+    Ok(Some(pid))
 }
 
 /// Creates the control socket at `path`. With `create_parent`, a missing parent directory is
@@ -182,35 +170,25 @@ pub fn bind_control(
     let mut lock_name = path.as_os_str().to_os_string();
     lock_name.push(".lock");
     let lock_path = PathBuf::from(lock_name);
-    let c_lock = std::ffi::CString::new(lock_path.as_os_str().as_bytes()).map_err(|_| {
-        ControlSocketError::Occupied {
-            path: lock_path.clone(),
-            what: "a path with a NUL byte".into(),
+    let lock_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(io_err("opening the lock file", &lock_path))?;
+    let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err(_) => {
+            let pid = listening_pid(path).ok().flatten().flatten();
+            return Err(ControlSocketError::AlreadyRunning {
+                path: path.to_path_buf(),
+                pid,
+            });
         }
-    })?;
-    // SAFETY: open with O_NOFOLLOW|O_CLOEXEC; the fd is owned right after.
-    let raw = unsafe {
-        libc::open(
-            c_lock.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            0o600 as libc::c_uint,
-        )
     };
-    if raw < 0 {
-        return Err(io_err("opening the lock file", &lock_path)(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: just opened.
-    let lock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: flock on our own fd.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
-        let pid = listening_pid(path).ok().flatten().flatten();
-        return Err(ControlSocketError::AlreadyRunning {
-            path: path.to_path_buf(),
-            pid,
-        });
-    }
 
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
@@ -239,43 +217,23 @@ pub fn bind_control(
         Err(err) => return Err(io_err("inspecting", path)(err)),
     }
 
-    let (sun, len) = unix_sockaddr(path).map_err(|e| ControlSocketError::Occupied {
+    let addr = unix_addr(path).map_err(|e| ControlSocketError::Occupied {
         path: path.to_path_buf(),
         what: e.to_string(),
     })?;
-    // SAFETY: a new socket, owned at once.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if raw < 0 {
-        return Err(io_err("creating a socket for", path)(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: just created.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: bind/listen on our socket with the sockaddr_un built above.
-    unsafe {
-        if libc::bind(
-            fd.as_raw_fd(),
-            (&sun as *const libc::sockaddr_un).cast(),
-            len,
-        ) < 0
-        {
-            return Err(io_err("binding", path)(io::Error::last_os_error()));
-        }
-    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|errno| io_err("creating a socket for", path)(errno.into()))?;
+    bind(fd.as_raw_fd(), &addr).map_err(|errno| io_err("binding", path)(errno.into()))?;
     let mode = if shared { 0o666 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("chmod", path))?;
-    // SAFETY: listen on our socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
-        return Err(io_err("listening on", path)(io::Error::last_os_error()));
-    }
+    let backlog = Backlog::new(128).map_err(|errno| io_err("listening on", path)(errno.into()))?;
+    listen(&fd, backlog).map_err(|errno| io_err("listening on", path)(errno.into()))?;
     Ok(ControlListener {
         fd,
         path: path.to_path_buf(),

@@ -44,8 +44,8 @@ pub fn daemonize(log_file: Option<&Path>) -> io::Result<Daemonized> {
         let mut status = String::new();
         let _ = std::io::BufReader::new(std::fs::File::from(read_end).take(64 * 1024))
             .read_line(&mut status);
-        // SAFETY: reaping the intermediate child, which exits at once.
-        unsafe { libc::waitpid(first, std::ptr::null_mut(), 0) };
+        // Reaping the intermediate child, which exits at once.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(first), None);
         return Ok(Daemonized::Parent(match status.lines().next() {
             Some("ready") => 0,
             Some(line) => {
@@ -62,24 +62,31 @@ pub fn daemonize(log_file: Option<&Path>) -> io::Result<Daemonized> {
         }));
     }
     drop(read_end);
-    // SAFETY: single-threaded child: setsid and a second fork so the daemon is no session
-    // leader and can never regain a controlling terminal.
-    unsafe {
-        if libc::setsid() < 0 {
-            libc::_exit(1);
-        }
-        let second = libc::fork();
-        if second < 0 {
-            libc::_exit(1);
-        }
-        if second > 0 {
-            libc::_exit(0);
-        }
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(output.as_raw_fd(), 1);
-        libc::dup2(output.as_raw_fd(), 2);
+    // The child: setsid and a second fork, so the daemon is no session leader and can never
+    // regain a controlling terminal.
+    if nix::unistd::setsid().is_err() {
+        exit_child(1);
+    }
+    // SAFETY: this child of a single-threaded process is single-threaded too, so its own
+    // child may run arbitrary code after fork.
+    let second = unsafe { libc::fork() };
+    if second < 0 {
+        exit_child(1);
+    }
+    if second > 0 {
+        exit_child(0);
+    }
+    for (fd, target) in [(&null, 0), (&output, 1), (&output, 2)] {
+        let _ = nix::unistd::dup2(fd.as_raw_fd(), target);
     }
     Ok(Daemonized::Daemon(std::fs::File::from(write_end)))
+}
+
+/// Ends a forked child at once, without running exit handlers or flushing buffers it shares
+/// with the parent.
+fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and ends the process; nothing runs after it.
+    unsafe { libc::_exit(code) }
 }
 
 /// Reports the daemon's start outcome to the waiting parent.

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod fd;
 pub mod inherit;
+pub mod journal;
 pub mod notify;
 pub mod process;
 pub mod sockaddr;

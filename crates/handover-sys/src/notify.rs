@@ -10,7 +10,10 @@ use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::PermissionsExt;
+
 use handover_proto::notify::NOTIFY_BUFFER_MAX;
+use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType};
 
 /// A bound, non-blocking datagram socket that receives credentials.
 #[derive(Debug)]
@@ -62,64 +65,22 @@ impl NotifySocket {
     /// Binds a new socket at `path` (which must not exist), mode 0600, owned by `owner` when
     /// given (so a worker running as another user can send to it).
     pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
-        // SAFETY: socket() with CLOEXEC|NONBLOCK; we own the new fd at once.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: just created.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        // SAFETY: SO_PASSCRED takes an int.
-        if unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&one as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as u32,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // A bigger receive buffer keeps a chatty worker from blocking on a full queue.
-        let rcvbuf: libc::c_int = 256 * 1024;
-        // SAFETY: SO_RCVBUF takes an int; failure is harmless.
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&rcvbuf as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        let (sun, len) = crate::bind::unix_sockaddr(path)
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::PassCred, &true)?;
+        // A bigger receive buffer keeps a chatty worker from blocking on a full queue; without
+        // it (a lower limit) the socket still works.
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &(256 * 1024));
+        let addr = crate::bind::unix_addr(path)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        // SAFETY: bind to the sockaddr_un just built.
-        if unsafe { libc::bind(raw, (&sun as *const libc::sockaddr_un).cast(), len) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let c_path =
-            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        // SAFETY: chmod/lchown on the NUL-terminated path of the socket we just bound.
-        unsafe {
-            if libc::chmod(c_path.as_ptr(), 0o600) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some((uid, gid)) = owner {
-                if libc::lchown(c_path.as_ptr(), uid, gid) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
+        bind(fd.as_raw_fd(), &addr)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
         }
         Ok(NotifySocket {
             fd,

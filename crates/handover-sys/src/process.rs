@@ -8,6 +8,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// A process handle that cannot outlive its process's identity.
 #[derive(Debug)]
 pub struct Pidfd {
@@ -23,11 +27,9 @@ impl Pidfd {
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: a new fd owned by nobody else.
-        Ok(Pidfd {
-            fd: unsafe { OwnedFd::from_raw_fd(raw as i32) },
-            pid,
-        })
+        // SAFETY: `raw` is the new fd pidfd_open just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        Ok(Pidfd { fd, pid })
     }
 
     /// The pid.
@@ -60,7 +62,8 @@ impl Pidfd {
 
 /// Sends `signal` to process group `pgid`. `Ok(false)` if the group is empty.
 ///
-/// Call only while the group's leader is a child of ours that is not yet reaped.
+/// Call only while the group's leader is a child of ours that is not yet reaped. `signal` is
+/// one of the standard signals (handover sends no real-time signal to a group).
 pub fn signal_group(pgid: i32, signal: i32) -> io::Result<bool> {
     if pgid <= 1 {
         return Err(io::Error::new(
@@ -68,15 +71,12 @@ pub fn signal_group(pgid: i32, signal: i32) -> io::Result<bool> {
             "refusing to signal process group <= 1",
         ));
     }
-    // SAFETY: kill with a negative pid signals a process group; pgid > 1 was checked.
-    if unsafe { libc::kill(-pgid, signal) } < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(false);
-        }
-        return Err(err);
+    let signal = Signal::try_from(signal).map_err(io::Error::from)?;
+    match nix::sys::signal::killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(errno) => Err(errno.into()),
     }
-    Ok(true)
 }
 
 /// How a child ended.
@@ -145,68 +145,58 @@ pub fn signal_name(signal: i32) -> String {
     name.to_string()
 }
 
-/// Looks at the next exited child without reaping it (`waitid(P_ALL, WNOWAIT)`).
+/// `waitid(idtype, id, WEXITED | WNOHANG | extra)`: the pid and status of an exited child,
+/// `None` when none has exited yet.
 ///
-/// Leaving it a zombie keeps its pid and process group pinned, so the caller can still signal
-/// the group safely before calling [`reap`].
-pub fn peek_exited() -> io::Result<Option<(i32, ExitStatus)>> {
-    // SAFETY: a zeroed siginfo is valid; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+/// Raw, because nix 0.29's `waitid` fails with `EINVAL` for a child killed by a signal its
+/// `Signal` enum lacks (any real-time signal), and under `WNOWAIT` that child would stay
+/// unreadable forever.
+fn wait_exited(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    extra: libc::c_int,
+) -> io::Result<Option<(i32, ExitStatus)>> {
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `info` is a zeroed siginfo_t we own, valid for waitid to write; waitid takes no
+    // other pointer.
     let rc = unsafe {
         libc::waitid(
-            libc::P_ALL,
-            0,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ECHILD) {
-            return Ok(None);
-        }
-        return Err(err);
-    }
-    // SAFETY: after a successful waitid the pid/status fields are valid to read.
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    let status = match info.si_code {
-        libc::CLD_EXITED => ExitStatus::Exited(status),
-        libc::CLD_DUMPED => ExitStatus::Signaled {
-            signal: status,
-            core_dumped: true,
-        },
-        _ => ExitStatus::Signaled {
-            signal: status,
-            core_dumped: false,
-        },
-    };
-    Ok(Some((pid, status)))
-}
-
-/// Whether child `pid` has exited, without reaping it (`waitid(P_PID, WNOWAIT)`).
-pub fn peek_exited_pid(pid: i32) -> io::Result<Option<ExitStatus>> {
-    // SAFETY: a zeroed siginfo is valid; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            idtype,
+            id,
+            info.as_mut_ptr(),
+            libc::WEXITED | libc::WNOHANG | extra,
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: after a successful waitid the pid/status fields are valid to read.
-    let (found, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if found == 0 {
+    // SAFETY: zeroed, then filled by a successful waitid: every field is initialized, and for
+    // WEXITED the pid and status union members are the ones the kernel set (a zero pid when
+    // no child had exited, as WNOHANG leaves it).
+    let (pid, code, status) = unsafe {
+        let info = info.assume_init();
+        (info.si_pid(), info.si_code, info.si_status())
+    };
+    if pid == 0 {
         return Ok(None);
     }
-    Ok(Some(decode(info.si_code, status)))
+    Ok(Some((pid, decode(code, status))))
+}
+
+/// Looks at the next exited child without reaping it (`waitid(P_ALL, WNOWAIT)`).
+///
+/// Leaving it a zombie keeps its pid and process group pinned, so the caller can still signal
+/// the group safely before calling [`reap`].
+pub fn peek_exited() -> io::Result<Option<(i32, ExitStatus)>> {
+    match wait_exited(libc::P_ALL, 0, libc::WNOWAIT) {
+        Err(err) if err.raw_os_error() == Some(libc::ECHILD) => Ok(None),
+        other => other,
+    }
+}
+
+/// Whether child `pid` has exited, without reaping it (`waitid(P_PID, WNOWAIT)`).
+pub fn peek_exited_pid(pid: i32) -> io::Result<Option<ExitStatus>> {
+    Ok(wait_exited(libc::P_PID, pid as libc::id_t, libc::WNOWAIT)?.map(|(_, status)| status))
 }
 
 fn decode(code: i32, status: i32) -> ExitStatus {
@@ -225,30 +215,14 @@ fn decode(code: i32, status: i32) -> ExitStatus {
 
 /// Reaps the exited child `pid` (after [`peek_exited`] reported it).
 pub fn reap(pid: i32) -> io::Result<()> {
-    // SAFETY: as above; P_PID reaps exactly that child.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    if unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    wait_exited(libc::P_PID, pid as libc::id_t, 0)?;
     Ok(())
 }
 
 /// Makes this process a child subreaper: orphans of its descendants become its children, so
 /// they can be found and killed on stop, and reaped.
 pub fn set_child_subreaper() -> io::Result<()> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::sys::prctl::set_child_subreaper(true)?)
 }
 
 /// The pids whose parent is `parent`, read from /proc. Best effort: unreadable entries are

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+
+use nix::sys::socket::{getsockname, getsockopt, sockopt, SockaddrStorage};
 
 /// Address family of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +72,14 @@ pub struct SocketInfo {
     pub local: LocalAddr,
 }
 
+/// An integer socket option, read raw: nix 0.29 has no `SO_DOMAIN` option, and its `SO_TYPE`
+/// option turns the kernel's number into an enum that lacks some types (`SOCK_PACKET`), while
+/// these fds come from outside and may be of any type.
 fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len are valid for writes of an int, as the option requires.
+    // SAFETY: `fd` is borrowed, so open for the call; `value` and `len` are locals valid for
+    // writes of an int, the size these options write.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -92,11 +97,7 @@ fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> 
 
 /// Whether `fd` refers to a socket (by `fstat`).
 pub fn is_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    // SAFETY: fstat writes into a zeroed stat buffer we own.
-    let mut st: libc::stat = unsafe { mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
     Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
 }
 
@@ -114,7 +115,7 @@ pub fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
         libc::SOCK_SEQPACKET => SockType::SeqPacket,
         other => SockType::Other(other),
     };
-    let listening = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0;
+    let listening = getsockopt(&fd, sockopt::AcceptConn)?;
     let local = local_addr(fd)?;
     Ok(SocketInfo {
         family,
@@ -126,65 +127,25 @@ pub fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
 
 /// `getsockname` of a socket, rendered.
 pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<LocalAddr> {
-    // SAFETY: sockaddr_storage is large enough for every family; getsockname writes at most
-    // `len` bytes into it.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(decode_sockaddr(&storage, len))
+    let storage: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+    Ok(decode_sockaddr(&storage))
 }
 
-fn decode_sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> LocalAddr {
-    match storage.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin: &libc::sockaddr_in =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            LocalAddr::Ip(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: &libc::sockaddr_in6 =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            LocalAddr::Ip(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        libc::AF_UNIX => {
-            // SAFETY: the family says the storage holds a sockaddr_un.
-            let sun: &libc::sockaddr_un =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
-            let offset = mem::size_of::<libc::sa_family_t>();
-            let path_len = (len as usize)
-                .saturating_sub(offset)
-                .min(sun.sun_path.len());
-            let bytes: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-            if bytes.is_empty() {
-                LocalAddr::Unnamed
-            } else if bytes[0] == 0 {
-                LocalAddr::UnixAbstract(bytes[1..].to_vec())
-            } else {
-                let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-                LocalAddr::UnixPath(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[..end])))
-            }
-        }
-        _ => LocalAddr::Unnamed,
+fn decode_sockaddr(storage: &SockaddrStorage) -> LocalAddr {
+    if let Some(sin) = storage.as_sockaddr_in() {
+        return LocalAddr::Ip(SocketAddr::V4(SocketAddrV4::from(*sin)));
+    }
+    if let Some(sin6) = storage.as_sockaddr_in6() {
+        return LocalAddr::Ip(SocketAddr::V6(SocketAddrV6::from(*sin6)));
+    }
+    let Some(unix) = storage.as_unix_addr() else {
+        return LocalAddr::Unnamed;
+    };
+    if let Some(path) = unix.path() {
+        LocalAddr::UnixPath(path.to_path_buf())
+    } else if let Some(name) = unix.as_abstract() {
+        LocalAddr::UnixAbstract(name.to_vec())
+    } else {
+        LocalAddr::Unnamed
     }
 }

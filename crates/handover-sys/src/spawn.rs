@@ -89,8 +89,7 @@ impl Spawner {
     pub fn start() -> io::Result<Spawner> {
         let (tx, rx) = mpsc::channel::<(SpawnRequest, Reply)>();
         let dev_null = dev_null()?;
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
+        let parent = nix::unistd::getpid().as_raw();
         std::thread::Builder::new()
             .name("handover-spawner".into())
             .spawn(move || {

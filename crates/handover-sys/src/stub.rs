@@ -195,8 +195,10 @@ fn reset_signal_dispositions() {
 pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
     let status = args.status_fd;
     let n = args.n_sockets as i32;
-    // SAFETY (whole function): this process is single-threaded and owns every fd it touches;
-    // the staged fds and the status fd were placed by the spawner's file actions.
+    // SAFETY: this process is single-threaded and owns every fd it touches (the staged fds
+    // and the status fd were placed by the spawner's file actions); the calls below take no
+    // pointers but to locals and C strings that outlive them, and any failure ends the stub
+    // with _exit before the worker's exec.
     unsafe {
         if libc::fcntl(status, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
             libc::_exit(EXEC_FAILED);
@@ -267,8 +269,7 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
         }
     }
 
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = nix::unistd::getpid().as_raw();
     let mut envp: Vec<CString> = Vec::with_capacity(env.len() + 1);
     let mut path_var: Option<OsString> = None;
     for (key, value) in env {

@@ -19,7 +19,7 @@ use crate::env::Environment;
 /// `/run/handover/NAME/control.sock` for root or `$XDG_RUNTIME_DIR/handover/NAME/control.sock`,
 /// where NAME is `--service-name` or the configuration file's name without extension.
 /// Never /tmp.
-pub fn socket_path(
+pub(crate) fn socket_path(
     config: Option<&Config>,
     service_name: Option<&str>,
     config_path: Option<&Path>,
@@ -59,7 +59,7 @@ pub fn socket_path(
 
 /// A failed control request.
 #[derive(Debug)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// Nothing listens there (no socket file, or a stale one).
     NotRunning(String),
     /// Could not reach the instance.
@@ -70,7 +70,7 @@ pub enum ClientError {
 
 /// Sends `request` and hands every response line to `on_response` until the final one.
 /// Returns the final response (or `None` at end of file) and the server's pid.
-pub fn request(
+pub(crate) fn request(
     path: &Path,
     request: &Request,
     deadline: Option<Duration>,
@@ -139,7 +139,7 @@ fn ms(value: Option<u64>) -> String {
 }
 
 /// Renders `handover status` as a table.
-pub fn render_status(status: &Status) -> String {
+pub(crate) fn render_status(status: &Status) -> String {
     let mut out = String::new();
     let phase = match status.phase {
         Phase::Starting => "starting",

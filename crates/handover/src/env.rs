@@ -9,7 +9,7 @@ use handover_proto::listen::ListenEnv;
 
 /// What handover needs from its environment.
 #[derive(Debug, Clone)]
-pub struct Environment {
+pub(crate) struct Environment {
     /// Every variable, in order, as inherited.
     pub vars: Vec<(OsString, OsString)>,
     /// `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`.
@@ -28,7 +28,7 @@ pub struct Environment {
 
 impl Environment {
     /// Reads the process environment.
-    pub fn read() -> Environment {
+    pub(crate) fn read() -> Environment {
         let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let get = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let text = |key: &str| get(key).map(|v| v.to_string_lossy().into_owned());

@@ -19,7 +19,7 @@ use clap_mangen::Man;
 use crate::exit;
 
 /// The first argument that selects this command.
-pub const COMMAND: &str = "__generate-docs";
+pub(crate) const COMMAND: &str = "__generate-docs";
 
 /// The command's own name, as installed.
 const BIN_NAME: &str = "handover";
@@ -49,7 +49,7 @@ enum Kind {
 
 /// Writes the pages or scripts for the command line `C`, prints each path on stdout, and
 /// returns the exit code. `args` are the arguments after `__generate-docs`.
-pub fn run<C: CommandFactory>(args: &[OsString]) -> ExitCode {
+pub(crate) fn run<C: CommandFactory>(args: &[OsString]) -> ExitCode {
     let args = match Args::try_parse_from(
         std::iter::once(OsString::from(COMMAND)).chain(args.iter().cloned()),
     ) {

@@ -38,7 +38,7 @@ const MAX_HELD: usize = 8 * 1024 * 1024;
 
 /// One of workers' output streams, as `--stream` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Workers' stdout.
     Stdout,
     /// Workers' stderr.
@@ -61,7 +61,7 @@ impl Stream {
 
 /// What `handover logs` was asked for.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Print the last `lines` lines, then keep printing new ones.
     pub follow: bool,
     /// How many lines to print first.
@@ -72,7 +72,7 @@ pub struct Options {
 
 /// Which lines to print: all, or those whose tag names this worker index and stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// `--worker`.
     pub worker: Option<u32>,
     /// `--stream`.
@@ -217,7 +217,7 @@ fn elsewhere(stream: Stream, sink: &LogSink) -> String {
 }
 
 /// Runs `handover logs` on `[logs]` of the configuration read from `config_path`.
-pub fn run(config_path: &Path, logs: &LogsConfig, options: &Options) -> ExitCode {
+pub(crate) fn run(config_path: &Path, logs: &LogsConfig, options: &Options) -> ExitCode {
     let paths = match files(logs, options.filter.stream) {
         Ok(paths) => paths,
         Err(message) => {

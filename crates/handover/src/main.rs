@@ -3,6 +3,7 @@
 //!
 //! This binary alone knows the command line, the configuration file format and logging;
 //! the supervisor and the OS plumbing live in their own crates.
+#![forbid(unsafe_code)]
 
 mod client;
 mod config;
@@ -67,9 +68,10 @@ enum Commands {
     Reload {
         #[command(flatten)]
         instance: Instance,
-        /// Abort the reload if it has not finished after this many seconds.
-        #[arg(long, value_name = "SECONDS")]
-        timeout: Option<f64>,
+        /// Abort the reload if it has not finished after this long: seconds (0.5) or a
+        /// duration with a unit (500ms, 1.5s, 2m), at most 24h.
+        #[arg(long, value_name = "SECONDS", value_parser = config::parse_cli_duration)]
+        timeout: Option<Duration>,
         /// Number of workers of the new generation.
         #[arg(long)]
         workers: Option<u32>,
@@ -87,9 +89,10 @@ enum Commands {
     Stop {
         #[command(flatten)]
         instance: Instance,
-        /// Give up waiting after this many seconds.
-        #[arg(long, value_name = "SECONDS")]
-        timeout: Option<f64>,
+        /// Give up waiting after this long: seconds (0.5) or a duration with a unit (500ms,
+        /// 1.5s, 2m), at most 24h.
+        #[arg(long, value_name = "SECONDS", value_parser = config::parse_cli_duration)]
+        timeout: Option<Duration>,
     },
     /// Show generations, workers and sockets.
     Status {
@@ -243,7 +246,8 @@ fn main() -> ExitCode {
                 Some(Err(_)) => return usage("--cwd must be valid UTF-8"),
                 None => None,
             };
-            let timeout_ms = timeout.map(|t| (t.max(0.0) * 1000.0) as u64);
+            // At most 24 hours: the milliseconds fit in a u64.
+            let timeout_ms = timeout.map(|t| t.as_millis() as u64);
             let request = Request::Reload {
                 workers,
                 env: pairs,
@@ -253,12 +257,9 @@ fn main() -> ExitCode {
             };
             control_command(&instance, &environment, request, None)
         }
-        Commands::Stop { instance, timeout } => control_command(
-            &instance,
-            &environment,
-            Request::Stop,
-            timeout.map(Duration::from_secs_f64),
-        ),
+        Commands::Stop { instance, timeout } => {
+            control_command(&instance, &environment, Request::Stop, timeout)
+        }
         Commands::Status { instance, json } => {
             let path = match instance_socket(&instance, &environment) {
                 Ok(path) => path,

@@ -10,7 +10,7 @@ use crate::config::{Config, ListenAddress, SocketConfig};
 
 /// Why the socket set could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     /// A configured socket could not be bound.
     #[error("socket {name:?}: {source}")]
     Bind {
@@ -70,7 +70,7 @@ fn owner_ids(socket: &SocketConfig) -> Result<Option<Owner>, SocketError> {
 }
 
 /// Binds one configured socket.
-pub fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketError> {
+pub(crate) fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketError> {
     let address = match &socket.listen {
         Some(ListenAddress::Tcp(addr)) => BindAddress::Tcp(*addr),
         Some(ListenAddress::Unix(path)) => BindAddress::Unix(path.clone()),
@@ -108,7 +108,7 @@ pub fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketErro
 /// Builds the socket list in fd order: configured sockets in file order (each taken from
 /// systemd when it passed one of that name, else bound), then sockets systemd passed that
 /// the configuration does not name, in the order systemd passed them.
-pub fn resolve(
+pub(crate) fn resolve(
     config: &Config,
     inherited: Vec<InheritedSocket>,
 ) -> Result<Vec<ListenSocket>, SocketError> {
@@ -170,7 +170,10 @@ pub fn resolve(
 /// the configuration still asks for the same address, bound anew when it is new or changed,
 /// and left out when it is gone; a left-out socket closes when the last generation holding it
 /// has ended.
-pub fn for_reload(config: &Config, current: &[ListenSocket]) -> Result<Vec<ListenSocket>, String> {
+pub(crate) fn for_reload(
+    config: &Config,
+    current: &[ListenSocket],
+) -> Result<Vec<ListenSocket>, String> {
     let mut sockets = Vec::new();
     for socket in &config.sockets {
         let existing = current

@@ -17,7 +17,7 @@ use crate::config::{self, Config, InheritEnv, NotifyAccess, Strategy};
 
 /// Who workers run as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// uid to switch to.
     pub uid: u32,
     /// gid to switch to.
@@ -26,7 +26,7 @@ pub struct Identity {
 
 /// Resolves `user`/`group` to ids and supplementary groups; `None` when workers run as
 /// handover's own user.
-pub fn resolve_identity(
+pub(crate) fn resolve_identity(
     worker: &config::WorkerConfig,
 ) -> Result<Option<(Identity, Vec<u32>)>, String> {
     if worker.user.is_none() && worker.group.is_none() {
@@ -61,7 +61,7 @@ pub fn resolve_identity(
 }
 
 /// The environment workers start from.
-pub fn base_env(
+pub(crate) fn base_env(
     inherited: &[(OsString, OsString)],
     worker: &config::WorkerConfig,
     overrides: &ReloadOverrides,
@@ -105,14 +105,14 @@ pub fn base_env(
 }
 
 /// Everything needed to build generation specs, fixed at start.
-pub struct SpecContext {
+pub(crate) struct SpecContext {
     /// handover's own environment, as inherited.
     pub inherited_env: Vec<(OsString, OsString)>,
 }
 
 impl SpecContext {
     /// Builds a generation spec from a configuration, for the given sockets (in fd order).
-    pub fn build(
+    pub(crate) fn build(
         &self,
         config: &Config,
         sockets: Vec<ListenSocket>,
@@ -158,7 +158,7 @@ impl SpecContext {
 }
 
 /// The reload policy from a configuration.
-pub fn reload_policy(config: &Config) -> ReloadPolicy {
+pub(crate) fn reload_policy(config: &Config) -> ReloadPolicy {
     let (batch_size, max_extra) = match config.reload.strategy {
         Strategy::AllAtOnce => (None, 0),
         Strategy::Rolling {

@@ -1153,14 +1153,16 @@ fn start_serving(me: u32) {
         return;
     }
     let listener = match local_address(3) {
-        // SAFETY: fd 3 is an open socket handed over by the activation protocol; nothing
-        // else in this process uses it, and it is wrapped exactly once.
         Ok(Local::Inet(_)) | Ok(Local::Inet6(_)) => {
-            Listener::Tcp(unsafe { std::net::TcpListener::from_raw_fd(3) })
+            // SAFETY: fd 3 is an open socket handed over by the activation protocol; nothing
+            // else in this process uses it, and it is wrapped exactly once.
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
+            Listener::Tcp(listener)
         }
-        // SAFETY: as above, for a unix socket.
         Ok(Local::Unix(_)) => {
-            Listener::Unix(unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) })
+            // SAFETY: as above, for a unix socket.
+            let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
+            Listener::Unix(listener)
         }
         Ok(Local::Other(f)) => {
             log!("test-worker {me}: fd 3 has unsupported family {f}");

@@ -6,11 +6,14 @@
 //! again a second later, so a line is either written whole, in order, or counted as dropped.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
+
+use handover_sys::journal::{send_sealed, JOURNAL_SOCKET};
 
 use super::file::LogFile;
 
@@ -18,8 +21,6 @@ use super::file::LogFile;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// A writer's own buffers are given back to the allocator beyond this size once written.
 const KEEP_CAPACITY: usize = 64 * 1024;
-/// Where journald takes native-protocol datagrams.
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// What a writer writes to.
 pub(crate) enum Target {
@@ -38,8 +39,9 @@ impl Target {
     }
 
     /// Writes `data` (whole records), returning how much was written and the error that
-    /// stopped it, if any. `skipped` counts records thrown away as unwritable (too large for
-    /// a datagram); they are dropped lines, not an error that stops writing.
+    /// stopped it, if any. A journal entry too large for one datagram goes through a sealed
+    /// memfd, as journald's native protocol provides. `skipped` counts records thrown away as
+    /// unwritable; they are dropped lines, not an error that stops writing.
     fn write(&mut self, data: &[u8], skipped: &mut u64) -> (usize, Option<io::Error>) {
         match self {
             Target::File(file) => file.write(data),
@@ -55,8 +57,16 @@ impl Target {
                         Ok(_) => done += 4 + len,
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                         Err(err) if err.raw_os_error() == Some(libc::EMSGSIZE) => {
-                            *skipped += 1;
-                            done += 4 + len;
+                            let path = std::path::Path::new(JOURNAL_SOCKET);
+                            match send_sealed(socket.as_fd(), path, record) {
+                                Ok(()) => done += 4 + len,
+                                // Larger than journald takes even so: this entry alone.
+                                Err(err) if err.raw_os_error() == Some(libc::EMSGSIZE) => {
+                                    *skipped += 1;
+                                    done += 4 + len;
+                                }
+                                Err(err) => return (done, Some(err)),
+                            }
                         }
                         Err(err) => return (done, Some(err)),
                     }
