@@ -48,11 +48,7 @@ drain_timeout = "5s"
         "it exited on its stop signal: {stopped}\n{}",
         h.log.text()
     );
-    assert!(
-        h.log.text().contains(&format!("{first} got SIGTERM")),
-        "{}",
-        h.log.text()
-    );
+    h.log.wait_for(&format!("{first} got SIGTERM"));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "it did not wait for the drain timeout"

@@ -10,13 +10,13 @@ use crate::core::Notice;
 
 /// Reports to systemd, if handover runs under it.
 #[derive(Debug)]
-pub struct Systemd {
+pub(crate) struct Systemd {
     enabled: bool,
 }
 
 impl Systemd {
     /// `enabled` when `NOTIFY_SOCKET` was set at startup.
-    pub fn new(enabled: bool) -> Systemd {
+    pub(crate) fn new(enabled: bool) -> Systemd {
         Systemd { enabled }
     }
 
@@ -30,7 +30,7 @@ impl Systemd {
     }
 
     /// Sends what the core asked for.
-    pub fn send(&self, notice: &Notice) {
+    pub(crate) fn send(&self, notice: &Notice) {
         match notice {
             Notice::Ready(status) => {
                 self.notify(&[NotifyState::Ready, NotifyState::Status(status)])

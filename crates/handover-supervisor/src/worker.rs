@@ -8,13 +8,13 @@ use std::os::unix::ffi::OsStringExt;
 use crate::plan::GenerationSpec;
 
 /// How many stderr lines of a worker handover remembers, to explain its death.
-pub const STDERR_TAIL_LINES: usize = 10;
+pub(crate) const STDERR_TAIL_LINES: usize = 10;
 /// Longest stderr line kept in that tail.
-pub const STDERR_TAIL_LINE_MAX: usize = 512;
+pub(crate) const STDERR_TAIL_LINE_MAX: usize = 512;
 
 /// Keeps a line of stderr (without its newline) among the last few, which explain a death,
 /// escaped as in a tagged log line so that it cannot disturb the log message quoting it.
-pub fn remember(tail: &mut VecDeque<String>, line: &[u8]) {
+pub(crate) fn remember(tail: &mut VecDeque<String>, line: &[u8]) {
     let line = &line[..line.len().min(STDERR_TAIL_LINE_MAX)];
     let mut escaped = Vec::with_capacity(line.len());
     crate::output::escape(&mut escaped, line);
@@ -42,7 +42,7 @@ pub fn is_reserved_var(key: &[u8]) -> bool {
 }
 
 /// The complete environment of a worker, except `LISTEN_PID` (the stub adds its own pid).
-pub fn worker_env(
+pub(crate) fn worker_env(
     spec: &GenerationSpec,
     generation: u64,
     index: u32,

@@ -17,7 +17,7 @@
 //! - `stop`: stop signals, stopping single workers, escalation to SIGKILL;
 //! - `snapshot`: what `status` and the SIGUSR2 dump show.
 
-pub mod model;
+pub(crate) mod model;
 mod ready;
 mod reload;
 mod snapshot;
@@ -39,19 +39,19 @@ use crate::plan::{GenerationSpec, ReloadPolicy};
 use model::{Model, Phase, WorkerId, WorkerState};
 
 /// Identifies one control connection while it waits for answers.
-pub type ClientId = u64;
+pub(crate) type ClientId = u64;
 
 /// Identifies one reload request, so that the plan of a reload that has ended meanwhile is
 /// never taken for the next one's (an aborted reload uses no generation number).
-pub type ReloadId = u64;
+pub(crate) type ReloadId = u64;
 
 /// A reload plan: the new generation's spec and the reload settings that come with it, or why
 /// there is none.
-pub type Resolved = Result<(Arc<GenerationSpec>, ReloadPolicy), String>;
+pub(crate) type Resolved = Result<(Arc<GenerationSpec>, ReloadPolicy), String>;
 
 /// Something that happened, as the driver reports it.
 #[derive(Debug)]
-pub enum Input {
+pub(crate) enum Input {
     /// handover starts: start the first generation.
     Start,
     /// A worker's process exists (as the stub, which becomes the worker at exec).
@@ -111,7 +111,7 @@ pub enum Input {
 
 /// Something the driver must do.
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start a worker process from `spec` at slot `index` of `generation`; report
     /// [`Input::Spawned`] or [`Input::SpawnFailed`].
     Spawn {
@@ -154,7 +154,7 @@ pub enum Action {
 
 /// A message to systemd.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// `READY=1` and `STATUS=`.
     Ready(String),
     /// `RELOADING=1`, `MONOTONIC_USEC=` and `STATUS=`.
@@ -171,7 +171,7 @@ pub enum Notice {
 
 /// How loud a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Debug,
     Info,
     Warn,
@@ -180,7 +180,7 @@ pub enum Level {
 
 /// A log line and the fields that go with it (journal fields `HANDOVER_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Log {
+pub(crate) struct Log {
     pub level: Level,
     pub message: String,
     pub generation: Option<u64>,
@@ -193,7 +193,7 @@ pub struct Log {
 
 /// What the core needs to know from the start; everything else arrives as inputs.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The first generation.
     pub first: Arc<GenerationSpec>,
     /// Reload settings until a reload brings new ones.
@@ -207,11 +207,11 @@ pub struct Config {
 }
 
 /// Stop signals in a row after which handover gives up waiting and kills everything.
-pub const FORCE_AFTER_SIGNALS: u32 = 4;
+pub(crate) const FORCE_AFTER_SIGNALS: u32 = 4;
 /// Failures in a row from which a slot counts as crash-looping.
-pub const CRASH_LOOP_FAILURES: u32 = 5;
+pub(crate) const CRASH_LOOP_FAILURES: u32 = 5;
 /// The SIGUSR2 dump is written at most this often.
-pub const DUMP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DUMP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A reload in progress.
 #[derive(Debug)]
@@ -232,7 +232,7 @@ struct ReloadRun {
 
 /// The supervisor's whole state. See the module documentation.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     model: Model,
     /// The first generation's spec until it starts.
     first: Option<Arc<GenerationSpec>>,
@@ -258,7 +258,7 @@ pub struct Core {
 
 impl Core {
     /// A core that has not started yet; [`Input::Start`] starts it.
-    pub fn new(config: Config, now: Instant) -> Core {
+    pub(crate) fn new(config: Config, now: Instant) -> Core {
         Core {
             model: Model::new(),
             first: Some(config.first),
@@ -281,7 +281,7 @@ impl Core {
     }
 
     /// Handles one input at time `now`; returns what the driver must do, in order.
-    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         match input {
             Input::Start => self.start(now),
             Input::Spawned {
@@ -328,7 +328,7 @@ impl Core {
     /// The earliest moment something is due (a ready timeout, a restart delay, a kill, the
     /// reload's deadline, a probe, the watchdog); `None` if nothing is. The driver sends
     /// [`Input::Tick`] then, and never polls.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let workers = self.model.workers.values().flat_map(|w| {
             let state = match w.state {
                 WorkerState::Waiting { until } => Some(until),
@@ -356,7 +356,7 @@ impl Core {
     }
 
     /// How handover ends, once it has: every worker gone after a stop, or a forced stop.
-    pub fn finished(&self) -> Option<Outcome> {
+    pub(crate) fn finished(&self) -> Option<Outcome> {
         if self.forced {
             return Some(Outcome::Forced);
         }
@@ -369,7 +369,7 @@ impl Core {
     /// The state's invariants (see [`Model::check`]); checked after every input in tests
     /// and debug builds.
     #[cfg(debug_assertions)]
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         self.model.check()?;
         if self.phase == Phase::Running && self.model.newest(model::GenState::Serving).is_none() {
             return Err("running without a serving generation".into());
@@ -598,7 +598,7 @@ impl Fields {
 }
 
 /// `250ms`, `1.5s`: durations in messages.
-pub fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     if d.as_millis() < 1000 {
         format!("{}ms", d.as_millis())
     } else {

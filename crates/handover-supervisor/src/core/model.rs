@@ -10,16 +10,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use handover_proto::status::GenerationState as GenState;
+pub(crate) use handover_proto::status::GenerationState as GenState;
 
 use crate::plan::GenerationSpec;
 
 /// Identifies a worker for the supervisor's lifetime (never reused, unlike a pid).
-pub type WorkerId = u64;
+pub(crate) type WorkerId = u64;
 
 /// Where the supervisor is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// The first generation is starting.
     Starting,
     /// The first generation became ready; reloads are possible.
@@ -30,7 +30,7 @@ pub enum Phase {
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     /// Waiting out a restart delay; no process yet.
     Waiting { until: Instant },
     /// Handed to the driver to spawn; the pid is not known yet.
@@ -51,7 +51,7 @@ pub enum WorkerState {
 
 impl WorkerState {
     /// The name status shows.
-    pub fn public(&self) -> handover_proto::status::WorkerState {
+    pub(crate) fn public(&self) -> handover_proto::status::WorkerState {
         use handover_proto::status::WorkerState as W;
         match self {
             WorkerState::Waiting { .. } => W::Waiting,
@@ -66,7 +66,7 @@ impl WorkerState {
 
 /// A readiness probe's progress (`ready = "probe"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// No attempt scheduled (not in probe mode, or no longer starting).
     Idle,
     /// The next attempt starts at this moment.
@@ -79,7 +79,7 @@ pub enum Probe {
 
 /// One worker: a process, or the plan of one.
 #[derive(Debug)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub id: WorkerId,
     pub generation: u64,
     /// Its slot in the generation (`HANDOVER_WORKER`).
@@ -100,18 +100,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         matches!(self.state, WorkerState::Ready { .. })
     }
 
-    pub fn is_starting(&self) -> bool {
+    pub(crate) fn is_starting(&self) -> bool {
         matches!(self.state, WorkerState::Starting { .. })
     }
 }
 
 /// A place for one worker in a generation.
 #[derive(Debug, Default)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// The worker currently filling the slot.
     pub worker: Option<WorkerId>,
     /// Failures since the slot's worker was last ready long enough (`backoff_reset`).
@@ -125,7 +125,7 @@ pub struct Slot {
 
 /// Workers started together from one spec.
 #[derive(Debug)]
-pub struct Generation {
+pub(crate) struct Generation {
     pub id: u64,
     pub spec: Arc<GenerationSpec>,
     pub state: GenState,
@@ -135,7 +135,7 @@ pub struct Generation {
 
 /// Generations and workers, and the counters that name new ones.
 #[derive(Debug, Default)]
-pub struct Model {
+pub(crate) struct Model {
     pub generations: BTreeMap<u64, Generation>,
     pub workers: BTreeMap<WorkerId, Worker>,
     pub next_worker: WorkerId,
@@ -144,7 +144,7 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new() -> Model {
+    pub(crate) fn new() -> Model {
         Model {
             next_worker: 1,
             next_generation: 1,
@@ -153,30 +153,30 @@ impl Model {
     }
 
     /// The newest generation in `state`.
-    pub fn newest(&self, state: GenState) -> Option<&Generation> {
+    pub(crate) fn newest(&self, state: GenState) -> Option<&Generation> {
         self.generations.values().rev().find(|g| g.state == state)
     }
 
     /// The generation that serves, or else the one starting first: what status describes.
-    pub fn current(&self) -> Option<&Generation> {
+    pub(crate) fn current(&self) -> Option<&Generation> {
         self.newest(GenState::Serving)
             .or_else(|| self.newest(GenState::Starting))
     }
 
     /// Workers of a generation, current and retiring.
-    pub fn workers_of(&self, generation: u64) -> impl Iterator<Item = &Worker> {
+    pub(crate) fn workers_of(&self, generation: u64) -> impl Iterator<Item = &Worker> {
         self.workers
             .values()
             .filter(move |w| w.generation == generation)
     }
 
     /// Ids of a generation's workers.
-    pub fn worker_ids_of(&self, generation: u64) -> Vec<WorkerId> {
+    pub(crate) fn worker_ids_of(&self, generation: u64) -> Vec<WorkerId> {
         self.workers_of(generation).map(|w| w.id).collect()
     }
 
     /// How many of the workers filling a generation's slots are ready.
-    pub fn ready_count(&self, generation: u64) -> usize {
+    pub(crate) fn ready_count(&self, generation: u64) -> usize {
         let Some(gen) = self.generations.get(&generation) else {
             return 0;
         };
@@ -188,7 +188,7 @@ impl Model {
     }
 
     /// Whether `id` fills its slot (rather than having been replaced or retired).
-    pub fn fills_its_slot(&self, id: WorkerId) -> bool {
+    pub(crate) fn fills_its_slot(&self, id: WorkerId) -> bool {
         let Some(worker) = self.workers.get(&id) else {
             return false;
         };
@@ -196,26 +196,26 @@ impl Model {
             .is_some_and(|s| s.worker == Some(id))
     }
 
-    pub fn slot(&self, generation: u64, index: u32) -> Option<&Slot> {
+    pub(crate) fn slot(&self, generation: u64, index: u32) -> Option<&Slot> {
         self.generations
             .get(&generation)
             .and_then(|g| g.slots.get(index as usize))
     }
 
-    pub fn slot_mut(&mut self, generation: u64, index: u32) -> Option<&mut Slot> {
+    pub(crate) fn slot_mut(&mut self, generation: u64, index: u32) -> Option<&mut Slot> {
         self.generations
             .get_mut(&generation)
             .and_then(|g| g.slots.get_mut(index as usize))
     }
 
-    pub fn state_of(&self, generation: u64) -> Option<GenState> {
+    pub(crate) fn state_of(&self, generation: u64) -> Option<GenState> {
         self.generations.get(&generation).map(|g| g.state)
     }
 
     /// The rules that hold after every input; the core's tests check them after each step.
     /// Returns the first one broken.
     #[cfg(debug_assertions)]
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let starting = self
             .generations
             .values()

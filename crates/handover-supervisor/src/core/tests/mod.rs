@@ -69,11 +69,11 @@ pub(super) struct Sim {
 
 impl Sim {
     /// A core for `spec`, started: returns the actions of the start.
-    pub fn start(spec: GenerationSpec, policy: ReloadPolicy) -> (Sim, Vec<String>) {
+    pub(super) fn start(spec: GenerationSpec, policy: ReloadPolicy) -> (Sim, Vec<String>) {
         Sim::start_with(spec, policy, None, 0)
     }
 
-    pub fn start_with(
+    pub(super) fn start_with(
         spec: GenerationSpec,
         policy: ReloadPolicy,
         watchdog: Option<Duration>,
@@ -102,7 +102,7 @@ impl Sim {
 
     /// Handles one input; returns its actions as lines, logs kept in `self.logs`. Checks the
     /// core's invariants after it.
-    pub fn input(&mut self, input: Input) -> Vec<String> {
+    pub(super) fn input(&mut self, input: Input) -> Vec<String> {
         let actions = self.core.handle(self.now, input);
         if let Err(broken) = self.core.check() {
             panic!("invariant broken: {broken}");
@@ -159,7 +159,7 @@ impl Sim {
     }
 
     /// Moves the clock forward by `by` and, if a deadline is due by then, ticks.
-    pub fn after(&mut self, by: Duration) -> Vec<String> {
+    pub(super) fn after(&mut self, by: Duration) -> Vec<String> {
         self.now += by;
         match self.core.next_deadline() {
             Some(at) if at <= self.now => self.input(Input::Tick),
@@ -168,18 +168,18 @@ impl Sim {
     }
 
     /// The next deadline, in milliseconds from now.
-    pub fn next_in_ms(&self) -> Option<u128> {
+    pub(super) fn next_in_ms(&self) -> Option<u128> {
         self.core
             .next_deadline()
             .map(|at| at.saturating_duration_since(self.now).as_millis())
     }
 
     /// The pid [`Sim::spawned`] gives a worker: its id + 1000.
-    pub fn pid(worker: WorkerId) -> i32 {
+    pub(super) fn pid(worker: WorkerId) -> i32 {
         1000 + worker as i32
     }
 
-    pub fn spawned(&mut self, worker: WorkerId) -> Vec<String> {
+    pub(super) fn spawned(&mut self, worker: WorkerId) -> Vec<String> {
         self.input(Input::Spawned {
             worker,
             pid: Sim::pid(worker),
@@ -188,11 +188,11 @@ impl Sim {
     }
 
     /// Every worker in `workers` is spawned; their actions, concatenated.
-    pub fn spawned_all(&mut self, workers: &[WorkerId]) -> Vec<String> {
+    pub(super) fn spawned_all(&mut self, workers: &[WorkerId]) -> Vec<String> {
         workers.iter().flat_map(|&w| self.spawned(w)).collect()
     }
 
-    pub fn notify(&mut self, worker: WorkerId, payload: &str) -> Vec<String> {
+    pub(super) fn notify(&mut self, worker: WorkerId, payload: &str) -> Vec<String> {
         self.input(Input::Notify {
             worker,
             sender_pid: Sim::pid(worker),
@@ -200,22 +200,22 @@ impl Sim {
         })
     }
 
-    pub fn ready(&mut self, worker: WorkerId) -> Vec<String> {
+    pub(super) fn ready(&mut self, worker: WorkerId) -> Vec<String> {
         self.notify(worker, "READY=1")
     }
 
-    pub fn ready_all(&mut self, workers: &[WorkerId]) -> Vec<String> {
+    pub(super) fn ready_all(&mut self, workers: &[WorkerId]) -> Vec<String> {
         workers.iter().flat_map(|&w| self.ready(w)).collect()
     }
 
     /// Spawned and ready, one after the other.
-    pub fn up(&mut self, workers: &[WorkerId]) -> Vec<String> {
+    pub(super) fn up(&mut self, workers: &[WorkerId]) -> Vec<String> {
         let mut lines = self.spawned_all(workers);
         lines.extend(self.ready_all(workers));
         lines
     }
 
-    pub fn exited(&mut self, worker: WorkerId, code: i32) -> Vec<String> {
+    pub(super) fn exited(&mut self, worker: WorkerId, code: i32) -> Vec<String> {
         self.input(Input::Exited {
             worker,
             status: ExitStatus::Exited(code),
@@ -223,22 +223,22 @@ impl Sim {
         })
     }
 
-    pub fn exited_all(&mut self, workers: &[WorkerId]) -> Vec<String> {
+    pub(super) fn exited_all(&mut self, workers: &[WorkerId]) -> Vec<String> {
         workers.iter().flat_map(|&w| self.exited(w, 0)).collect()
     }
 
-    pub fn client(&mut self) -> u64 {
+    pub(super) fn client(&mut self) -> u64 {
         let client = self.next_client;
         self.next_client += 1;
         client
     }
 
-    pub fn control(&mut self, client: u64, request: Request) -> Vec<String> {
+    pub(super) fn control(&mut self, client: u64, request: Request) -> Vec<String> {
         self.input(Input::Control { client, request })
     }
 
     /// A control reload with no overrides, from a new client (c1, c2, ...).
-    pub fn reload(&mut self) -> (u64, Vec<String>) {
+    pub(super) fn reload(&mut self) -> (u64, Vec<String>) {
         let client = self.client();
         let lines = self.control(
             client,
@@ -254,7 +254,7 @@ impl Sim {
     }
 
     /// The plan of reload `reload` is made: `spec` with `policy`.
-    pub fn resolved(
+    pub(super) fn resolved(
         &mut self,
         reload: u64,
         spec: GenerationSpec,
@@ -266,12 +266,12 @@ impl Sim {
         })
     }
 
-    pub fn finished(&self) -> Option<Outcome> {
+    pub(super) fn finished(&self) -> Option<Outcome> {
         self.core.finished()
     }
 
     /// Log messages at `level` or above, in order.
-    pub fn messages(&self, level: Level) -> Vec<&str> {
+    pub(super) fn messages(&self, level: Level) -> Vec<&str> {
         let rank = |l: Level| match l {
             Level::Debug => 0,
             Level::Info => 1,
@@ -286,7 +286,7 @@ impl Sim {
     }
 
     /// Whether some log line contains `text`.
-    pub fn logged(&self, text: &str) -> bool {
+    pub(super) fn logged(&self, text: &str) -> bool {
         self.logs.iter().any(|l| l.message.contains(text))
     }
 }
