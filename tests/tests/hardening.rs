@@ -117,3 +117,84 @@ restart_backoff_max = "40ms"
     );
     assert!(h.stop().success());
 }
+
+/// Item 2: with the default `notify_access = "all"`, a process that is neither the worker nor
+/// one it started (here the test itself, root, able to write the socket) cannot say READY=1
+/// for it: the worker, which never says it, fails its start.
+#[test]
+fn item2_a_stranger_cannot_say_ready_for_a_worker() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--report", "{{dir}}/reports"]
+count = 1
+ready_timeout = "1500ms"
+"#
+    );
+    let mut h = Handover::start("stranger-ready", &config, Options::default());
+    let reports = h.reports(1);
+    let report = reports.values().next().expect("report");
+    let socket = report["env"]["NOTIFY_SOCKET"]
+        .as_str()
+        .expect("NOTIFY_SOCKET");
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sender
+        .send_to(b"READY=1", socket)
+        .expect("send the forged READY=1");
+    let status = h.wait();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the start must fail:\n{}",
+        h.log.text()
+    );
+    let log = h.log.text();
+    assert!(
+        log.contains(&format!(
+            "ignored a notification from pid {}: it is neither the worker nor a process the worker started",
+            std::process::id()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("all 1 workers ready"), "{log}");
+}
+
+/// Item 4: 20,000 junk datagrams from a worker give one log line and a count, not 20,000
+/// lines; the worker still becomes ready.
+#[test]
+fn item4_a_notification_flood_is_counted_not_logged() {
+    const JUNK: usize = 20_000;
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--notify-raw", "00", "--notify-raw-repeat", "{JUNK}", "--ready-after", "0"]
+count = 1
+"#
+    );
+    let mut h = Handover::start("notify-flood", &config, Options::default());
+    h.log.wait_for("all 1 workers ready");
+    assert!(h.stop().success());
+    let log = h.log.text();
+    let lines = log.lines().filter(|l| l.contains("notification")).count();
+    assert!(lines <= 3, "{lines} lines about notifications:\n{log}");
+    let counted: usize = log
+        .lines()
+        .filter(|l| l.contains("more notifications dropped"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.parse::<usize>().ok()))
+        .sum();
+    assert_eq!(
+        counted + 1,
+        JUNK,
+        "every dropped datagram is accounted for:\n{log}"
+    );
+}

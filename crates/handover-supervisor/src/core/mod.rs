@@ -67,6 +67,8 @@ pub(crate) enum Input {
     Notify {
         worker: WorkerId,
         sender_pid: i32,
+        /// Who the sender is to the worker, as found at receipt.
+        sender: Sender,
         payload: Vec<u8>,
     },
     /// A datagram was dropped by the receive rules (too large, no credentials...).
@@ -107,6 +109,17 @@ pub(crate) enum Input {
     Resolved { reload: ReloadId, plan: Resolved },
     /// Time passed: the earliest deadline ([`Core::next_deadline`]) may be due.
     Tick,
+}
+
+/// Who sent a notification, relative to the worker whose socket it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// The worker's own pid.
+    Worker,
+    /// A process the worker started: its descendant, or a member of its process group.
+    Descendant,
+    /// Anyone else who could write to the socket (the same uid, or root).
+    Stranger,
 }
 
 /// Something the driver must do.
@@ -210,6 +223,8 @@ pub(crate) struct Config {
 pub(crate) const FORCE_AFTER_SIGNALS: u32 = 4;
 /// Failures in a row from which a slot counts as crash-looping.
 pub(crate) const CRASH_LOOP_FAILURES: u32 = 5;
+/// Dropped notifications of one worker are counted and logged at most this often.
+pub(crate) const DROP_SUMMARY: Duration = Duration::from_secs(10);
 /// The SIGUSR2 dump is written at most this often.
 pub(crate) const DUMP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -293,14 +308,15 @@ impl Core {
             Input::Notify {
                 worker,
                 sender_pid,
+                sender,
                 payload,
-            } => self.notified(now, worker, sender_pid, &payload),
+            } => self.notified(now, worker, sender_pid, sender, &payload),
             Input::NotifyDropped {
                 worker,
                 sender_pid,
                 reason,
                 fds_closed,
-            } => self.notify_dropped(worker, sender_pid, reason, fds_closed),
+            } => self.notify_dropped(now, worker, sender_pid, reason, fds_closed),
             Input::Exited {
                 worker,
                 status,
@@ -339,6 +355,7 @@ impl Core {
                 WorkerState::Stopping { kill_at } => Some(kill_at),
                 _ => None,
             };
+            let drops = w.drops.as_ref().map(|d| d.until);
             let probe = match w.probe {
                 model::Probe::Due(at) if w.is_starting() => Some(at),
                 model::Probe::Running {
@@ -347,7 +364,7 @@ impl Core {
                 } => Some(deadline),
                 _ => None,
             };
-            state.into_iter().chain(probe)
+            state.into_iter().chain(probe).chain(drops)
         });
         workers
             .chain(self.reload.as_ref().map(|r| r.deadline))
@@ -464,6 +481,16 @@ impl Core {
 
     fn deadlines(&mut self, now: Instant) {
         self.probe_deadlines(now);
+        let summaries: Vec<WorkerId> = self
+            .model
+            .workers
+            .values()
+            .filter(|w| w.drops.as_ref().is_some_and(|d| d.until <= now))
+            .map(|w| w.id)
+            .collect();
+        for id in summaries {
+            self.drops_summary(id, false);
+        }
         if let (Some(at), Some(interval)) = (self.next_watchdog, self.watchdog) {
             if at <= now {
                 self.watchdog_tick();

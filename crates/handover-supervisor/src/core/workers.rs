@@ -76,6 +76,7 @@ impl Core {
                 exec_error: None,
                 probe: Probe::Idle,
                 last_probe: None,
+                drops: None,
             },
         );
         if state == WorkerState::Spawning {
@@ -195,6 +196,7 @@ impl Core {
                 fields,
             );
         }
+        self.drops_summary(id, true);
         let filled_slot = self.model.fills_its_slot(id);
         self.drop_worker(id);
         if filled_slot {

@@ -36,6 +36,9 @@ use crate::systemd::Systemd;
 use crate::Reloader;
 use io::WorkerIo;
 
+/// Notifications read from one worker before other events get their turn. The socket's
+/// queue holds far fewer (`net.unix.max_dgram_qlen`), so at an exit this reads it empty.
+const NOTIFY_BUDGET: usize = 256;
 /// How long to wait for killed orphans to be reaped at the very end.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
@@ -401,14 +404,20 @@ impl Driver {
         self.read_stream(worker, Stream::Stdout);
     }
 
+    /// Reads a worker's notifications, at most [`NOTIFY_BUDGET`] at a time: a worker that
+    /// floods its socket waits behind other events instead of holding the loop.
     fn read_notifications(&mut self, worker: WorkerId) {
-        while let Some(input) = self
-            .workers
-            .get(&worker)
-            .and_then(|io| io.next_notification(worker))
-        {
+        for _ in 0..NOTIFY_BUDGET {
+            let Some(input) = self
+                .workers
+                .get(&worker)
+                .and_then(|io| io.next_notification(worker, self.my_pid))
+            else {
+                return;
+            };
             self.input(input);
         }
+        let _ = self.events.send(Event::NotifyReadable(worker));
     }
 
     fn read_stream(&mut self, worker: WorkerId, stream: Stream) {
