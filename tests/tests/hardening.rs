@@ -198,3 +198,50 @@ count = 1
         "every dropped datagram is accounted for:\n{log}"
     );
 }
+
+/// Item 7 (scenario 37): 10,000 SIGHUPs spread over one second start at most two reloads
+/// (signal reloads start at most once a second, plus the one a storm's end leaves pending);
+/// handover keeps serving and stops cleanly afterwards.
+#[test]
+fn item7_a_sighup_storm_costs_at_most_two_reloads() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0"]
+count = 1
+
+[reload]
+drain_timeout = "1s"
+max_draining = 8
+"#
+    );
+    let mut h = Handover::start("sighup-storm", &config, Options::default());
+    h.log.wait_for("all 1 workers ready");
+    let pid = h.pid();
+    let storm = Instant::now();
+    for _ in 0..100 {
+        for _ in 0..100 {
+            // SAFETY: kill with our own unreaped child's pid.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+        std::thread::sleep(Duration::from_millis(7));
+    }
+    let lasted = storm.elapsed();
+    // Room for the one reload that follows the storm.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let reloads = h.log.count("spawning generation");
+    // 2 for a storm of under a second; a slow machine that took longer to send it gets one
+    // more reload per second it took.
+    let allowed = 1 + lasted.as_secs_f64().ceil().max(1.0) as usize;
+    assert!(
+        (1..=allowed).contains(&reloads),
+        "{reloads} reloads for a storm of {lasted:?}:\n{}",
+        h.log.text()
+    );
+    assert!(h.stop().success());
+}

@@ -225,6 +225,8 @@ pub(crate) const FORCE_AFTER_SIGNALS: u32 = 4;
 pub(crate) const CRASH_LOOP_FAILURES: u32 = 5;
 /// Dropped notifications of one worker are counted and logged at most this often.
 pub(crate) const DROP_SUMMARY: Duration = Duration::from_secs(10);
+/// Reloads asked for by SIGHUP start at most this often; signals in between coalesce.
+pub(crate) const SIGNAL_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// The SIGUSR2 dump is written at most this often.
 pub(crate) const DUMP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -259,8 +261,10 @@ pub(crate) struct Core {
     outcome: Option<Outcome>,
     forced: bool,
     reload: Option<ReloadRun>,
-    /// Reload signals arrived during a reload: one more follows it.
+    /// Reload signals arrived during a reload or right after one: one more follows.
     reload_pending: bool,
+    /// When the last reload a signal asked for started.
+    last_signal_reload: Option<Instant>,
     /// The id the next reload request gets.
     next_reload: ReloadId,
     stop_signals: u32,
@@ -286,6 +290,7 @@ impl Core {
             forced: false,
             reload: None,
             reload_pending: false,
+            last_signal_reload: None,
             next_reload: 1,
             stop_signals: 0,
             next_watchdog: None,
@@ -332,7 +337,7 @@ impl Core {
             Input::ProbeFailed { worker, error } => self.probe_failed(now, worker, error),
             Input::ProbeExited { worker, status } => self.probe_exited(now, worker, status),
             Input::Control { client, request } => self.control(now, client, request),
-            Input::Reload => self.request_reload(now, ReloadOverrides::default(), None, true),
+            Input::Reload => self.signal_reload(now),
             Input::Stop(name) => self.stop_signal(now, name),
             Input::Dump => self.dump(now),
             Input::Resolved { reload, plan } => self.resolved(now, reload, plan),
@@ -368,6 +373,7 @@ impl Core {
         });
         workers
             .chain(self.reload.as_ref().map(|r| r.deadline))
+            .chain(self.pending_reload_at())
             .chain(self.next_watchdog)
             .min()
     }
@@ -431,7 +437,7 @@ impl Core {
         match request {
             Request::Reload { .. } => {
                 let overrides = ReloadOverrides::from_request(&request);
-                self.request_reload(now, overrides, Some(client), false)
+                self.request_reload(now, overrides, Some(client))
             }
             Request::Abort => {
                 let response = if self.reload.is_some() {
@@ -531,6 +537,7 @@ impl Core {
                 self.abort_reload(now, crate::control::AbortCause::Timeout { took });
             }
         }
+        self.reload_pending_now(now);
     }
 
     /// Sends `WATCHDOG=1` if handover is healthy: its loop runs (this is it) and, when

@@ -369,14 +369,55 @@ fn a_control_reload_during_a_reload_is_busy_and_signals_coalesce_into_one_more()
 }
 
 #[test]
-fn signals_during_the_plan_coalesce_too() {
+fn signals_during_the_plan_coalesce_too_and_the_next_waits_a_second() {
     let mut sim = serving(spec(1), policy());
     sim.input(Input::Reload);
     sim.input(Input::Reload);
     sim.input(Input::Reload);
     sim.resolved(1, spec(1), policy());
     let lines = sim.up(&[2]);
+    assert!(!lines.iter().any(|l| l.starts_with("resolve")), "{lines:?}");
+    assert_eq!(sim.next_in_ms(), Some(1_000));
+    assert_eq!(sim.after(ms(999)), Vec::<String>::new());
+    let lines = sim.after(ms(1));
     assert_eq!(lines.last().map(String::as_str), Some("resolve r2 g3"));
+}
+
+/// Issue 13, item 7 (scenario 37): 10,000 SIGHUPs spread over one second cost at most two
+/// reloads, however fast each reload is.
+#[test]
+fn a_storm_of_sighups_costs_at_most_two_reloads() {
+    let mut sim = serving(spec(1), policy());
+    let mut reloads = 0u64;
+    let mut next_worker = 2;
+    // Every reload finishes at once: plan made, worker up, old one gone.
+    let finish = |sim: &mut Sim, lines: Vec<String>, reloads: &mut u64, next_worker: &mut u64| {
+        for line in lines {
+            if let Some(rest) = line.strip_prefix("resolve r") {
+                let id: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+                *reloads += 1;
+                sim.resolved(id, spec(1), policy());
+                sim.up(&[*next_worker]);
+                sim.exited(*next_worker - 1, 0);
+                *next_worker += 1;
+            }
+        }
+    };
+    for step in 0..10_000u64 {
+        // 10 signals every millisecond for 1 s.
+        if step % 10 == 0 && step > 0 {
+            let lines = sim.after(ms(1));
+            finish(&mut sim, lines, &mut reloads, &mut next_worker);
+        }
+        let lines = sim.input(Input::Reload);
+        finish(&mut sim, lines, &mut reloads, &mut next_worker);
+    }
+    for _ in 0..3_000 {
+        let lines = sim.after(ms(1));
+        finish(&mut sim, lines, &mut reloads, &mut next_worker);
+    }
+    assert_eq!(reloads, 2);
+    assert_eq!(sim.next_in_ms(), None, "nothing more is pending");
 }
 
 #[test]
