@@ -245,3 +245,65 @@ max_draining = 8
     );
     assert!(h.stop().success());
 }
+
+/// Item 8: the SIGUSR2 dump never follows a symlink planted at its predictable name, is
+/// private (0600), and is never written into a world-writable directory without the sticky
+/// bit.
+#[test]
+fn item8_the_state_dump_is_safe_from_planted_links() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0"]
+count = 1
+"#
+    );
+    let home = harness::TempDir::new("dump-home");
+    let mut h = Handover::start(
+        "dump-links",
+        &config,
+        Options {
+            env: vec![
+                ("HOME".into(), home.path().display().to_string()),
+                ("TMPDIR".into(), home.path().display().to_string()),
+            ],
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 1 workers ready");
+    let dir = h.dir.path().to_path_buf();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for t in now..now + 30 {
+        let name = dir.join(format!("handover-state-{}-{t}.json", h.pid()));
+        std::os::unix::fs::symlink(&victim, name).unwrap();
+    }
+    h.signal(libc::SIGUSR2);
+    let line = h.log.wait_for("SIGUSR2: state written to ");
+    let written = std::path::PathBuf::from(line.split("state written to ").nth(1).unwrap().trim());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let meta = std::fs::symlink_metadata(&written).unwrap();
+    assert!(meta.is_file(), "{written:?} is a plain file");
+    assert_eq!(meta.mode() & 0o777, 0o600, "{written:?}");
+    assert!(written.starts_with(&dir), "{written:?}");
+    assert!(h.log.text().contains("already exists; not touching it"));
+
+    // A world-writable directory without the sticky bit is passed over, for $HOME.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // one dump per second at most
+    h.signal(libc::SIGUSR2);
+    let line = h.log.wait_for_count("SIGUSR2: state written to ", 2);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(line.contains(&home.path().display().to_string()), "{line}");
+    assert!(h.stop().success());
+}

@@ -448,26 +448,86 @@ impl Driver {
         });
     }
 
-    /// SIGUSR2: writes the state as JSON to the first dump directory that takes it.
+    /// SIGUSR2: writes the state as JSON to the first dump directory that takes it. The file
+    /// is new (never one that exists, never through a symlink), mode 0600, and never in a
+    /// world-writable directory unless that is sticky and owned by root or handover's user.
     fn write_dump(&self, status: &handover_proto::status::Status) {
         let snapshot = serde_json::to_string_pretty(status).unwrap_or_default();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let name = format!("handover-state-{}-{stamp}.json", self.my_pid);
         for dir in &self.settings.dump_dirs {
-            let path = dir.join(&name);
-            match std::fs::write(&path, &snapshot) {
-                Ok(()) => {
-                    info!("SIGUSR2: state written to {}", path.display());
-                    return;
+            if let Err(why) = dump_dir_is_safe(dir) {
+                debug!("SIGUSR2: not writing into {}: {why}", dir.display());
+                continue;
+            }
+            // A name already taken (by an earlier dump, or planted) is skipped, not replaced.
+            for attempt in 0..4 {
+                let suffix = if attempt == 0 {
+                    String::new()
+                } else {
+                    format!("-{attempt}")
+                };
+                let path = dir.join(format!(
+                    "handover-state-{}-{stamp}{suffix}.json",
+                    self.my_pid
+                ));
+                match write_new_private(&path, snapshot.as_bytes()) {
+                    Ok(()) => {
+                        info!("SIGUSR2: state written to {}", path.display());
+                        return;
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        warn!(
+                            "SIGUSR2: {} already exists; not touching it",
+                            path.display()
+                        )
+                    }
+                    Err(err) => {
+                        debug!("SIGUSR2: cannot write {}: {err}", path.display());
+                        break;
+                    }
                 }
-                Err(err) => debug!("SIGUSR2: cannot write {}: {err}", path.display()),
             }
         }
         warn!("SIGUSR2: no directory accepted the state dump; state: {snapshot}");
     }
+}
+
+/// Whether a directory may hold a state dump: not world-writable, or sticky (so nobody can
+/// replace another's file) and owned by root or by handover's own user.
+fn dump_dir_is_safe(dir: &std::path::Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(|_| "cannot stat it")?;
+    if !meta.is_dir() {
+        return Err("not a directory");
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o002 == 0 {
+        return Ok(());
+    }
+    if mode & 0o1000 == 0 {
+        return Err("world-writable without the sticky bit");
+    }
+    if meta.uid() != 0 && meta.uid() != handover_sys::users::effective_uid() {
+        return Err("world-writable and owned by another user");
+    }
+    Ok(())
+}
+
+/// Creates `path` (it must not exist, and a symlink there is not followed), mode 0600, and
+/// writes `bytes`.
+fn write_new_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 /// Writes a core log line through `tracing`, with its fields.
