@@ -307,3 +307,105 @@ count = 1
     assert!(line.contains(&home.path().display().to_string()), "{line}");
     assert!(h.stop().success());
 }
+
+/// Runs a python3 script as `uid` that opens `n` connections to the unix socket `path`,
+/// sends nothing, and holds them for `hold` seconds; returns once it says how many it holds.
+fn hold_connections(uid: u32, path: &std::path::Path, n: usize, hold: u32) -> std::process::Child {
+    use std::io::BufRead;
+    const SCRIPT: &str = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+path, n, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+held = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError as e:
+        break
+    held.append(s)
+print("holding", len(held), flush=True)
+time.sleep(hold)
+"#;
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            // Debian's own python3: one from a user's home (pyenv) is out of reach of others.
+            "/usr/bin/python3",
+            "-c",
+            SCRIPT,
+        ])
+        .arg(path)
+        .arg(n.to_string())
+        .arg(hold.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv and /usr/bin/python3 (util-linux and python3 are needed)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("holding"), "{line:?}");
+    child
+}
+
+/// Item 5: neither a refused uid nor an allowed non-root one can take every control slot
+/// from root: with each holding 1,100 idle connections, `handover status` (as ExecReload= and
+/// ExecStop= run it) still answers. The refusals cost one log line and a count, not one line
+/// each.
+#[test]
+fn item5_idle_connections_of_other_users_cannot_lock_out_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as other uids");
+        return;
+    }
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0"]
+count = 1
+
+[control]
+socket = "{{dir}}/control.sock"
+allow_uids = [65533]
+"#
+    );
+    let mut h = Handover::start("ctl-lockout", &config, Options::default());
+    h.log.wait_for("all 1 workers ready");
+    let socket = h.control_socket();
+    let mut dir = socket.parent();
+    while let Some(d) = dir {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            eprintln!("skipped: {} is not searchable by others", d.display());
+            return;
+        }
+        dir = d.parent();
+    }
+    let mut refused = hold_connections(65534, &socket, 1100, 3);
+    let mut allowed = hold_connections(65533, &socket, 1100, 3);
+    for _ in 0..3 {
+        let (status, out, err) = h.ctl(&["status"]);
+        assert!(status.success(), "root is locked out: {out} {err}");
+        assert!(out.contains("generation 1 (serving"), "{out}");
+    }
+    let _ = refused.kill();
+    let _ = allowed.kill();
+    let _ = refused.wait();
+    let _ = allowed.wait();
+    let log = h.log.text();
+    let lines = log.lines().filter(|l| l.contains("refused")).count();
+    assert!(lines <= 2, "{lines} lines about refusals:\n{log}");
+    assert!(h.stop().success());
+}
