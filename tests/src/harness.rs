@@ -144,8 +144,12 @@ impl Lines {
     }
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static, lines: Lines, echo: bool) {
-    collect_output(stream, lines, echo);
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    lines: Lines,
+    echo: bool,
+) -> std::thread::JoinHandle<()> {
+    collect_output(stream, lines, echo)
 }
 
 /// Reads `stream` line by line into `lines` on a thread of its own (echoing each line to the
@@ -260,6 +264,8 @@ pub struct Handover {
     /// The config file.
     pub config: PathBuf,
     exit: Option<ExitStatus>,
+    /// The threads reading handover's stdout and stderr; they end at end of file.
+    collectors: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Handover {
@@ -316,16 +322,18 @@ impl Handover {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn handover");
         let log = Lines::default();
-        collect(
-            child.stdout.take().expect("stdout"),
-            log.clone(),
-            options.echo,
-        );
-        collect(
-            child.stderr.take().expect("stderr"),
-            log.clone(),
-            options.echo,
-        );
+        let collectors = vec![
+            collect(
+                child.stdout.take().expect("stdout"),
+                log.clone(),
+                options.echo,
+            ),
+            collect(
+                child.stderr.take().expect("stderr"),
+                log.clone(),
+                options.echo,
+            ),
+        ];
         if !options.activate.is_empty() {
             // systemd-socket-activate starts its program on the first connection.
             log.wait_for("Listening on");
@@ -347,6 +355,7 @@ impl Handover {
             notify,
             config: config_path,
             exit: None,
+            collectors,
         }
     }
 
@@ -374,8 +383,12 @@ impl Handover {
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.exit = Some(status);
-                // Let the output threads catch up with the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // Every line handover wrote is in the log once its output reached end of
+                // file (a process it left behind could hold it open: then give up waiting).
+                let until = Instant::now() + Duration::from_secs(5);
+                while self.collectors.iter().any(|c| !c.is_finished()) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return status;
             }
             assert!(
@@ -599,6 +612,14 @@ pub fn marked_processes(marker: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// A handover sentinel's name, as `ps` shows it: the first 15 bytes of `handover-sentinel`.
+pub const SENTINEL_COMM: &str = "handover-sentin";
+
+/// Whether `pid` is a handover sentinel.
+pub fn is_sentinel(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == SENTINEL_COMM)
 }
 
 /// A marker unique to this test run.
