@@ -50,19 +50,17 @@ impl Core {
         }
     }
 
-    /// SIGHUP. A signal reload starts at once, unless a reload runs or the last signal
-    /// reload started less than [`SIGNAL_RELOAD_INTERVAL`] ago: then one more follows, as
-    /// soon as both have passed, and any number of further signals coalesce into it. So a
-    /// storm of any length costs at most one reload per interval, plus one.
+    /// SIGHUP. With no reload running or waiting, a reload starts at once. Signals during a
+    /// reload ask for one more after it, and any number of them coalesce into that one; it
+    /// starts once the running reload has ended and [`SIGNAL_RELOAD_INTERVAL`] has passed
+    /// since the previous signal reload began, and signals until then join it too. So signals
+    /// arriving during reloads (a storm) cost at most one reload per interval.
     pub(super) fn signal_reload(&mut self, now: Instant) {
-        let too_soon = self
-            .last_signal_reload
-            .is_some_and(|at| now < at + SIGNAL_RELOAD_INTERVAL);
-        if self.phase == Phase::Running && (self.reload.is_some() || too_soon) {
+        if self.phase == Phase::Running && (self.reload.is_some() || self.reload_pending) {
             if !self.reload_pending {
                 self.log(
                     Level::Debug,
-                    "reload signal during or right after a reload; one more will follow".into(),
+                    "reload signal during a reload; one more will follow".into(),
                     Fields::none(),
                 );
             }
@@ -345,7 +343,8 @@ impl Core {
     pub(super) fn reload_pending_now(&mut self, now: Instant) {
         if self.pending_reload_at().is_some_and(|at| at <= now) {
             self.reload_pending = false;
-            self.signal_reload(now);
+            self.last_signal_reload = Some(now);
+            self.request_reload(now, ReloadOverrides::default(), None);
         }
     }
 }

@@ -384,40 +384,70 @@ fn signals_during_the_plan_coalesce_too_and_the_next_waits_a_second() {
 }
 
 /// Issue 13, item 7 (scenario 37): 10,000 SIGHUPs spread over one second cost at most two
-/// reloads, however fast each reload is.
+/// reloads, here with reloads that take 5 ms each.
 #[test]
 fn a_storm_of_sighups_costs_at_most_two_reloads() {
     let mut sim = serving(spec(1), policy());
     let mut reloads = 0u64;
     let mut next_worker = 2;
-    // Every reload finishes at once: plan made, worker up, old one gone.
-    let finish = |sim: &mut Sim, lines: Vec<String>, reloads: &mut u64, next_worker: &mut u64| {
+    // Reloads in progress: (when they finish, their new worker).
+    let mut running: Vec<(u128, u64)> = Vec::new();
+    let mut clock_ms = 0u128;
+    let mut handle = |sim: &mut Sim, lines: Vec<String>, running: &mut Vec<(u128, u64)>, at| {
         for line in lines {
             if let Some(rest) = line.strip_prefix("resolve r") {
                 let id: u64 = rest.split(' ').next().unwrap().parse().unwrap();
-                *reloads += 1;
+                reloads += 1;
                 sim.resolved(id, spec(1), policy());
-                sim.up(&[*next_worker]);
-                sim.exited(*next_worker - 1, 0);
-                *next_worker += 1;
+                sim.spawned(next_worker);
+                running.push((at + 5, next_worker));
+                next_worker += 1;
             }
         }
     };
-    for step in 0..10_000u64 {
-        // 10 signals every millisecond for 1 s.
-        if step % 10 == 0 && step > 0 {
+    for step in 0..13_000u64 {
+        if step % 10 == 0 {
+            // One millisecond passes: finish what is due, then the clock's own deadlines.
+            clock_ms += 1;
+            let due: Vec<u64> = running
+                .iter()
+                .filter(|(at, _)| *at <= clock_ms)
+                .map(|(_, w)| *w)
+                .collect();
+            running.retain(|(at, _)| *at > clock_ms);
+            for worker in due {
+                let lines = sim.ready(worker);
+                handle(&mut sim, lines, &mut running, clock_ms);
+                sim.exited(worker - 1, 0);
+            }
             let lines = sim.after(ms(1));
-            finish(&mut sim, lines, &mut reloads, &mut next_worker);
+            handle(&mut sim, lines, &mut running, clock_ms);
         }
-        let lines = sim.input(Input::Reload);
-        finish(&mut sim, lines, &mut reloads, &mut next_worker);
-    }
-    for _ in 0..3_000 {
-        let lines = sim.after(ms(1));
-        finish(&mut sim, lines, &mut reloads, &mut next_worker);
+        // 10 signals a millisecond for the first second.
+        if step < 10_000 {
+            let lines = sim.input(Input::Reload);
+            handle(&mut sim, lines, &mut running, clock_ms);
+        }
     }
     assert_eq!(reloads, 2);
+    assert!(running.is_empty() && sim.core.reload.is_none());
     assert_eq!(sim.next_in_ms(), None, "nothing more is pending");
+}
+
+/// A SIGHUP while nothing runs or waits starts a reload at once, however soon after the last.
+#[test]
+fn spaced_sighups_each_reload_at_once() {
+    let mut sim = serving(spec(1), policy());
+    for reload in 1..=3u64 {
+        let lines = sim.input(Input::Reload);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("resolve r{reload} g{}", reload + 1).as_str())
+        );
+        sim.resolved(reload, spec(1), policy());
+        sim.up(&[reload + 1]);
+        sim.after(ms(10));
+    }
 }
 
 #[test]
