@@ -552,6 +552,12 @@ impl Systemd {
         }
     }
 
+    /// Whether process `pid` (as seen inside) is a handover sentinel.
+    pub fn is_sentinel(&self, pid: i32) -> bool {
+        std::fs::read_to_string(self.root().join(format!("proc/{pid}/comm")))
+            .is_ok_and(|c| c.trim() == crate::harness::SENTINEL_COMM)
+    }
+
     /// The main pid of a service (as seen inside), 0 when it has none.
     pub fn main_pid(&self, unit: &str) -> i32 {
         self.show(unit, "MainPID").parse().unwrap_or(0)

@@ -409,3 +409,97 @@ allow_uids = [65533]
     assert!(lines <= 2, "{lines} lines about refusals:\n{log}");
     assert!(h.stop().success());
 }
+
+/// Item 1 (scenario 25): a SIGKILLed handover leaves nothing of its workers behind, not even
+/// children that stayed in a worker's process group (the parent-death signal reaches only
+/// the worker itself): 10 times, within a moment every one is gone and the port can be bound
+/// again. This is the sentinel's job.
+#[test]
+fn item1_children_of_workers_die_with_a_sigkilled_handover() {
+    for round in 0..10 {
+        let port = free_port();
+        let marker = harness::unique_marker(&format!("sigkill-tree-{round}"));
+        let config = format!(
+            r#"
+[[socket]]
+name = "http"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0", "--child", "--marker", "{marker}"]
+count = 2
+"#
+        );
+        let mut h = Handover::start("sigkill-tree", &config, Options::default());
+        h.log.wait_for("all 2 workers ready");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while harness::marked_processes(&marker).len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the workers' children did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h.signal(libc::SIGKILL);
+        h.wait();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = harness::marked_processes(&marker);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {left:?} outlived a SIGKILLed handover"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
+    }
+}
+
+/// Item 1: a sentinel that is killed is replaced, and the new one knows every worker: a
+/// SIGKILLed handover still takes its workers' children with it.
+#[test]
+fn item1_a_killed_sentinel_is_replaced_and_still_protects() {
+    let port = free_port();
+    let marker = harness::unique_marker("sentinel-restart");
+    let config = format!(
+        r#"
+[[socket]]
+name = "http"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0", "--child", "--marker", "{marker}"]
+count = 2
+"#
+    );
+    let mut h = Handover::start("sentinel-restart", &config, Options::default());
+    h.log.wait_for("all 2 workers ready");
+    let sentinel = harness::children_of(h.pid())
+        .into_iter()
+        .find(|&pid| harness::is_sentinel(pid))
+        .expect("handover has a sentinel child");
+    harness::kill(sentinel, libc::SIGKILL);
+    let line = h.log.wait_for("started another");
+    assert!(
+        line.contains(&format!("the sentinel (pid {sentinel}) killed by SIGKILL")),
+        "{line}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while harness::marked_processes(&marker).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the workers' children did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.signal(libc::SIGKILL);
+    h.wait();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !harness::marked_processes(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "children outlived handover");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

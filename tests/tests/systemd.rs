@@ -76,13 +76,14 @@ fn pid_in(body: &str) -> i32 {
     handover_tests::loadgen::pid_in_body(body.as_bytes()) as i32
 }
 
-/// handover's workers: every process of the service's cgroup but the main one.
+/// handover's workers: every process of the service's cgroup but the main one and the
+/// sentinel.
 fn workers(sd: &Systemd, unit: &str) -> BTreeSet<i32> {
     let main = sd.main_pid(unit);
     let group = sd.show(unit, "ControlGroup");
     sd.cgroup_procs(&group)
         .into_iter()
-        .filter(|&p| p != main)
+        .filter(|&p| p != main && !sd.is_sentinel(p))
         .collect()
 }
 
@@ -245,7 +246,16 @@ fn systemctl_stop_leaves_no_process_behind() {
     wait_generation(&sd, SERVICE, 2, 1);
     let group = sd.show(SERVICE, "ControlGroup");
     let before = sd.cgroup_procs(&group);
-    assert_eq!(before.len(), 3, "handover and two workers: {before:?}");
+    assert_eq!(
+        before.iter().filter(|&&p| sd.is_sentinel(p)).count(),
+        1,
+        "handover's sentinel runs in the unit: {before:?}"
+    );
+    assert_eq!(
+        before.len(),
+        4,
+        "handover, its sentinel and two workers: {before:?}"
+    );
 
     sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
     assert_eq!(sd.show(SERVICE, "ActiveState"), "inactive");

@@ -165,6 +165,12 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == STUB_COMMAND) {
         run_stub(&args[2..]);
     }
+    if args
+        .get(1)
+        .is_some_and(|a| a == handover_sys::sentinel::SENTINEL_COMMAND)
+    {
+        handover_sys::sentinel::run();
+    }
     if args.get(1).is_some_and(|a| a == gendocs::COMMAND) {
         return gendocs::run::<Cli>(&args[2..]);
     }
@@ -734,7 +740,19 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         .uid
         .map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
     let ready_pipe = ready_pipe.map(std::sync::Arc::new);
+    // Started before any worker, so that every one is recorded.
+    let sentinel = match handover_sys::sentinel::Sentinel::start() {
+        Ok(sentinel) => Some(std::sync::Arc::new(sentinel)),
+        Err(err) => {
+            tracing::warn!(
+                "could not start the sentinel ({err}): if handover is killed, children of \
+                 its workers may outlive it"
+            );
+            None
+        }
+    };
     let plan = Plan {
+        sentinel: sentinel.clone(),
         generation,
         reload: spec::reload_policy(&config),
         notify_dir: notify_dir.clone(),
@@ -746,7 +764,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         output: output.clone(),
     };
 
-    let spawner = match handover_sys::spawn::Spawner::start() {
+    let spawner = match handover_sys::spawn::Spawner::start_with(sentinel) {
         Ok(spawner) => spawner,
         Err(err) => {
             return fail(

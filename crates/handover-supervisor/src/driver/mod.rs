@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use handover_proto::control::Response;
 use handover_sys::process::{self, Pidfd};
+use handover_sys::sentinel::Sentinel;
 use handover_sys::spawn::{Spawned, Spawner};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -39,6 +40,8 @@ use io::WorkerIo;
 /// Notifications read from one worker before other events get their turn. The socket's
 /// queue holds far fewer (`net.unix.max_dgram_qlen`), so at an exit this reads it empty.
 const NOTIFY_BUDGET: usize = 256;
+/// A sentinel that keeps dying is restarted this many times, then given up.
+const MAX_SENTINEL_RESTARTS: u32 = 10;
 /// How long to wait for killed orphans to be reaped at the very end.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
@@ -69,6 +72,7 @@ struct Settings {
     dump_dirs: Vec<PathBuf>,
     on_ready: Option<Arc<std::fs::File>>,
     output: Arc<Output>,
+    sentinel: Option<Arc<Sentinel>>,
 }
 
 /// A readiness probe's process.
@@ -97,6 +101,7 @@ struct Driver {
     /// Inputs that carrying out actions produced, handled next.
     pending: VecDeque<Input>,
     my_pid: i32,
+    sentinel_restarts: u32,
 }
 
 /// What [`run`] returns.
@@ -150,6 +155,7 @@ pub async fn run(
             dump_dirs: plan.dump_dirs,
             on_ready: plan.on_ready,
             output: plan.output,
+            sentinel: plan.sentinel,
         },
         spawner,
         systemd: Systemd::new(systemd),
@@ -164,6 +170,7 @@ pub async fn run(
         next_client: 1,
         pending: VecDeque::new(),
         my_pid,
+        sentinel_restarts: 0,
     };
     driver.input(Input::Start);
     let mut commands_open = true;
@@ -202,6 +209,7 @@ pub async fn run(
     };
     if outcome != Outcome::Forced {
         driver.collect_orphans(&mut sigchld).await;
+        driver.finish_sentinel(&mut sigchld).await;
     }
     Ok(RunResult { outcome })
 }
@@ -311,6 +319,7 @@ impl Driver {
         match event {
             Event::Spawned { worker, result } => {
                 self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
+                self.check_sentinel_records();
                 self.spawned(worker, result);
                 // A worker may have exited before its pid was known.
                 self.reap();
@@ -446,6 +455,17 @@ impl Driver {
         self.spawner.spawn(request, move |result| {
             let _ = events.send(Event::ProbeSpawned { worker, result });
         });
+    }
+
+    /// Warns when records for the sentinel were lost (its pipe full, or it is gone).
+    fn check_sentinel_records(&self) {
+        let lost = self.settings.sentinel.as_ref().map_or(0, |s| s.take_lost());
+        if lost > 0 {
+            warn!(
+                "{lost} process group(s) could not be recorded with the sentinel: if handover \
+                 is killed now, their processes may outlive it"
+            );
+        }
     }
 
     /// SIGUSR2: writes the state as JSON to the first dump directory that takes it. The file
