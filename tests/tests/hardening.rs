@@ -503,3 +503,47 @@ count = 2
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Item 9: the lines a worker wrote before it exited come before handover's "worker
+/// stopped" line about it, for every worker (here on handover's stderr; the systemd tier
+/// checks the journal).
+#[test]
+fn item9_a_workers_last_lines_come_before_its_exit() {
+    const WORKERS: usize = 8;
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0", "--stderr", "starting up"]
+count = {WORKERS}
+"#
+    );
+    for round in 0..3 {
+        let mut h = Handover::start("exit-order", &config, Options::default());
+        h.log.wait_for(&format!("all {WORKERS} workers ready"));
+        assert!(h.stop().success());
+        let log = h.log.text();
+        let lines: Vec<&str> = log.lines().collect();
+        let mut checked = 0;
+        for (stopped_at, line) in lines.iter().enumerate() {
+            if !line.contains("worker stopped: exited with code 0") {
+                continue;
+            }
+            let pid = pid_in(line);
+            let said = lines
+                .iter()
+                .position(|l| l.contains(&format!("worker {pid} got SIGTERM")))
+                .unwrap_or_else(|| panic!("round {round}: no last line of {pid}:\n{log}"));
+            assert!(
+                said < stopped_at,
+                "round {round}: the last line of {pid} came after its exit:\n{log}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, WORKERS, "{log}");
+    }
+}

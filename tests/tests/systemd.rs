@@ -759,3 +759,39 @@ max_line = "1MiB"
     let own = sd.journalctl(&["-o", "cat", "-u", SERVICE, "SYSLOG_IDENTIFIER=handover"]);
     assert!(!own.contains("dropped"), "{own}");
 }
+
+/// Issue 13, item 9: in the unit's journal, the lines each worker wrote before it exited
+/// ("drained, exiting") come before handover's "worker stopped" about it.
+#[test]
+fn the_journal_has_each_workers_last_lines_before_its_exit() {
+    let sd = boot!(builder("journal-order", &example_config()));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
+    sd.wait_journal(SERVICE, "stopped");
+    let journal = sd.journalctl(&["-o", "json", "-u", SERVICE]);
+    let entries: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let message = |e: &serde_json::Value| e["MESSAGE"].as_str().unwrap_or_default().to_string();
+    let mut checked = 0;
+    for (stopped_at, entry) in entries.iter().enumerate() {
+        if !message(entry).starts_with("worker stopped") {
+            continue;
+        }
+        let pid = entry["HANDOVER_PID"].as_str().expect("HANDOVER_PID");
+        let drained = format!("pid {pid} drained, exiting");
+        let said = entries
+            .iter()
+            .position(|e| message(e).contains(&drained))
+            .unwrap_or_else(|| panic!("no {drained:?} in the journal:\n{journal}"));
+        assert!(
+            said < stopped_at,
+            "worker {pid}'s last line came after handover's line about its exit:\n{}",
+            sd.journalctl(&["-o", "cat", "-u", SERVICE])
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "{journal}");
+}

@@ -10,6 +10,7 @@ mod config;
 mod env;
 mod exit;
 mod gendocs;
+mod logging;
 mod logs;
 mod sockets;
 mod spec;
@@ -481,56 +482,6 @@ fn run_stub(args: &[OsString]) -> ! {
     }
 }
 
-/// Whether handover's stderr is the journal stream systemd set up (`JOURNAL_STREAM` names
-/// its device and inode), as sd_journal_stream_fd's users check it.
-fn stderr_is_journal(environment: &Environment) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(stream) = &environment.journal_stream else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.split_once(':') else {
-        return false;
-    };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
-}
-
-/// Sets up logging; returns whether it goes to the journal natively (then workers' output
-/// is logged line by line with their fields too).
-fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter =
-        || EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if !log_to_stdout && stderr_is_journal(environment) {
-        if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald
-                .with_field_prefix(Some("HANDOVER".into()))
-                .with_syslog_identifier("handover".into());
-            if tracing_subscriber::registry()
-                .with(filter())
-                .with(journald)
-                .try_init()
-                .is_ok()
-            {
-                return true;
-            }
-        }
-    }
-    let builder = fmt()
-        .with_env_filter(filter())
-        .with_target(false)
-        .with_ansi(false);
-    let _ = if log_to_stdout {
-        builder.with_writer(std::io::stdout).try_init()
-    } else {
-        builder.with_writer(std::io::stderr).try_init()
-    };
-    false
-}
-
 /// The supervisor's view of `[logs]`.
 fn output_config(logs: &config::LogsConfig, journal: bool) -> handover_supervisor::OutputConfig {
     handover_supervisor::OutputConfig {
@@ -636,7 +587,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
             }
         }
     }
-    let journal = init_logging(&environment, options.log_to_stdout);
+    let journal = logging::init(&environment, options.log_to_stdout);
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -701,6 +652,9 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(output) => std::sync::Arc::new(output),
         Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
     };
+    // From here on handover's own lines queue behind workers' where they share a
+    // destination; until this returns, after the last of them (the writers then finish).
+    let _routing = logging::Routing::start(output.clone());
     let sockets = match sockets::resolve(&config, inherited) {
         Ok(sockets) => sockets,
         Err(err) => return fail(exit::SOCKETS, err),
@@ -825,8 +779,6 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     ));
     let _ = std::fs::remove_dir_all(&notify_dir);
     drop(control);
-    // What workers wrote last is still on its way to the disk.
-    output.finish(Duration::from_secs(5));
     if let (Some(pipe), Ok(result)) = (&ready_pipe, &result) {
         if let Outcome::StartFailed(reason) = &result.outcome {
             handover_sys::daemon::report(pipe, Err(reason));
