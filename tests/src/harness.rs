@@ -614,6 +614,23 @@ pub fn marked_processes(marker: &str) -> Vec<i32> {
     found
 }
 
+/// The body of `GET /` on 127.0.0.1:`port` (the whole answer after its head), with a
+/// generous deadline.
+pub fn http_get_body(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_string(),
+        _ => panic!("not a 200 answer: {answer:?}"),
+    }
+}
+
 /// A handover sentinel's name, as `ps` shows it: the first 15 bytes of `handover-sentinel`.
 pub const SENTINEL_COMM: &str = "handover-sentin";
 

@@ -547,3 +547,214 @@ count = {WORKERS}
         assert_eq!(checked, WORKERS, "{log}");
     }
 }
+
+/// Whether every directory above `path` lets others through (o+x); `Err` names the first
+/// that does not.
+fn traversable_by_others(path: &std::path::Path) -> Result<(), std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let mode = std::fs::metadata(dir)
+            .map_err(|_| dir.to_path_buf())?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(dir.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// Config for the resource tests: `count` test workers that serve on one socket.
+fn serving_config(port: u16, count: u32) -> String {
+    format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--ready-after", "0", "--serve"]
+count = {count}
+"#
+    )
+}
+
+/// The generation that serves and its workers' pids, from `status --json`.
+fn serving(h: &Handover) -> (u64, Vec<i64>) {
+    let (status, out, err) = h.ctl(&["status", "--json"]);
+    assert!(status.success(), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let generation = json["generations"]
+        .as_array()
+        .expect("generations")
+        .iter()
+        .find(|g| g["state"] == "serving")
+        .expect("a serving generation")
+        .clone();
+    let pids = generation["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["pid"].as_i64())
+        .collect();
+    (generation["generation"].as_u64().unwrap(), pids)
+}
+
+fn serving_generation(h: &Handover) -> u64 {
+    serving(h).0
+}
+
+/// A request on `port` is answered by a worker of the serving generation.
+fn answered_by_serving(h: &Handover, port: u16) {
+    let body = harness::http_get_body(port);
+    let pid: i64 = body
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("answer {body:?}"));
+    let (generation, pids) = serving(h);
+    assert!(
+        pids.contains(&pid),
+        "pid {pid} answered; generation {generation} is {pids:?}"
+    );
+}
+
+/// Item 11: at handover's open-file limit, a reload that needs more fds than are left is
+/// aborted with an error that says so; the old generation serves on, and once the fds are
+/// back (the aborted workers gone) the next reload succeeds.
+#[test]
+fn item11_running_out_of_fds_aborts_a_reload_and_handover_recovers() {
+    let port = free_port();
+    let mut h = Handover::start(
+        "emfile-reload",
+        &serving_config(port, 2),
+        Options {
+            wrapper: vec!["prlimit".into(), "--nofile=64:64".into()],
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 2 workers ready");
+    let (status, out, err) = h.ctl(&["reload", "--workers", "40"]);
+    assert_eq!(status.code(), Some(6), "{out}{err}");
+    assert!(
+        err.contains("reload aborted, generation 1 keeps serving")
+            && err.contains("Too many open files")
+            && err.contains("open-file limit (RLIMIT_NOFILE)"),
+        "{err}"
+    );
+    assert_eq!(serving_generation(&h), 1);
+    answered_by_serving(&h, port);
+    // Only the worker that hit the limit counts as an error; the abandoned ones do not.
+    let errors = h
+        .log
+        .text()
+        .lines()
+        .filter(|l| l.contains("ERROR could not start worker"))
+        .count();
+    assert_eq!(errors, 1, "{}", h.log.text());
+    let (status, out, err) = h.ctl(&["reload", "--workers", "2"]);
+    assert!(status.success(), "the resource is back: {out}{err}");
+    assert_eq!(serving_generation(&h), 3);
+    assert!(h.stop().success());
+}
+
+/// Item 11: when no more processes may be created (RLIMIT_NPROC of the user handover runs
+/// as), a reload is aborted with an error that says so, the old generation serves on, and
+/// the next reload that fits succeeds.
+#[test]
+fn item11_failing_to_fork_aborts_a_reload_and_handover_recovers() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run handover as another user with a process limit");
+        return;
+    }
+    let probe = harness::TempDir::new("nproc-probe");
+    if let Err(dir) = traversable_by_others(probe.path()) {
+        panic!(
+            "{} is not searchable by others, so handover cannot run as user nobody from this \
+             checkout; make it o+x (chmod o+x) or clone elsewhere",
+            dir.display()
+        );
+    }
+    let port = free_port();
+    let mut h = Handover::start(
+        "nproc-reload",
+        &serving_config(port, 2),
+        Options {
+            // As nobody, who may have 24 tasks (threads count too) at most.
+            wrapper: vec![
+                "sh".into(),
+                "-c".into(),
+                "chown -R 65534:65534 {dir} && exec setpriv --reuid=65534 --regid=65534 \
+                 --clear-groups prlimit --nproc=24:24 \"$@\""
+                    .into(),
+                "sh".into(),
+            ],
+            env: vec![("TMPDIR".into(), "/tmp".into())],
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 2 workers ready");
+    let (status, out, err) = h.ctl(&["reload", "--workers", "40"]);
+    assert_eq!(status.code(), Some(6), "{out}{err}");
+    assert!(
+        err.contains("reload aborted, generation 1 keeps serving")
+            && err.contains("no more processes may be created"),
+        "{err}"
+    );
+    assert_eq!(serving_generation(&h), 1);
+    answered_by_serving(&h, port);
+    // The aborted workers go; their processes free the limit again.
+    let (status, out, err) = h.ctl(&["reload", "--workers", "2"]);
+    assert!(status.success(), "{out}{err}");
+    assert_eq!(serving_generation(&h), 3);
+    assert!(h.stop().success());
+}
+
+/// Item 11: with every fd handover may open held by idle control connections, handover does
+/// not spin (accept backs off) and answers again once they are gone; workers serve on.
+#[test]
+fn item11_the_control_socket_at_the_fd_limit_backs_off_and_recovers() {
+    let port = free_port();
+    let mut h = Handover::start(
+        "emfile-control",
+        &serving_config(port, 1),
+        Options {
+            wrapper: vec!["prlimit".into(), "--nofile=40:40".into()],
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 1 workers ready");
+    let socket = h.control_socket();
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..60)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .collect();
+    h.log.wait_for("control socket: accept failed");
+    let cpu = |pid: i32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    };
+    let before = cpu(h.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu(h.pid()) - before;
+    assert!(
+        used < 0.5,
+        "handover used {used:.2}s of CPU in 2s at its fd limit"
+    );
+    // Workers serve on (the request goes to them, not through handover).
+    let body = harness::http_get_body(port);
+    assert!(
+        body.trim().parse::<i64>().is_ok(),
+        "workers serve on: {body:?}"
+    );
+    drop(idle);
+    let (status, out, err) = h.ctl(&["status"]);
+    assert!(status.success(), "answers again: {out}{err}");
+    assert!(out.contains("generation 1 (serving"), "{out}");
+    assert!(h.stop().success());
+}

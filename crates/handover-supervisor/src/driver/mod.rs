@@ -378,7 +378,10 @@ impl Driver {
             }
             Err(err) => self.pending.push_back(Input::SpawnFailed {
                 worker,
-                error: format!("could not prepare its notify socket and pipes: {err}"),
+                error: format!(
+                    "could not prepare its notify socket and pipes: {}",
+                    explain(&err)
+                ),
             }),
         }
     }
@@ -390,7 +393,7 @@ impl Driver {
                 self.workers.remove(&worker);
                 return self.input(Input::SpawnFailed {
                     worker,
-                    error: err.to_string(),
+                    error: explain(&err),
                 });
             }
         };
@@ -548,6 +551,22 @@ fn write_new_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     file.write_all(bytes)
+}
+
+/// An OS error, with what it means when it is a resource running out.
+fn explain(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) => format!(
+            "{err}: no more processes may be created now (the user's RLIMIT_NPROC or the \
+             cgroup's pids.max is reached)"
+        ),
+        Some(libc::EMFILE) => {
+            format!("{err}: handover's open-file limit (RLIMIT_NOFILE) is reached")
+        }
+        Some(libc::ENFILE) => format!("{err}: the system's open-file limit is reached"),
+        Some(libc::ENOMEM) => format!("{err}: out of memory"),
+        _ => err.to_string(),
+    }
 }
 
 /// Writes a core log line through `tracing`, with its fields.
