@@ -1,0 +1,469 @@
+//! The worker recipes of docs/workers/, proven on the real frameworks: every example app of
+//! `examples/workers/` is installed from its registry (see `handover_tests::recipes`) and
+//!
+//! - run as 2 workers under handover, taking its socket by name (it is the second socket, so
+//!   a recipe that took fd 3 would serve the wrong one), and reloaded again and again under
+//!   new-connection load and then under keep-alive load, with not one failed request; every
+//!   old generation drains by itself (nothing is killed, every worker exits 0), and a stop
+//!   completes before the stop timeout;
+//! - run by the real `systemd-socket-activate`, taking fd 3, saying READY=1 (where the recipe
+//!   does), answering, and exiting 0 on SIGTERM.
+//!
+//! A framework that cannot be installed fails its tests, naming what is missing. Deadlines
+//! only guard against hangs, apart from the stop timeout, which is what a stop must beat.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use handover_tests::harness::{
+    self, binary, children_of, collect_output, Handover, Lines, NotifyListener, Options, TempDir,
+    GUARD,
+};
+use handover_tests::loadgen::{self, LoadConfig, Mode, Summary};
+use handover_tests::recipes::{self, example_dir};
+
+/// Reloads in each load mode.
+const RELOADS: u64 = 5;
+/// Workers under handover.
+const COUNT: u64 = 2;
+/// `[worker] stop_timeout`: a stop must complete before it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// One load generator run; runs follow each other until the test stops the load.
+const LOAD_SLICE: Duration = Duration::from_millis(500);
+/// The load never runs longer than this, whatever the test does.
+const LOAD_LIMIT: Duration = Duration::from_secs(300);
+/// Nor does it attempt more requests than this.
+const LOAD_MAX_REQUESTS: u64 = 5_000_000;
+/// Concurrent connections of the load.
+const LOAD_CONCURRENCY: usize = 8;
+
+/// How to run one example app.
+struct Recipe {
+    stack: &'static str,
+    /// The program and its arguments, without the socket's name.
+    command: Vec<String>,
+    /// The arguments that select the inherited socket named `http`.
+    by_name: Vec<String>,
+    /// Extra lines of the `[worker]` section.
+    worker_extra: String,
+    /// Whether the app itself says READY=1 (else handover's `ready = "delay"` is used).
+    notifies: bool,
+}
+
+fn path(p: PathBuf) -> String {
+    p.display().to_string()
+}
+
+fn socket_option() -> Vec<String> {
+    vec!["--socket".into(), "http".into()]
+}
+
+fn python(stack: &'static str, script: &str) -> Recipe {
+    let python = recipes::python_venv(stack);
+    Recipe {
+        stack,
+        command: vec![path(python), path(example_dir(stack).join(script))],
+        by_name: socket_option(),
+        worker_extra: String::new(),
+        notifies: true,
+    }
+}
+
+fn aiohttp() -> Recipe {
+    python("aiohttp", "app.py")
+}
+
+fn uvicorn() -> Recipe {
+    python("uvicorn", "app.py")
+}
+
+fn flask() -> Recipe {
+    python("flask", "app.py")
+}
+
+fn twisted() -> Recipe {
+    python("twisted", "app.py")
+}
+
+fn gunicorn() -> Recipe {
+    let python = recipes::python_venv("gunicorn");
+    let dir = example_dir("gunicorn");
+    Recipe {
+        stack: "gunicorn",
+        command: vec![
+            path(python),
+            "-m".into(),
+            "gunicorn".into(),
+            "--config".into(),
+            path(dir.join("gunicorn.conf.py")),
+            "--chdir".into(),
+            path(dir),
+            "app:app".into(),
+        ],
+        by_name: vec![],
+        worker_extra: "env = { SOCKET_NAME = \"http\" }\n".into(),
+        notifies: true,
+    }
+}
+
+fn express() -> Recipe {
+    let dir = recipes::npm_install("express");
+    let node = recipes::require_tool("node", "nodejs").unwrap_or_else(|e| panic!("{e}"));
+    Recipe {
+        stack: "express",
+        command: vec![path(node), path(dir.join("app.js"))],
+        by_name: socket_option(),
+        worker_extra: String::new(),
+        notifies: true,
+    }
+}
+
+fn go() -> Recipe {
+    Recipe {
+        stack: "go",
+        command: vec![path(recipes::go_build("go"))],
+        by_name: socket_option(),
+        worker_extra: String::new(),
+        notifies: true,
+    }
+}
+
+fn axum() -> Recipe {
+    Recipe {
+        stack: "axum",
+        command: vec![path(recipes::cargo_build("axum", "axum-worker"))],
+        by_name: socket_option(),
+        worker_extra: String::new(),
+        notifies: true,
+    }
+}
+
+fn shell() -> Recipe {
+    recipes::require_tool("systemd-notify", "systemd").unwrap_or_else(|e| panic!("{e}"));
+    Recipe {
+        stack: "shell",
+        command: vec![
+            "/bin/sh".into(),
+            path(example_dir("shell").join("worker.sh")),
+            path(binary("handover-example-http")),
+        ],
+        by_name: socket_option(),
+        worker_extra: String::new(),
+        notifies: true,
+    }
+}
+
+// ---- HTTP by hand -------------------------------------------------------------------------
+
+/// One `GET /` on a fresh connection: the status and the body.
+fn get(port: u16) -> (u16, String) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + GUARD;
+    let mut stream = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(GUARD)).expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+// ---- under handover -----------------------------------------------------------------------
+
+fn config(recipe: &Recipe, admin_port: u16, port: u16) -> String {
+    let command: Vec<String> = recipe
+        .command
+        .iter()
+        .chain(&recipe.by_name)
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let ready = if recipe.notifies {
+        String::new()
+    } else {
+        "ready = \"delay\"\nready_delay = \"2s\"\n".to_owned()
+    };
+    format!(
+        r#"
+# A socket before the app's own, so that taking fd 3 would take the wrong one.
+[[socket]]
+name = "admin"
+listen = "127.0.0.1:{admin_port}"
+
+[[socket]]
+name = "http"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = [{command}]
+count = {COUNT}
+ready_timeout = "60s"
+stop_timeout = "{stop}s"
+{ready}{extra}
+[reload]
+drain_timeout = "{stop}s"
+max_draining = 4
+"#,
+        command = command.join(", "),
+        stop = STOP_TIMEOUT.as_secs(),
+        extra = recipe.worker_extra,
+    )
+}
+
+/// The load generator on the app's port, in the background.
+fn start_load(port: u16, mode: Mode) -> loadgen::Background {
+    let cfg = LoadConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        concurrency: LOAD_CONCURRENCY,
+        duration: LOAD_SLICE,
+        max_requests: LOAD_MAX_REQUESTS,
+        mode,
+        request_timeout: Duration::from_secs(10),
+        path: "/".into(),
+    };
+    let load = loadgen::Background::start(cfg, LOAD_LIMIT);
+    // The first slice proves that the load reaches the workers before anything happens.
+    wait_slices(&load, 1);
+    load
+}
+
+fn wait_slices(load: &loadgen::Background, n: u64) {
+    let deadline = Instant::now() + GUARD;
+    while load.slices() < n {
+        assert!(Instant::now() < deadline, "the load generator is stuck");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lines of handover's log that say a worker was killed, died, or stopped other than by
+/// exiting 0.
+fn unclean_exits(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            l.contains("did not stop in time")
+                || l.contains("worker died")
+                || l.contains("reload aborted")
+                || (l.contains("worker stopped:") && !l.contains("worker stopped: exited with code 0"))
+        })
+        .collect()
+}
+
+fn reloads_lose_nothing_and_stop_in_time(recipe: Recipe) {
+    let admin_port = harness::free_port();
+    let port = harness::free_port();
+    let mut h = Handover::start(
+        &format!("recipe-{}", recipe.stack),
+        &config(&recipe, admin_port, port),
+        Options::default(),
+    );
+    h.log.wait_for(&format!("all {COUNT} workers ready"));
+    let (status, body) = get(port);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("generation 1"), "{body}");
+
+    let mut generation = 1;
+    let mut summaries = Vec::new();
+    for mode in [Mode::NewConnection, Mode::KeepAlive] {
+        let load = start_load(port, mode);
+        for _ in 0..RELOADS {
+            generation += 1;
+            h.signal(libc::SIGHUP);
+            let reloads = (generation - 1) as usize;
+            h.log.wait_for_count("reload done in", reloads);
+            // The old generation drains under the load, by itself, before the next reload.
+            h.log
+                .wait_for_count("generation draining has no workers left", reloads);
+        }
+        // The newest generation serves a while under the load too.
+        let slices = load.slices();
+        wait_slices(&load, slices + 2);
+        let (summary, limited) = load.finish().expect("the load thread");
+        assert!(!limited, "the load stopped by itself: {summary:?}");
+        let json = serde_json::to_string(&summary).unwrap_or_default();
+        eprintln!("{} {mode:?}: {json}", recipe.stack);
+        summaries.push((mode, summary));
+    }
+    for (mode, summary) in &summaries {
+        check_load(&recipe, *mode, summary);
+    }
+    let (status, body) = get(port);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("generation {generation}")),
+        "the newest generation answers: {body}"
+    );
+
+    let began = Instant::now();
+    let status = h.stop();
+    let took = began.elapsed();
+    let log = h.log.text();
+    assert!(status.success(), "handover exited with {status}; log:\n{log}");
+    assert!(
+        took < STOP_TIMEOUT,
+        "the stop took {took:?}, not less than the stop timeout; log:\n{log}"
+    );
+    let unclean = unclean_exits(&log);
+    assert!(
+        unclean.is_empty(),
+        "workers that did not exit 0 by themselves: {unclean:#?}\nlog:\n{log}"
+    );
+    let started = h.log.count("worker started");
+    assert_eq!(
+        h.log.count("worker stopped: exited with code 0"),
+        started,
+        "every worker started exited 0; log:\n{log}"
+    );
+}
+
+fn check_load(recipe: &Recipe, mode: Mode, summary: &Summary) {
+    let json = serde_json::to_string(summary).unwrap_or_default();
+    assert_eq!(
+        summary.failed(),
+        0,
+        "{} under {mode:?} load: requests failed across {RELOADS} reloads: {json}",
+        recipe.stack
+    );
+    // The load generator retries a request once when a reused keep-alive connection was
+    // closed before any byte of the answer (as RFC 9112 allows); a client that does not would
+    // have failed it. A polite drain announces every close with "Connection: close" first.
+    assert_eq!(
+        summary.idle_close_retries, 0,
+        "{} under {mode:?} load: keep-alive connections closed without \"Connection: close\" \
+         across {RELOADS} reloads: {json}",
+        recipe.stack
+    );
+    assert!(summary.ok > 0, "no request succeeded: {json}");
+    // Two workers per generation: more than two pids means more than one generation answered.
+    assert!(
+        summary.pids.len() > COUNT as usize,
+        "{} under {mode:?} load: answers came from one generation only: {json}",
+        recipe.stack
+    );
+}
+
+// ---- under systemd-socket-activate --------------------------------------------------------
+
+/// A process killed and reaped when the guard goes away.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn runs_under_systemd_socket_activate(recipe: Recipe) {
+    recipes::require_tool("systemd-socket-activate", "systemd").unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new(&format!("recipe-activate-{}", recipe.stack));
+    let mut notify = NotifyListener::new(dir.path());
+    let port = harness::free_port();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--fdname=http")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify.path().display()))
+        .arg("-E")
+        .arg("PATH");
+    cmd.arg("--")
+        .args(&recipe.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Proc(cmd.spawn().expect("spawn systemd-socket-activate"));
+    let log = Lines::default();
+    collect_output(child.0.stdout.take().expect("stdout"), log.clone(), true);
+    collect_output(child.0.stderr.take().expect("stderr"), log.clone(), true);
+    log.wait_for("Listening on");
+    let pid = child.0.id() as i32;
+
+    // The first connection makes systemd-socket-activate exec the app in place.
+    let (status, body) = get(port);
+    assert_eq!(status, 200, "{body}");
+    if recipe.notifies {
+        notify.wait_for("READY=1");
+    }
+    let answered = loadgen::pid_in_body(body.as_bytes()) as i32;
+    assert!(
+        answered == pid || children_of(pid).contains(&answered),
+        "the answer names pid {answered}, neither the activated app {pid} nor one of its \
+         children: {body}"
+    );
+    for _ in 0..20 {
+        let (status, body) = get(port);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    harness::kill(pid, libc::SIGTERM);
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            began.elapsed() < STOP_TIMEOUT,
+            "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM; output:\n{}",
+            recipe.stack,
+            log.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{} exited with {status} on SIGTERM; output:\n{}",
+        recipe.stack,
+        log.text()
+    );
+}
+
+// ---- the recipes --------------------------------------------------------------------------
+
+macro_rules! recipe_tests {
+    ($($stack:ident),* $(,)?) => {
+        mod under_handover {
+            $(
+                /// 2 workers, reloads under new-connection and keep-alive load, 0 failures,
+                /// and a stop before the stop timeout.
+                #[test]
+                fn $stack() {
+                    super::reloads_lose_nothing_and_stop_in_time(super::$stack());
+                }
+            )*
+        }
+        mod under_systemd_socket_activate {
+            $(
+                /// fd 3 from the real systemd-socket-activate, READY=1, answers, exit 0.
+                #[test]
+                fn $stack() {
+                    super::runs_under_systemd_socket_activate(super::$stack());
+                }
+            )*
+        }
+    };
+}
+
+recipe_tests!(aiohttp, uvicorn, gunicorn, flask, twisted, express, go, axum, shell);
