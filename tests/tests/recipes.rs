@@ -47,8 +47,10 @@ struct Recipe {
     command: Vec<String>,
     /// The arguments that select the inherited socket named `http`.
     by_name: Vec<String>,
-    /// Extra lines of the `[worker]` section.
-    worker_extra: String,
+    /// Environment of the app, under handover and systemd-socket-activate alike.
+    env: Vec<(&'static str, &'static str)>,
+    /// Environment that selects the inherited socket named `http`, for apps without options.
+    by_name_env: Vec<(&'static str, &'static str)>,
     /// Whether the app itself says READY=1 (else handover's `ready = "delay"` is used).
     notifies: bool,
 }
@@ -67,7 +69,9 @@ fn python(stack: &'static str, script: &str) -> Recipe {
         stack,
         command: vec![path(python), path(example_dir(stack).join(script))],
         by_name: socket_option(),
-        worker_extra: String::new(),
+        // Keeps the examples' folders free of __pycache__.
+        env: vec![("PYTHONDONTWRITEBYTECODE", "1")],
+        by_name_env: vec![],
         notifies: true,
     }
 }
@@ -104,7 +108,8 @@ fn gunicorn() -> Recipe {
             "app:app".into(),
         ],
         by_name: vec![],
-        worker_extra: "env = { SOCKET_NAME = \"http\" }\n".into(),
+        env: vec![("PYTHONDONTWRITEBYTECODE", "1")],
+        by_name_env: vec![("SOCKET_NAME", "http")],
         notifies: true,
     }
 }
@@ -116,7 +121,8 @@ fn express() -> Recipe {
         stack: "express",
         command: vec![path(node), path(dir.join("app.js"))],
         by_name: socket_option(),
-        worker_extra: String::new(),
+        env: vec![],
+        by_name_env: vec![],
         notifies: true,
     }
 }
@@ -126,7 +132,8 @@ fn go() -> Recipe {
         stack: "go",
         command: vec![path(recipes::go_build("go"))],
         by_name: socket_option(),
-        worker_extra: String::new(),
+        env: vec![],
+        by_name_env: vec![],
         notifies: true,
     }
 }
@@ -136,7 +143,8 @@ fn axum() -> Recipe {
         stack: "axum",
         command: vec![path(recipes::cargo_build("axum", "axum-worker"))],
         by_name: socket_option(),
-        worker_extra: String::new(),
+        env: vec![],
+        by_name_env: vec![],
         notifies: true,
     }
 }
@@ -151,7 +159,8 @@ fn shell() -> Recipe {
             path(binary("handover-example-http")),
         ],
         by_name: socket_option(),
-        worker_extra: String::new(),
+        env: vec![],
+        by_name_env: vec![],
         notifies: true,
     }
 }
@@ -205,6 +214,12 @@ fn config(recipe: &Recipe, admin_port: u16, port: u16) -> String {
     } else {
         "ready = \"delay\"\nready_delay = \"2s\"\n".to_owned()
     };
+    let env: Vec<String> = recipe
+        .env
+        .iter()
+        .chain(&recipe.by_name_env)
+        .map(|(k, v)| format!("{k} = {v:?}"))
+        .collect();
     format!(
         r#"
 # A socket before the app's own, so that taking fd 3 would take the wrong one.
@@ -221,14 +236,15 @@ command = [{command}]
 count = {COUNT}
 ready_timeout = "60s"
 stop_timeout = "{stop}s"
-{ready}{extra}
+env = {{ {env} }}
+{ready}
 [reload]
 drain_timeout = "{stop}s"
 max_draining = 4
 "#,
         command = command.join(", "),
         stop = STOP_TIMEOUT.as_secs(),
-        extra = recipe.worker_extra,
+        env = env.join(", "),
     )
 }
 
@@ -388,6 +404,9 @@ fn runs_under_systemd_socket_activate(recipe: Recipe) {
         .arg(format!("NOTIFY_SOCKET={}", notify.path().display()))
         .arg("-E")
         .arg("PATH");
+    for (key, value) in &recipe.env {
+        cmd.arg("-E").arg(format!("{key}={value}"));
+    }
     cmd.arg("--")
         .args(&recipe.command)
         .stdin(Stdio::null())
