@@ -7,10 +7,10 @@
 //! what is missing (a tool, a Debian package, the registry); nothing is skipped. The system
 //! tools (python3 with venv, node and npm, go) are Debian packages that `.ci/run` installs.
 
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 

@@ -14,13 +14,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use handover_tests::harness::{
-    self, binary, children_of, collect_output, Handover, Lines, NotifyListener, Options, TempDir,
-    GUARD,
+    self, binary, children_of, collect_output, Handover, Lines, Options, TempDir, GUARD,
 };
 use handover_tests::loadgen::{self, LoadConfig, Mode, Summary};
 use handover_tests::recipes::{self, example_dir};
@@ -281,7 +283,8 @@ fn unclean_exits(log: &str) -> Vec<&str> {
             l.contains("did not stop in time")
                 || l.contains("worker died")
                 || l.contains("reload aborted")
-                || (l.contains("worker stopped:") && !l.contains("worker stopped: exited with code 0"))
+                || (l.contains("worker stopped:")
+                    && !l.contains("worker stopped: exited with code 0"))
         })
         .collect()
 }
@@ -335,7 +338,10 @@ fn reloads_lose_nothing_and_stop_in_time(recipe: Recipe) {
     let status = h.stop();
     let took = began.elapsed();
     let log = h.log.text();
-    assert!(status.success(), "handover exited with {status}; log:\n{log}");
+    assert!(
+        status.success(),
+        "handover exited with {status}; log:\n{log}"
+    );
     assert!(
         took < STOP_TIMEOUT,
         "the stop took {took:?}, not less than the stop timeout; log:\n{log}"
@@ -391,17 +397,83 @@ impl Drop for Proc {
     }
 }
 
+/// A `NOTIFY_SOCKET` read all the time, on a thread of its own, as a service manager does:
+/// `systemd-notify` waits until its message was received (its BARRIER=1), so nothing may be
+/// left unread while the app starts.
+struct NotifyRecorder {
+    path: PathBuf,
+    received: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifyRecorder {
+    fn new(path: &std::path::Path) -> NotifyRecorder {
+        let socket = UnixDatagram::bind(path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("set a read timeout");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 8192];
+                // Ends when the recorder is dropped; a plain recv() also closes passed fds.
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        received.lock().expect("lock").push(text);
+                    }
+                }
+            })
+        };
+        NotifyRecorder {
+            path: path.to_path_buf(),
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits (guarded) for a datagram with the line `line`.
+    fn wait_for(&self, line: &str) {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let received = self.received.lock().expect("lock").clone();
+            if received.iter().any(|d| d.lines().any(|l| l == line)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} arrived; got {received:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for NotifyRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn runs_under_systemd_socket_activate(recipe: Recipe) {
     recipes::require_tool("systemd-socket-activate", "systemd").unwrap_or_else(|e| panic!("{e}"));
     let dir = TempDir::new(&format!("recipe-activate-{}", recipe.stack));
-    let mut notify = NotifyListener::new(dir.path());
+    let notify = NotifyRecorder::new(&dir.path().join("notify.sock"));
+    let notify_path = notify.path.clone();
     let port = harness::free_port();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.arg("-l")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--fdname=http")
         .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify.path().display()))
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
         .arg("-E")
         .arg("PATH");
     for (key, value) in &recipe.env {
@@ -419,6 +491,8 @@ fn runs_under_systemd_socket_activate(recipe: Recipe) {
     log.wait_for("Listening on");
     let pid = child.0.id() as i32;
 
+    // Notifications are read while the app starts: systemd-notify waits until its message
+    // was received.
     // The first connection makes systemd-socket-activate exec the app in place.
     let (status, body) = get(port);
     assert_eq!(status, 200, "{body}");

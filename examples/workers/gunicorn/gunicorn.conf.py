@@ -59,6 +59,9 @@ def post_worker_init(worker):
     if not _notify_socket:
         return
     address = "\0" + _notify_socket[1:] if _notify_socket.startswith("@") else _notify_socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(b"READY=1")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(b"READY=1")
+    except OSError as error:
+        worker.log.warning("cannot send READY=1 to %r: %s", _notify_socket, error)

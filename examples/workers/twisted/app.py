@@ -62,9 +62,13 @@ def notify(state):
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as error:
+        # Not fatal: a worker that cannot notify still serves, and handover judges it.
+        print(f"cannot notify {address!r}: {error}", file=sys.stderr, flush=True)
 
 
 class Hello(resource.Resource):
