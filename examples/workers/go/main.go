@@ -122,6 +122,11 @@ func (w *closeWhileDraining) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
+// Unwrap lets http.NewResponseController (Go 1.20) reach the writer's Flush and Hijack.
+func (w *closeWhileDraining) Unwrap() http.ResponseWriter {
+	return w.ResponseWriter
+}
+
 func politely(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cw := &closeWhileDraining{ResponseWriter: w}
