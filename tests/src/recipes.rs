@@ -169,8 +169,12 @@ fn tool_version(program: &Path, arg: &str) -> Result<String, Missing> {
     ))
 }
 
-/// Installs once per test process (and per stack), however many tests ask.
-fn once(stack: &str, install: impl FnOnce() -> Result<PathBuf, Missing>) -> PathBuf {
+/// Installs once per test process (and per stack), however many tests ask; a failure is kept
+/// and returned to every later caller too.
+fn once(
+    stack: &str,
+    install: impl FnOnce() -> Result<PathBuf, Missing>,
+) -> Result<PathBuf, Missing> {
     type Cell = Arc<OnceLock<Result<PathBuf, Missing>>>;
     static CELLS: OnceLock<Mutex<BTreeMap<String, Cell>>> = OnceLock::new();
     let cell: Cell = {
@@ -184,15 +188,14 @@ fn once(stack: &str, install: impl FnOnce() -> Result<PathBuf, Missing>) -> Path
         let _lock = DirLock::take(stack);
         install()
     });
-    match result {
-        Ok(path) => path.clone(),
-        Err(missing) => panic!("the {stack} recipe cannot be installed: {missing}"),
-    }
+    result
+        .clone()
+        .map_err(|missing| Missing(format!("the {stack} recipe cannot be installed: {missing}")))
 }
 
 /// A virtual environment with `examples/workers/<stack>/requirements.txt` installed from
 /// PyPI; returns its `python`.
-pub fn python_venv(stack: &str) -> PathBuf {
+pub fn python_venv(stack: &str) -> Result<PathBuf, Missing> {
     once(stack, || {
         let python = require_tool("python3", "python3")?;
         let requirements = example_dir(stack).join("requirements.txt");
@@ -231,7 +234,7 @@ pub fn python_venv(stack: &str) -> PathBuf {
 
 /// A copy of `examples/workers/<stack>` with its `package-lock.json` installed from npm;
 /// returns the directory.
-pub fn npm_install(stack: &str) -> PathBuf {
+pub fn npm_install(stack: &str) -> Result<PathBuf, Missing> {
     once(stack, || {
         let node = require_tool("node", "nodejs")?;
         let npm = require_tool("npm", "npm")?;
@@ -274,7 +277,7 @@ pub fn npm_install(stack: &str) -> PathBuf {
 
 /// `examples/workers/<stack>` built with the Debian Go toolchain (standard library only, so
 /// nothing is downloaded); returns the binary.
-pub fn go_build(stack: &str) -> PathBuf {
+pub fn go_build(stack: &str) -> Result<PathBuf, Missing> {
     once(stack, || {
         let go = require_tool("go", "golang-go")?;
         let out = cache_dir().join(stack).join("app");
@@ -295,7 +298,7 @@ pub fn go_build(stack: &str) -> PathBuf {
 
 /// `examples/workers/<stack>`, a Cargo project of its own, built with its `Cargo.lock` from
 /// crates.io; returns the binary named `bin`.
-pub fn cargo_build(stack: &str, bin: &str) -> PathBuf {
+pub fn cargo_build(stack: &str, bin: &str) -> Result<PathBuf, Missing> {
     once(stack, || {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target = cache_dir().join(stack).join("target");

@@ -61,12 +61,33 @@ fn path(p: PathBuf) -> String {
     p.display().to_string()
 }
 
+/// The path an install made, or the test fails naming what is missing.
+fn installed(result: Result<PathBuf, recipes::Missing>) -> PathBuf {
+    result.unwrap_or_else(|missing| panic!("{missing}"))
+}
+
+/// Installs every recipe once, before any test runs its load, so that no download or build
+/// competes with a reload for the CPU. Failures are kept, and fail only their own stack's
+/// tests.
+fn install_all() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        for stack in ["aiohttp", "uvicorn", "gunicorn", "flask", "twisted"] {
+            let _ = recipes::python_venv(stack);
+        }
+        let _ = recipes::npm_install("express");
+        let _ = recipes::go_build("go");
+        let _ = recipes::cargo_build("axum", "axum-worker");
+    });
+}
+
 fn socket_option() -> Vec<String> {
     vec!["--socket".into(), "http".into()]
 }
 
 fn python(stack: &'static str, script: &str) -> Recipe {
-    let python = recipes::python_venv(stack);
+    install_all();
+    let python = installed(recipes::python_venv(stack));
     Recipe {
         stack,
         command: vec![path(python), path(example_dir(stack).join(script))],
@@ -95,7 +116,8 @@ fn twisted() -> Recipe {
 }
 
 fn gunicorn() -> Recipe {
-    let python = recipes::python_venv("gunicorn");
+    install_all();
+    let python = installed(recipes::python_venv("gunicorn"));
     let dir = example_dir("gunicorn");
     Recipe {
         stack: "gunicorn",
@@ -117,7 +139,8 @@ fn gunicorn() -> Recipe {
 }
 
 fn express() -> Recipe {
-    let dir = recipes::npm_install("express");
+    install_all();
+    let dir = installed(recipes::npm_install("express"));
     let node = recipes::require_tool("node", "nodejs").unwrap_or_else(|e| panic!("{e}"));
     Recipe {
         stack: "express",
@@ -132,7 +155,10 @@ fn express() -> Recipe {
 fn go() -> Recipe {
     Recipe {
         stack: "go",
-        command: vec![path(recipes::go_build("go"))],
+        command: vec![path({
+            install_all();
+            installed(recipes::go_build("go"))
+        })],
         by_name: socket_option(),
         env: vec![],
         by_name_env: vec![],
@@ -143,7 +169,10 @@ fn go() -> Recipe {
 fn axum() -> Recipe {
     Recipe {
         stack: "axum",
-        command: vec![path(recipes::cargo_build("axum", "axum-worker"))],
+        command: vec![path({
+            install_all();
+            installed(recipes::cargo_build("axum", "axum-worker"))
+        })],
         by_name: socket_option(),
         env: vec![],
         by_name_env: vec![],
@@ -152,6 +181,7 @@ fn axum() -> Recipe {
 }
 
 fn shell() -> Recipe {
+    install_all();
     recipes::require_tool("systemd-notify", "systemd").unwrap_or_else(|e| panic!("{e}"));
     Recipe {
         stack: "shell",
