@@ -39,6 +39,8 @@ const LOAD_SLICE: Duration = Duration::from_millis(500);
 const LOAD_LIMIT: Duration = Duration::from_secs(300);
 /// Nor does it attempt more requests than this.
 const LOAD_MAX_REQUESTS: u64 = 5_000_000;
+/// Waiting for a reload or a drain gives up after this long: a guard against hangs only.
+const RELOAD_GUARD: Duration = Duration::from_secs(120);
 /// Concurrent connections of the load.
 const LOAD_CONCURRENCY: usize = 8;
 
@@ -305,6 +307,21 @@ fn wait_slices(load: &loadgen::Background, n: u64) {
     }
 }
 
+/// Waits until `count` lines of handover's log contain `needle`. The guard is longer than the
+/// harness's: a reload of a Python or Node app on a loaded two-core machine may take a while,
+/// and this only guards against a hang.
+fn wait_for_count(h: &Handover, needle: &str, count: usize) {
+    let deadline = Instant::now() + RELOAD_GUARD;
+    while h.log.count(needle) < count {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {count} line(s) containing {needle:?}; log:\n{}",
+            h.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Lines of handover's log that say a worker was killed, died, or stopped other than by
 /// exiting 0.
 fn unclean_exits(log: &str) -> Vec<&str> {
@@ -327,7 +344,7 @@ fn reloads_lose_nothing_and_stop_in_time(recipe: Recipe) {
         &config(&recipe, admin_port, port),
         Options::default(),
     );
-    h.log.wait_for(&format!("all {COUNT} workers ready"));
+    wait_for_count(&h, &format!("all {COUNT} workers ready"), 1);
     let (status, body) = get(port);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("generation 1"), "{body}");
@@ -340,10 +357,9 @@ fn reloads_lose_nothing_and_stop_in_time(recipe: Recipe) {
             generation += 1;
             h.signal(libc::SIGHUP);
             let reloads = (generation - 1) as usize;
-            h.log.wait_for_count("reload done in", reloads);
+            wait_for_count(&h, "reload done in", reloads);
             // The old generation drains under the load, by itself, before the next reload.
-            h.log
-                .wait_for_count("generation draining has no workers left", reloads);
+            wait_for_count(&h, "generation draining has no workers left", reloads);
         }
         // The newest generation serves a while under the load too.
         let slices = load.slices();

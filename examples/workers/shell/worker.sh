@@ -25,9 +25,11 @@ test -x "$1" || command -v "$1" >/dev/null || {
 
 # READY=1 now, just before the server takes over: connections that arrive until it accepts
 # wait in the kernel's queue of the socket handover holds, so none is lost. systemd-notify
-# sends from a pid of its own, which handover's default notify_access = "all" accepts.
+# sends from a pid of its own, which handover's default notify_access = "all" accepts, then
+# waits until the message was received. If it fails, the server still starts: READY=1 may
+# have arrived all the same, and if not, handover's ready_timeout says so.
 if [ -n "${NOTIFY_SOCKET:-}" ]; then
-    systemd-notify --ready
+    systemd-notify --ready || echo "worker.sh: systemd-notify --ready failed" >&2
 fi
 # The server is not meant to talk to handover.
 unset NOTIFY_SOCKET
