@@ -6,8 +6,8 @@
 //!   new-connection load and then under keep-alive load, with not one failed request; every
 //!   old generation drains by itself (nothing is killed, every worker exits 0), and a stop
 //!   completes before the stop timeout;
-//! - run by the real `systemd-socket-activate`, taking fd 3, saying READY=1 (where the recipe
-//!   does), answering, and exiting 0 on SIGTERM.
+//! - run by the real `systemd-socket-activate`, taking fd 3, saying READY=1, answering, and
+//!   exiting 0 on SIGTERM.
 //!
 //! A framework that cannot be installed fails its tests, naming what is missing. Deadlines
 //! only guard against hangs, apart from the stop timeout, which is what a stop must beat.
@@ -55,8 +55,6 @@ struct Recipe {
     env: Vec<(&'static str, &'static str)>,
     /// Environment that selects the inherited socket named `http`, for apps without options.
     by_name_env: Vec<(&'static str, &'static str)>,
-    /// Whether the app itself says READY=1 (else handover's `ready = "delay"` is used).
-    notifies: bool,
 }
 
 fn path(p: PathBuf) -> String {
@@ -97,7 +95,6 @@ fn python(stack: &'static str, script: &str) -> Recipe {
         // Keeps the examples' folders free of __pycache__.
         env: vec![("PYTHONDONTWRITEBYTECODE", "1")],
         by_name_env: vec![],
-        notifies: true,
     }
 }
 
@@ -136,7 +133,6 @@ fn gunicorn() -> Recipe {
         by_name: vec![],
         env: vec![("PYTHONDONTWRITEBYTECODE", "1")],
         by_name_env: vec![("SOCKET_NAME", "http")],
-        notifies: true,
     }
 }
 
@@ -150,35 +146,30 @@ fn express() -> Recipe {
         by_name: socket_option(),
         env: vec![],
         by_name_env: vec![],
-        notifies: true,
     }
 }
 
 fn go() -> Recipe {
+    install_all();
+    let program = installed(recipes::go_build("go"));
     Recipe {
         stack: "go",
-        command: vec![path({
-            install_all();
-            installed(recipes::go_build("go"))
-        })],
+        command: vec![path(program)],
         by_name: socket_option(),
         env: vec![],
         by_name_env: vec![],
-        notifies: true,
     }
 }
 
 fn axum() -> Recipe {
+    install_all();
+    let program = installed(recipes::cargo_build("axum", "axum-worker"));
     Recipe {
         stack: "axum",
-        command: vec![path({
-            install_all();
-            installed(recipes::cargo_build("axum", "axum-worker"))
-        })],
+        command: vec![path(program)],
         by_name: socket_option(),
         env: vec![],
         by_name_env: vec![],
-        notifies: true,
     }
 }
 
@@ -195,7 +186,6 @@ fn shell() -> Recipe {
         by_name: socket_option(),
         env: vec![],
         by_name_env: vec![],
-        notifies: true,
     }
 }
 
@@ -243,11 +233,6 @@ fn config(recipe: &Recipe, admin_port: u16, port: u16) -> String {
         .chain(&recipe.by_name)
         .map(|a| format!("{a:?}"))
         .collect();
-    let ready = if recipe.notifies {
-        String::new()
-    } else {
-        "ready = \"delay\"\nready_delay = \"2s\"\n".to_owned()
-    };
     let env: Vec<String> = recipe
         .env
         .iter()
@@ -271,7 +256,7 @@ count = {COUNT}
 ready_timeout = "60s"
 stop_timeout = "{stop}s"
 env = {{ {env} }}
-{ready}
+
 [reload]
 drain_timeout = "{stop}s"
 max_draining = 4
@@ -542,9 +527,7 @@ fn runs_under_systemd_socket_activate(recipe: Recipe) {
     // The first connection makes systemd-socket-activate exec the app in place.
     let (status, body) = get(port);
     assert_eq!(status, 200, "{body}");
-    if recipe.notifies {
-        notify.wait_for("READY=1");
-    }
+    notify.wait_for("READY=1");
     let answered = loadgen::pid_in_body(body.as_bytes()) as i32;
     assert!(
         answered == pid || children_of(pid).contains(&answered),
