@@ -382,7 +382,8 @@ fn reloads_lose_nothing_and_stop_in_time(recipe: Recipe) {
         unclean.is_empty(),
         "workers that did not exit 0 by themselves: {unclean:#?}\nlog:\n{log}"
     );
-    let started = h.log.count("worker started");
+    // The message and its fields, so that no other line mentioning a started worker counts.
+    let started = h.log.count("worker started generation=");
     assert_eq!(
         h.log.count("worker stopped: exited with code 0"),
         started,
