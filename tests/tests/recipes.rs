@@ -382,8 +382,8 @@ fn reloads_lose_nothing_and_stop_in_time(recipe: Recipe) {
         unclean.is_empty(),
         "workers that did not exit 0 by themselves: {unclean:#?}\nlog:\n{log}"
     );
-    // The message and its fields, so that no other line mentioning a started worker counts.
-    let started = h.log.count("worker started generation=");
+    // With its level, so that no warning that mentions a started worker counts.
+    let started = h.log.count("INFO worker started generation=");
     assert_eq!(
         h.log.count("worker stopped: exited with code 0"),
         started,
