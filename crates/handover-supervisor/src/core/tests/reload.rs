@@ -446,11 +446,13 @@ fn signal_reloads_start_at_most_once_a_second() {
         );
         sim.resolved(reload, spec(1), policy());
         sim.up(&[reload + 1]);
+        sim.exited(reload, 0); // the old worker drains and goes
         sim.after(ms(1_000));
     }
     sim.input(Input::Reload);
     sim.resolved(4, spec(1), policy());
     sim.up(&[5]);
+    sim.exited(4, 0);
     assert_eq!(
         sim.input(Input::Reload),
         Vec::<String>::new(),
