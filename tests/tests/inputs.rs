@@ -306,26 +306,46 @@ fn exec_failures_name_the_cause() {
     }
 }
 
-/// A notify directory left by a killed run whose pid handover now has is replaced, and those
-/// of other dead pids are swept.
+/// Notify directories left by killed runs are swept, but only those whose lock nobody holds:
+/// one whose owner lives (even under a pid that means nothing here, as in another pid
+/// namespace that shares the directory) is kept. An older version's directory, without a
+/// lock, goes when its pid is gone.
 #[test]
-fn stale_notify_directories_are_replaced() {
-    // `exec` keeps the shell's pid for handover, so `handover.$$.notify` is exactly the
-    // directory it wants; a never-ready worker makes this run end by itself.
-    let config = "[handover]\nruntime_dir = \"{dir}\"\n\n[worker]\ncommand = [\"{worker}\"]\nready_timeout = \"200ms\"\n";
-    let (code, text) = sh(
-        "stale-notify",
-        config,
-        r#"mkdir "$PWD/handover.$$.notify" "$PWD/handover.999999999.notify"; exec "$H" start --config "$C""#,
-    );
-    assert!(!text.contains("File exists"), "{text}");
-    assert!(text.contains("removed 1 notify directory"), "{text}");
+fn stale_notify_directories_are_swept_by_their_lock() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new("stale-notify");
+    let live = dir.path().join("handover.999999998-1.notify");
+    let dead = dir.path().join("handover.999999997-1.notify");
+    let old = dir.path().join("handover.999999999.notify");
+    for d in [&live, &dead, &old] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let lock = |d: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .open(d.join(".lock"))
+            .unwrap()
+    };
+    let held = lock(&live);
+    // SAFETY: flock on a file we opened.
     assert_eq!(
-        code,
-        Some(1),
-        "the start itself fails only by the ready timeout: {text}"
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
     );
-    assert!(text.contains("not ready within 200ms"), "{text}");
+    drop(lock(&dead));
+    let config = format!(
+        "[handover]\nruntime_dir = \"{}\"\n\n[worker]\ncommand = [\"{{worker}}\"]\nready_timeout = \"200ms\"\n",
+        dir.path().display()
+    );
+    let mut h = Handover::start("stale-notify-run", &config, Options::default());
+    assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
+    let text = h.log.text();
+    assert!(text.contains("removed 2 notify directories"), "{text}");
+    assert!(live.exists(), "the directory whose lock is held stays");
+    assert!(!dead.exists() && !old.exists());
+    drop(held);
 }
 
 /// `--log-to-stdout`: handover's log goes to stdout, not stderr.

@@ -176,15 +176,18 @@ impl Rig {
         self.h.signal(libc::SIGHUP);
     }
 
-    /// Reload number `n` (from 1) of a run of successful reloads: SIGHUP, then wait until it
-    /// is done. At most `max_draining - 1` old generations are left draining before it.
+    /// Reload number `n` (from 1) of a run of successful reloads: `handover reload` (as
+    /// ExecReload= runs it), which returns once it is done. At most `max_draining - 1` old
+    /// generations are left draining before it. (SIGHUP reloads start at most once a second;
+    /// the tests about SIGHUP send it themselves.)
     fn reload(&self, n: usize) {
         if n > 3 {
             self.h
                 .log
                 .wait_for_count("generation draining has no workers left", n - 3);
         }
-        self.sighup();
+        let (status, out, err) = self.h.ctl(&["reload"]);
+        assert!(status.success(), "reload {n}: {out}{err}");
         self.h.log.wait_for_count("reload done in", n);
     }
 

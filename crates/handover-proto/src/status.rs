@@ -158,6 +158,17 @@ pub struct SocketStatus {
     pub fd: u32,
     /// Whether systemd passed it.
     pub from_systemd: bool,
+    /// `steered` (each generation has its own socket; new connections go to the generation
+    /// that should get them) or `shared` (every generation shares this one).
+    #[serde(default = "shared")]
+    pub mode: String,
+    /// Why a shared socket is not steered.
+    #[serde(default)]
+    pub shared_because: Option<String>,
+}
+
+fn shared() -> String {
+    "shared".into()
 }
 
 /// One log file of workers' output.
@@ -220,6 +231,8 @@ mod tests {
                 address: "127.0.0.1:8080".into(),
                 fd: 3,
                 from_systemd: false,
+                mode: "steered".into(),
+                shared_because: None,
             }],
             logs: vec![LogFileStatus {
                 path: "/var/log/app.log".into(),

@@ -17,6 +17,7 @@ mod core;
 mod driver;
 pub mod output;
 pub mod plan;
+pub mod steering;
 mod systemd;
 mod worker;
 
@@ -25,7 +26,7 @@ use std::sync::Arc;
 pub use control::{AbortCause, Command, Outcome, ReloadError, ReloadOverrides};
 pub use driver::{run, RunResult};
 pub use output::{Output, OutputConfig, Rotation, Sink};
-pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy};
+pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy, SocketMode};
 pub use worker::is_reserved_var;
 
 /// Makes the plan of a reload's new generation (re-reading the configuration, binding new

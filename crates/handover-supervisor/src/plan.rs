@@ -22,6 +22,26 @@ pub struct ListenSocket {
     /// For a socket handover bound: the configured `listen` value, to tell on reload whether
     /// the configuration still asks for the same socket.
     pub configured: Option<String>,
+    /// Whether this generation's socket is its own member of a steered group, or shared by
+    /// every generation (and why).
+    pub mode: SocketMode,
+}
+
+/// How generations use a configured socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketMode {
+    /// Each generation has its own member of the socket's `SO_REUSEPORT` group; new
+    /// connections go where the selector says (`crate::steering`).
+    Steered,
+    /// Every generation shares this very socket; the text says why it is not steered.
+    Shared(String),
+}
+
+impl ListenSocket {
+    /// Whether this socket is steered.
+    pub fn is_steered(&self) -> bool {
+        self.mode == SocketMode::Steered
+    }
 }
 
 /// How a worker tells it is ready.
@@ -87,6 +107,9 @@ pub struct ReloadPolicy {
     pub max_extra: u32,
     /// Start one new worker first, the rest once it is ready.
     pub canary: bool,
+    /// With steering: the percentage of new connections a ready canary gets before the rest
+    /// of its generation starts (0: none).
+    pub canary_share: u32,
     /// At most this many generations draining at once.
     pub max_draining: u32,
 }
@@ -112,6 +135,8 @@ pub struct Plan {
     pub watchdog_min_workers: u32,
     /// Where workers' output goes.
     pub output: Arc<crate::output::Output>,
+    /// Steered sockets' groups and selectors; none when no socket is steered.
+    pub steering: Option<Arc<crate::steering::Steering>>,
     /// Kills workers' process groups if handover dies; the spawner records them, the
     /// supervisor forgets each before reaping its leader.
     pub sentinel: Option<Arc<handover_sys::sentinel::Sentinel>>,

@@ -205,35 +205,60 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Creates a private directory for notify sockets: mode 0711 (others may reach a socket whose
-/// name they know and whose file permits them, but cannot list or create entries), owned by
-/// the caller. `path` must not exist yet.
-pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    // The name carries handover's pid, so an existing directory was left by a dead process
-    // that had the same pid (a SIGKILLed run leaves it behind): remove it, but only if it is
-    // a real directory of ours, never through a symlink.
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.is_dir() && meta.uid() == crate::users::effective_uid() {
-            std::fs::remove_dir_all(path)?;
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a directory of ours", path.display()),
-            ));
-        }
-    }
-    std::fs::DirBuilder::new().mode(0o711).create(path)?;
-    // The umask may have cleared bits; set the mode exactly.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+/// A private directory for notify sockets, and the lock that says it is in use.
+#[derive(Debug)]
+pub struct NotifyDir {
+    path: PathBuf,
+    /// Held for the supervisor's lifetime: a sweep removes only directories whose lock it can
+    /// take, whatever pid namespace their owner lives in.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
-/// Removes `handover.PID.notify` directories in `base` left by handover processes that are
-/// gone (a SIGKILLed run cannot clean up after itself). Only real directories owned by this
-/// user and named for a pid that no longer exists are touched. Returns how many went.
+impl NotifyDir {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The name of the lock file in a notify directory.
+const LOCK_NAME: &str = ".lock";
+
+/// Creates a private directory for notify sockets in `base`: mode 0711 (others may reach a
+/// socket whose name they know and whose file permits them, but cannot list or create
+/// entries), owned by the caller, named `handover.PID-UNIQUE.notify`, with a lock file held
+/// while it is used. It appears complete or not at all: it is made under another name and
+/// renamed, so a concurrent sweep never sees it without its lock.
+pub fn create_private_dir(base: &Path) -> io::Result<NotifyDir> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let unique = format!("{}-{nanos:x}", std::process::id());
+    let staging = base.join(format!(".handover.{unique}.tmp"));
+    let path = base.join(format!("handover.{unique}.notify"));
+    std::fs::DirBuilder::new().mode(0o711).create(&staging)?;
+    // The umask may have cleared bits; set the mode exactly.
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o711))?;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(staging.join(LOCK_NAME))?;
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| io::Error::from(errno))?;
+    std::fs::rename(&staging, &path)?;
+    Ok(NotifyDir { path, _lock: lock })
+}
+
+/// Removes notify directories in `base` left by handover processes that are gone (a
+/// SIGKILLed run cannot clean up after itself): real directories owned by this user whose
+/// lock nobody holds. A live handover holds its lock in any pid namespace, so a handover in
+/// a container that shares this directory never removes another's. (A directory of an
+/// older version has no lock; it goes when no process has the pid in its name.)
 pub fn sweep_stale_dirs(base: &Path) -> usize {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let Ok(entries) = std::fs::read_dir(base) else {
         return 0;
     };
@@ -241,21 +266,38 @@ pub fn sweep_stale_dirs(base: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("handover."))
+        let Some(name) = name.to_str() else { continue };
+        let Some(inner) = name
+            .strip_prefix("handover.")
             .and_then(|n| n.strip_suffix(".notify"))
-            .and_then(|n| n.parse::<u32>().ok())
+            .or_else(|| {
+                name.strip_prefix(".handover.")
+                    .and_then(|n| n.strip_suffix(".tmp"))
+            })
         else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
         let path = entry.path();
         let ours =
             std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir() && meta.uid() == euid);
-        if ours && std::fs::remove_dir_all(&path).is_ok() {
+        if !ours {
+            continue;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path.join(LOCK_NAME));
+        let stale = match lock {
+            Ok(file) => {
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+            }
+            // An older version's directory, named for its pid alone.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => inner
+                .parse::<u32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+            Err(_) => false,
+        };
+        if stale && std::fs::remove_dir_all(&path).is_ok() {
             removed += 1;
         }
     }

@@ -185,6 +185,59 @@ pub fn address_is_free(address: SocketAddr) -> Result<(), BindError> {
     Ok(())
 }
 
+/// A TCP client socket of `target`'s family with its local port chosen already (bound to
+/// the wildcard address, port 0), so that a selector can be told the port before connecting.
+pub fn client_socket(target: SocketAddr) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    };
+    let family = if target.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    match target {
+        SocketAddr::V4(_) => bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 0))?,
+        SocketAddr::V6(_) => bind(
+            fd.as_raw_fd(),
+            &SockaddrIn6::from(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::UNSPECIFIED,
+                0,
+                0,
+                0,
+            )),
+        )?,
+    }
+    Ok(fd)
+}
+
+/// Connects a client socket (blocking; to a local listener this completes at once).
+pub fn connect(fd: BorrowedFd<'_>, target: SocketAddr) -> io::Result<()> {
+    use nix::sys::socket::{SockaddrIn, SockaddrIn6};
+    match target {
+        SocketAddr::V4(v4) => nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(v4)),
+        SocketAddr::V6(v6) => nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn6::from(v6)),
+    }
+    .map_err(io::Error::from)
+}
+
+/// A TCP socket's local address.
+pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    match crate::sockaddr::local_addr(fd)? {
+        crate::sockaddr::LocalAddr::Ip(address) => Ok(address),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a TCP socket: {other:?}"),
+        )),
+    }
+}
+
+/// A TCP socket's local port.
+pub fn local_port(fd: BorrowedFd<'_>) -> io::Result<u16> {
+    local_address(fd).map(|a| a.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -544,7 +544,8 @@ fn dump_dirs(environment: &Environment) -> Vec<PathBuf> {
 }
 
 /// The directory for per-worker notify sockets: private, unique to this run.
-fn notify_dir(config: &Config, environment: &Environment) -> PathBuf {
+/// Where the directory for per-worker notify sockets goes (it gets a unique name there).
+fn notify_base(config: &Config, environment: &Environment) -> PathBuf {
     let base = config
         .handover
         .runtime_dir
@@ -558,7 +559,7 @@ fn notify_dir(config: &Config, environment: &Environment) -> PathBuf {
                 std::env::temp_dir()
             }
         });
-    base.join(format!("handover.{}.notify", std::process::id()))
+    base
 }
 
 fn start(config_path: &Path, environment: Environment, options: StartOptions) -> ExitCode {
@@ -655,7 +656,8 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     // From here on handover's own lines queue behind workers' where they share a
     // destination; until this returns, after the last of them (the writers then finish).
     let _routing = logging::Routing::start(output.clone());
-    let sockets = match sockets::resolve(&config, inherited) {
+    let steering = std::sync::Arc::new(handover_supervisor::steering::Steering::new());
+    let sockets = match sockets::resolve(&config, inherited, &steering) {
         Ok(sockets) => sockets,
         Err(err) => return fail(exit::SOCKETS, err),
     };
@@ -673,22 +675,27 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(spec) => spec,
         Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
     };
-    let notify_dir = notify_dir(&config, &environment);
-    if let Some(base) = notify_dir.parent() {
-        let swept = handover_sys::notify::sweep_stale_dirs(base);
-        if swept > 0 {
-            tracing::info!(
-                "removed {swept} notify director{} left by handover runs that were killed",
-                if swept == 1 { "y" } else { "ies" }
-            );
-        }
-    }
-    if let Err(err) = handover_sys::notify::create_private_dir(&notify_dir) {
-        return fail(
-            exit::INTERNAL,
-            format!("cannot create {}: {err}", notify_dir.display()),
+    let notify_base = notify_base(&config, &environment);
+    let swept = handover_sys::notify::sweep_stale_dirs(&notify_base);
+    if swept > 0 {
+        tracing::info!(
+            "removed {swept} notify director{} left by handover runs that were killed",
+            if swept == 1 { "y" } else { "ies" }
         );
     }
+    let notify = match handover_sys::notify::create_private_dir(&notify_base) {
+        Ok(notify) => notify,
+        Err(err) => {
+            return fail(
+                exit::INTERNAL,
+                format!(
+                    "cannot create a notify directory in {}: {err}",
+                    notify_base.display()
+                ),
+            )
+        }
+    };
+    let notify_dir = notify.path().to_path_buf();
     let notify_owner = generation
         .exec
         .uid
@@ -706,6 +713,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         }
     };
     let plan = Plan {
+        steering: Some(steering.clone()),
         sentinel: sentinel.clone(),
         generation,
         reload: spec::reload_policy(&config),
@@ -756,6 +764,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     }
     let config_path = config.path.clone();
     let logs_at_start = config.logs.clone();
+    let reload_steering = steering.clone();
     let reloader: handover_supervisor::Reloader = std::sync::Arc::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         if config.logs != logs_at_start {
@@ -764,7 +773,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
                 config_path.display()
             );
         }
-        let sockets = sockets::for_reload(&config, &current.sockets)?;
+        let sockets = sockets::for_reload(&config, &current.sockets, &reload_steering)?;
         Ok((
             context.build(&config, sockets, overrides)?,
             spec::reload_policy(&config),

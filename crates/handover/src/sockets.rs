@@ -1,8 +1,10 @@
 //! Matching the sockets systemd passed with the configured ones, and binding the rest.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use handover_supervisor::ListenSocket;
+use handover_supervisor::steering::{SteerError, Steering};
+use handover_supervisor::{ListenSocket, SocketMode};
 use handover_sys::bind::{bind_listener, BindAddress, BindSpec};
 use handover_sys::inherit::InheritedSocket;
 
@@ -69,8 +71,13 @@ fn owner_ids(socket: &SocketConfig) -> Result<Option<Owner>, SocketError> {
     Ok(Some((uid, gid)))
 }
 
-/// Binds one configured socket.
-pub(crate) fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, SocketError> {
+/// Binds one configured socket: as the first member of a steered group when it is a TCP
+/// socket with `steering` on and the group can be made, otherwise as a socket all
+/// generations share.
+pub(crate) fn bind_configured(
+    socket: &SocketConfig,
+    steering: &Steering,
+) -> Result<ListenSocket, SocketError> {
     let address = match &socket.listen {
         Some(ListenAddress::Tcp(addr)) => BindAddress::Tcp(*addr),
         Some(ListenAddress::Unix(path)) => BindAddress::Unix(path.clone()),
@@ -81,6 +88,51 @@ pub(crate) fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, Soc
             })
         }
     };
+    let (fd, mode) = match (&address, socket.steering) {
+        (BindAddress::Tcp(addr), true) => {
+            match steering.create(&socket.name, *addr, socket.backlog) {
+                Ok(fd) => (fd, SocketMode::Steered),
+                // The address itself is taken: the same error as without steering.
+                Err(SteerError::Bind(source)) => {
+                    return Err(SocketError::Bind {
+                        name: socket.name.clone(),
+                        source,
+                    })
+                }
+                Err(why) => {
+                    tracing::warn!(socket = %socket.name, "cannot steer this socket ({why}); its generations share it");
+                    (
+                        bind_shared(socket, &address)?,
+                        SocketMode::Shared(format!("the selector could not be set: {why}")),
+                    )
+                }
+            }
+        }
+        (BindAddress::Tcp(_), false) => (
+            bind_shared(socket, &address)?,
+            SocketMode::Shared("steering = false".into()),
+        ),
+        (BindAddress::Unix(_), _) => (
+            bind_shared(socket, &address)?,
+            SocketMode::Shared("a unix socket".into()),
+        ),
+    };
+    // Port 0 binds an ephemeral port: report the real one.
+    let shown = handover_sys::sockaddr::local_addr(std::os::fd::AsFd::as_fd(&*fd))
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| address.to_string());
+    Ok(ListenSocket {
+        name: socket.name.clone(),
+        address: shown,
+        fd,
+        from_systemd: false,
+        configured: socket.listen.as_ref().map(|l| l.to_string()),
+        mode,
+    })
+}
+
+/// Binds a socket every generation shares.
+fn bind_shared(socket: &SocketConfig, address: &BindAddress) -> Result<Arc<OwnedFd>, SocketError> {
     let spec = BindSpec {
         address: address.clone(),
         backlog: socket.backlog,
@@ -92,17 +144,47 @@ pub(crate) fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, Soc
         name: socket.name.clone(),
         source,
     })?;
-    // Port 0 binds an ephemeral port: report the real one.
-    let shown = handover_sys::sockaddr::local_addr(std::os::fd::AsFd::as_fd(&fd))
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| address.to_string());
-    Ok(ListenSocket {
-        name: socket.name.clone(),
-        address: shown,
-        fd: Arc::new(fd),
-        from_systemd: false,
-        configured: socket.listen.as_ref().map(|l| l.to_string()),
-    })
+    Ok(Arc::new(fd))
+}
+
+/// A socket systemd passed: steered when its configuration allows it and the group can be
+/// made next to it (see [`Steering::adopt`]), else shared.
+fn adopt(
+    passed: InheritedSocket,
+    config: Option<&SocketConfig>,
+    steering: &Steering,
+) -> ListenSocket {
+    let fd = Arc::new(passed.fd);
+    let tcp = matches!(passed.info.local, handover_sys::sockaddr::LocalAddr::Ip(_));
+    let mode = match config {
+        None => SocketMode::Shared("the configuration does not name it".into()),
+        Some(_) if !tcp => SocketMode::Shared("a unix socket".into()),
+        Some(c) if !c.steering => SocketMode::Shared("steering = false".into()),
+        Some(c) => match steering.adopt(&passed.name, fd.clone(), c.backlog) {
+            Ok(()) => SocketMode::Steered,
+            Err(why) => SocketMode::Shared(format!("passed by systemd, and {why}")),
+        },
+    };
+    ListenSocket {
+        name: passed.name,
+        address: passed.info.local.to_string(),
+        fd,
+        from_systemd: true,
+        configured: None,
+        mode,
+    }
+}
+
+/// Logs how a socket is used.
+fn log_mode(socket: &ListenSocket) {
+    match &socket.mode {
+        SocketMode::Steered => {
+            tracing::info!(socket = %socket.name, "steered: each generation gets its own socket")
+        }
+        SocketMode::Shared(why) => {
+            tracing::info!(socket = %socket.name, "shared by every generation: {why}")
+        }
+    }
 }
 
 /// Builds the socket list in fd order: configured sockets in file order (each taken from
@@ -111,6 +193,7 @@ pub(crate) fn bind_configured(socket: &SocketConfig) -> Result<ListenSocket, Soc
 pub(crate) fn resolve(
     config: &Config,
     inherited: Vec<InheritedSocket>,
+    steering: &Steering,
 ) -> Result<Vec<ListenSocket>, SocketError> {
     let passed_names: Vec<String> = inherited.iter().map(|s| s.name.clone()).collect();
     let mut inherited: Vec<Option<InheritedSocket>> = inherited.into_iter().map(Some).collect();
@@ -121,13 +204,9 @@ pub(crate) fn resolve(
             if slot.as_ref().is_some_and(|s| s.name == socket.name) {
                 let s = slot.take().expect("checked just above");
                 tracing::info!(socket = %socket.name, address = %s.info.local, fd = s.arrived_at, "using the socket systemd passed");
-                sockets.push(ListenSocket {
-                    name: s.name,
-                    address: s.info.local.to_string(),
-                    fd: Arc::new(s.fd),
-                    from_systemd: true,
-                    configured: None,
-                });
+                let adopted = adopt(s, Some(socket), steering);
+                log_mode(&adopted);
+                sockets.push(adopted);
                 found = true;
             }
         }
@@ -145,19 +224,14 @@ pub(crate) fn resolve(
                 passed,
             });
         }
-        let bound = bind_configured(socket)?;
+        let bound = bind_configured(socket, steering)?;
         tracing::info!(socket = %bound.name, address = %bound.address, "bound");
+        log_mode(&bound);
         sockets.push(bound);
     }
     for s in inherited.into_iter().flatten() {
         tracing::info!(socket = %s.name, address = %s.info.local, fd = s.arrived_at, "passing on a socket systemd passed that the configuration does not name");
-        sockets.push(ListenSocket {
-            name: s.name,
-            address: s.info.local.to_string(),
-            fd: Arc::new(s.fd),
-            from_systemd: true,
-            configured: None,
-        });
+        sockets.push(adopt(s, None, steering));
     }
     Ok(sockets)
 }
@@ -170,10 +244,23 @@ pub(crate) fn resolve(
 /// the configuration still asks for the same address, bound anew when it is new or changed,
 /// and left out when it is gone; a left-out socket closes when the last generation holding it
 /// has ended.
+///
+/// A steered socket the configuration still asks for gets a member of its group for the new
+/// generation (one a generation that ended left, or a new one).
 pub(crate) fn for_reload(
     config: &Config,
     current: &[ListenSocket],
+    steering: &Steering,
 ) -> Result<Vec<ListenSocket>, String> {
+    let member = |same: &ListenSocket| -> Result<ListenSocket, String> {
+        if !same.is_steered() {
+            return Ok(same.clone());
+        }
+        let fd = steering
+            .acquire(&same.name)
+            .map_err(|e| format!("socket {:?}: {e}", same.name))?;
+        Ok(ListenSocket { fd, ..same.clone() })
+    };
     let mut sockets = Vec::new();
     for socket in &config.sockets {
         let existing = current
@@ -186,7 +273,9 @@ pub(crate) fn for_reload(
             .filter(|s| s.from_systemd)
             .collect();
         if !from_systemd.is_empty() {
-            sockets.extend(from_systemd.into_iter().cloned());
+            for same in from_systemd {
+                sockets.push(member(same)?);
+            }
             continue;
         }
         if socket.from_systemd {
@@ -200,9 +289,9 @@ pub(crate) fn for_reload(
             .iter()
             .find(|s| s.configured.is_some() && s.configured == wanted)
         {
-            Some(same) => sockets.push((*same).clone()),
+            Some(same) => sockets.push(member(same)?),
             None => {
-                let bound = bind_configured(socket).map_err(|e| e.to_string())?;
+                let bound = bind_configured(socket, steering).map_err(|e| e.to_string())?;
                 tracing::info!(socket = %bound.name, address = %bound.address, "bound for the new generation");
                 sockets.push(bound);
             }
@@ -210,8 +299,10 @@ pub(crate) fn for_reload(
     }
     for passed in current.iter().filter(|s| s.from_systemd) {
         if !config.sockets.iter().any(|c| c.name == passed.name) {
-            sockets.push(passed.clone());
+            sockets.push(member(passed)?);
         }
     }
+    let names: Vec<&str> = sockets.iter().map(|s| s.name.as_str()).collect();
+    steering.keep_only(&names);
     Ok(sockets)
 }

@@ -172,6 +172,7 @@ pub(crate) fn reload_policy(config: &Config) -> ReloadPolicy {
         batch_size,
         max_extra,
         canary: config.reload.canary,
+        canary_share: config.reload.canary_share,
         max_draining: config.reload.max_draining,
     }
 }

@@ -21,12 +21,14 @@ pub(crate) mod model;
 mod ready;
 mod reload;
 mod snapshot;
+mod steer;
 mod stop;
 mod workers;
 
 #[cfg(test)]
 mod tests;
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,9 @@ pub(crate) enum Input {
     Dump,
     /// The plan asked for by [`Action::Resolve`] `reload`, made off the event loop.
     Resolved { reload: ReloadId, plan: Resolved },
+    /// How many connections wait in the queues of a steered generation's sockets, as
+    /// [`Action::MeasureQueues`] asked.
+    Queued { generation: u64, waiting: u32 },
     /// Time passed: the earliest deadline ([`Core::next_deadline`]) may be due.
     Tick,
 }
@@ -161,6 +166,29 @@ pub(crate) enum Action {
     Dump(Box<Status>),
     /// The first generation is ready (`--daemon` reports it to the waiting parent).
     Started,
+    /// Send new connections of these members' groups to these members (a promotion, or
+    /// back to the serving generation after an abort; ends any share).
+    Steer { members: Vec<Arc<OwnedFd>> },
+    /// Send this share (out of `u32::MAX`) of new connections of these members' groups to
+    /// them (a canary, a rolling reload).
+    Share {
+        members: Vec<Arc<OwnedFd>>,
+        share: u32,
+    },
+    /// Measure how many connections wait in these members' accept queues; report
+    /// [`Input::Queued`] for `generation`.
+    MeasureQueues {
+        generation: u64,
+        members: Vec<Arc<OwnedFd>>,
+    },
+    /// A generation is gone: sockets only it used may close now (before the log says so).
+    Released { generation: u64 },
+    /// Make `count` connections to each of these members, closed at once, to wake workers
+    /// blocked in `accept()` on them.
+    Wake {
+        members: Vec<Arc<OwnedFd>>,
+        count: u32,
+    },
     /// Log a line.
     Log(Log),
 }
@@ -245,6 +273,8 @@ struct ReloadRun {
     timeout: Option<Duration>,
     /// The plan is being made; no worker of it exists yet.
     resolving: bool,
+    /// The share of new connections its generation gets now (out of `u32::MAX`).
+    share: u32,
 }
 
 /// The supervisor's whole state. See the module documentation.
@@ -341,6 +371,10 @@ impl Core {
             Input::Stop(name) => self.stop_signal(now, name),
             Input::Dump => self.dump(now),
             Input::Resolved { reload, plan } => self.resolved(now, reload, plan),
+            Input::Queued {
+                generation,
+                waiting,
+            } => self.queued(now, generation, waiting),
             Input::Tick => self.deadlines(now),
         }
         std::mem::take(&mut self.actions)
@@ -371,7 +405,14 @@ impl Core {
             };
             state.into_iter().chain(probe).chain(drops)
         });
+        let generations = self.model.generations.values().flat_map(|g| {
+            g.handover
+                .and_then(|h| h.next_poll)
+                .into_iter()
+                .chain(g.wake_at)
+        });
         workers
+            .chain(generations)
             .chain(self.reload.as_ref().map(|r| r.deadline))
             .chain(self.pending_reload_at())
             .chain(self.next_watchdog)
@@ -497,6 +538,7 @@ impl Core {
         for id in summaries {
             self.drops_summary(id, false);
         }
+        self.handover_deadlines(now);
         if let (Some(at), Some(interval)) = (self.next_watchdog, self.watchdog) {
             if at <= now {
                 self.watchdog_tick();

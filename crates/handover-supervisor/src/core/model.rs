@@ -144,6 +144,35 @@ pub(crate) struct Generation {
     pub state: GenState,
     pub slots: Vec<Slot>,
     pub created: Instant,
+    /// A steered generation that no longer gets new connections, waiting for its sockets'
+    /// queues to empty before its workers get their stop signal.
+    pub handover: Option<HandOver>,
+    /// When to wake workers of a stopping steered generation that may be blocked in
+    /// `accept()`.
+    pub wake_at: Option<Instant>,
+}
+
+/// The wait between a steered generation's last new connection and its stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandOver {
+    /// When new connections stopped coming.
+    pub since: Instant,
+    /// Since when its queues have been seen empty, without a connection in between.
+    pub quiet_since: Option<Instant>,
+    /// When to measure the queues next; `None` while a measurement is on its way.
+    pub next_poll: Option<Instant>,
+}
+
+impl Generation {
+    /// This generation's own members of steered groups.
+    pub(crate) fn steered(&self) -> Vec<Arc<std::os::fd::OwnedFd>> {
+        self.spec
+            .sockets
+            .iter()
+            .filter(|s| s.is_steered())
+            .map(|s| s.fd.clone())
+            .collect()
+    }
 }
 
 /// Generations and workers, and the counters that name new ones.

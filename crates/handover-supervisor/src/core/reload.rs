@@ -137,6 +137,7 @@ impl Core {
             started: now,
             timeout,
             resolving: true,
+            share: 0,
         });
         self.actions.push(Action::Resolve {
             reload: id,
@@ -210,6 +211,7 @@ impl Core {
             .map(|(index, _)| index as u32)
             .collect();
         let spawned_new = count - unspawned.len();
+        self.update_share(new, ready_new, count);
         if self.policy.canary && ready_new == 0 {
             if spawned_new == 0 {
                 self.progress(format!("starting a canary worker in generation {new}"));
@@ -262,11 +264,16 @@ impl Core {
         if let Some(gen) = self.model.generations.get_mut(&generation) {
             gen.state = GenState::Serving;
         }
+        // New connections to the new generation first; then the old one may drain.
+        self.promote(generation);
         let drain = self.policy.drain_timeout;
         for old_generation in old {
             self.progress(format!("draining generation {old_generation}"));
             if let Some(gen) = self.model.generations.get_mut(&old_generation) {
                 gen.state = GenState::Draining;
+            }
+            if self.hand_over(now, old_generation) {
+                continue;
             }
             for id in self.model.worker_ids_of(old_generation) {
                 self.ask_to_stop(now, id, Some(drain));
@@ -294,6 +301,7 @@ impl Core {
     pub(super) fn abort_reload(&mut self, now: Instant, cause: AbortCause) {
         let Some(reload) = &self.reload else { return };
         let generation = reload.generation;
+        let had_share = reload.share > 0;
         if let Some(gen) = self.model.generations.get_mut(&generation) {
             gen.state = GenState::Aborted;
         }
@@ -301,6 +309,8 @@ impl Core {
             self.ask_to_stop(now, id, None);
         }
         self.generation_maybe_gone(generation);
+        // The selector never moved to the new generation; a share it had goes back.
+        self.unshare(had_share);
         if let Some(old) = self.model.newest(GenState::Serving) {
             let old_id = old.id;
             let empty: Vec<u32> = old

@@ -70,6 +70,11 @@ impl Core {
                         address: s.address.clone(),
                         fd: 3 + i as u32,
                         from_systemd: s.from_systemd,
+                        mode: if s.is_steered() { "steered" } else { "shared" }.into(),
+                        shared_because: match &s.mode {
+                            crate::plan::SocketMode::Shared(why) => Some(why.clone()),
+                            crate::plan::SocketMode::Steered => None,
+                        },
                     })
                     .collect()
             })

@@ -64,6 +64,10 @@ impl Core {
         }
         self.phase = Phase::Stopping;
         self.reload_pending = false;
+        // Every worker is told to stop below: no generation waits for its queues any more.
+        for gen in self.model.generations.values_mut() {
+            gen.handover = None;
+        }
         if let Some(reload) = &self.reload {
             let generation = reload.generation;
             self.log(

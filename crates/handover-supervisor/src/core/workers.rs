@@ -36,6 +36,8 @@ impl Core {
                 state,
                 slots,
                 created: now,
+                handover: None,
+                wake_at: None,
             },
         );
         id
@@ -323,12 +325,13 @@ impl Core {
         if matches!(state, GenState::Draining | GenState::Aborted)
             && self.model.workers_of(generation).next().is_none()
         {
+            self.model.generations.remove(&generation);
+            self.actions.push(Action::Released { generation });
             self.log(
                 Level::Info,
                 format!("generation {} has no workers left", state.name()),
                 Fields::generation(generation),
             );
-            self.model.generations.remove(&generation);
         }
     }
 

@@ -73,6 +73,7 @@ struct Settings {
     on_ready: Option<Arc<std::fs::File>>,
     output: Arc<Output>,
     sentinel: Option<Arc<Sentinel>>,
+    steering: Option<Arc<crate::steering::Steering>>,
 }
 
 /// A readiness probe's process.
@@ -156,6 +157,7 @@ pub async fn run(
             on_ready: plan.on_ready,
             output: plan.output,
             sentinel: plan.sentinel,
+            steering: plan.steering,
         },
         spawner,
         systemd: Systemd::new(systemd),
@@ -302,6 +304,53 @@ impl Driver {
                 }
             }
             Action::Log(log) => emit(&log),
+            Action::Steer { members } => {
+                if let Some(steering) = &self.settings.steering {
+                    if let Err(err) = steering.target(&members) {
+                        tracing::error!(
+                            "could not move new connections to the new generation: {err}"
+                        );
+                    }
+                }
+            }
+            Action::Share { members, share } => {
+                if let Some(steering) = &self.settings.steering {
+                    if let Err(err) = steering.share(&members, share) {
+                        warn!("could not give the new generation its share: {err}");
+                    }
+                }
+            }
+            Action::MeasureQueues {
+                generation,
+                members,
+            } => {
+                let waiting = self
+                    .settings
+                    .steering
+                    .as_ref()
+                    .map_or(0, |s| s.queued(&members));
+                self.pending.push_back(Input::Queued {
+                    generation,
+                    waiting,
+                });
+            }
+            Action::Released { generation } => {
+                // A socket a reload removed closes once the last generation using it is gone.
+                if let Some(steering) = &self.settings.steering {
+                    steering.prune();
+                    debug!(
+                        generation,
+                        "generation gone; sockets only it used are closed"
+                    );
+                }
+            }
+            Action::Wake { members, count } => {
+                if let Some(steering) = &self.settings.steering {
+                    for member in &members {
+                        steering.wake(member, count);
+                    }
+                }
+            }
         }
     }
 

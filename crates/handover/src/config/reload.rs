@@ -13,6 +13,7 @@ pub(super) const KEYS: &[&str] = &[
     "batch_size",
     "max_extra",
     "canary",
+    "canary_share",
     "max_draining",
 ];
 
@@ -42,6 +43,9 @@ pub(crate) struct ReloadConfig {
     pub(crate) strategy: Strategy,
     /// `canary`: start one new worker first, the rest once it is ready. Default false.
     pub(crate) canary: bool,
+    /// `canary_share`: with steered sockets, the percentage of new connections a ready canary
+    /// gets before the rest start. Default 0.
+    pub(crate) canary_share: u32,
     /// `max_draining`: generations allowed to drain at once. Default 4.
     pub(crate) max_draining: u32,
 }
@@ -95,6 +99,16 @@ pub(super) fn validate(table: &Table<'_>) -> Res<ReloadConfig> {
         Strategy::AllAtOnce
     };
     let canary = table.get("canary").map_or(Ok(false), |v| v.boolean())?;
+    let canary_share = match table.get("canary_share") {
+        None => 0,
+        Some(v) => {
+            let share = v.integer(0, 100)? as u32;
+            if !canary {
+                return Err(v.bad("only applies with canary = true"));
+            }
+            share
+        }
+    };
     let max_draining = table
         .get("max_draining")
         .map_or(Ok(4), |v| v.integer(1, 64))? as u32;
@@ -103,6 +117,7 @@ pub(super) fn validate(table: &Table<'_>) -> Res<ReloadConfig> {
         drain_timeout,
         strategy,
         canary,
+        canary_share,
         max_draining,
     })
 }

@@ -17,6 +17,7 @@ pub(super) const KEYS: &[&str] = &[
     "mode",
     "owner",
     "from_systemd",
+    "steering",
 ];
 
 /// Longest socket name (systemd's `FDNAME_MAX`).
@@ -40,6 +41,9 @@ pub(crate) struct SocketConfig {
     pub(crate) owner: Option<String>,
     /// `from_systemd = true`: this socket must come from systemd; never bind it.
     pub(crate) from_systemd: bool,
+    /// `steering`, default true: each generation gets its own member of a `SO_REUSEPORT`
+    /// group and new connections go only to the generation that should get them. TCP only.
+    pub(crate) steering: bool,
 }
 
 /// A `listen` value.
@@ -151,6 +155,19 @@ fn socket<'d>(table: &Table<'d>) -> Res<(SocketConfig, Item<'d>)> {
             on
         }
     };
+    let steering = match table.get("steering") {
+        None => !matches!(listen, Some(ListenAddress::Unix(_))),
+        Some(v) => {
+            let on = v.boolean()?;
+            if on && matches!(listen, Some(ListenAddress::Unix(_))) {
+                return Err(v.bad(
+                    "only applies to TCP sockets, and listen is a unix socket path (unix \
+                     sockets are shared by every generation)",
+                ));
+            }
+            on
+        }
+    };
     let mode = match table.get("mode") {
         None => None,
         Some(v) => {
@@ -184,6 +201,7 @@ fn socket<'d>(table: &Table<'d>) -> Res<(SocketConfig, Item<'d>)> {
         mode,
         owner,
         from_systemd,
+        steering,
     };
     Ok((socket, name_v))
 }

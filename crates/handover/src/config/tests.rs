@@ -115,6 +115,7 @@ fn minimal_config_gets_the_defaults() {
             drain_timeout: Duration::from_secs(30),
             strategy: Strategy::AllAtOnce,
             canary: false,
+            canary_share: 0,
             max_draining: 4,
         }
     );
@@ -149,6 +150,7 @@ owner = "www-data:www-data"
 [[socket]]
 name = "v6"
 listen = "[::1]:0"
+steering = false
 
 [[socket]]
 name = "metrics"
@@ -179,6 +181,7 @@ strategy = "rolling"
 batch_size = 2
 max_extra = 3
 canary = true
+canary_share = 10
 max_draining = 64
 
 [control]
@@ -209,6 +212,7 @@ fn full_config() {
                 mode: None,
                 owner: None,
                 from_systemd: false,
+                steering: true,
             },
             SocketConfig {
                 name: "admin".into(),
@@ -218,6 +222,7 @@ fn full_config() {
                 mode: Some(0o660),
                 owner: Some("www-data:www-data".into()),
                 from_systemd: false,
+                steering: false,
             },
             SocketConfig {
                 name: "v6".into(),
@@ -227,6 +232,7 @@ fn full_config() {
                 mode: None,
                 owner: None,
                 from_systemd: false,
+                steering: false,
             },
             SocketConfig {
                 name: "metrics".into(),
@@ -236,6 +242,7 @@ fn full_config() {
                 mode: None,
                 owner: None,
                 from_systemd: true,
+                steering: true,
             },
         ]
     );
@@ -273,6 +280,7 @@ fn full_config() {
                 max_extra: 3
             },
             canary: true,
+            canary_share: 10,
             max_draining: 64,
         }
     );
@@ -688,6 +696,7 @@ fn full_example_uses_every_key() {
                 "mode",
                 "owner",
                 "from_systemd",
+                "steering",
             ],
         ),
         (
@@ -723,6 +732,7 @@ fn full_example_uses_every_key() {
                 "batch_size",
                 "max_extra",
                 "canary",
+                "canary_share",
                 "max_draining",
             ],
         ),

@@ -5,6 +5,7 @@
 
 mod lifecycle;
 mod reload;
+mod steer;
 mod stop;
 
 use std::ffi::OsString;
@@ -54,6 +55,7 @@ pub(super) fn policy() -> ReloadPolicy {
         batch_size: None,
         max_extra: 0,
         canary: false,
+        canary_share: 0,
         max_draining: 4,
     }
 }
@@ -152,6 +154,20 @@ impl Sim {
             Action::Resolve {
                 reload, generation, ..
             } => format!("resolve r{reload} g{generation}"),
+            Action::Steer { members } => format!("steer to {}", label(members)),
+            Action::Share { members, share } => format!(
+                "share {}% to {}",
+                (u64::from(*share) * 100 + u64::from(u32::MAX) / 2) / u64::from(u32::MAX),
+                label(members)
+            ),
+            Action::MeasureQueues {
+                generation,
+                members,
+            } => {
+                format!("measure g{generation} {}", label(members))
+            }
+            Action::Wake { members, count } => format!("wake {count} on {}", label(members)),
+            Action::Released { generation } => format!("released g{generation}"),
             Action::Dump(_) => "dump".into(),
             Action::Started => "started".into(),
             Action::Log(_) => unreachable!("logs are kept apart"),
@@ -289,6 +305,56 @@ impl Sim {
     /// Whether some log line contains `text`.
     pub(super) fn logged(&self, text: &str) -> bool {
         self.logs.iter().any(|l| l.message.contains(text))
+    }
+}
+
+/// A steered socket for tests: any fd stands for a member (the core never touches it); its
+/// name is `label`, which the rendered actions show.
+pub(super) fn steered_socket(label: &str) -> crate::plan::ListenSocket {
+    let fd = std::fs::File::open("/dev/null").expect("/dev/null").into();
+    LABELS.with(|labels| {
+        labels
+            .borrow_mut()
+            .push((std::os::fd::AsRawFd::as_raw_fd(&fd), label.to_string()))
+    });
+    crate::plan::ListenSocket {
+        name: "web".into(),
+        address: "127.0.0.1:80".into(),
+        fd: Arc::new(fd),
+        from_systemd: false,
+        configured: None,
+        mode: crate::plan::SocketMode::Steered,
+    }
+}
+
+thread_local! {
+    static LABELS: std::cell::RefCell<Vec<(i32, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn label(members: &[Arc<std::os::fd::OwnedFd>]) -> String {
+    let names: Vec<String> = members
+        .iter()
+        .map(|m| {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&**m);
+            LABELS.with(|labels| {
+                labels
+                    .borrow()
+                    .iter()
+                    .rev()
+                    .find(|(f, _)| *f == fd)
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_else(|| format!("fd{fd}"))
+            })
+        })
+        .collect();
+    names.join(",")
+}
+
+/// A spec like [`spec`] whose one socket is steered, labelled `label`.
+pub(super) fn steered_spec(count: u32, label: &str) -> GenerationSpec {
+    GenerationSpec {
+        sockets: vec![steered_socket(label)],
+        ..spec(count)
     }
 }
 
