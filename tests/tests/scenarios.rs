@@ -1,0 +1,466 @@
+//! Scenarios of the reliability catalogue (section (b): 48 failure and bad-input scenarios)
+//! that no other suite covered, or covered only in part. Each test is named after its
+//! scenario's number and asserts what the catalogue expects; docs/ARCHITECTURE.md ("Scenario
+//! coverage") says which file covers each of the 48. Every test runs the real `handover`.
+//!
+//! Waits are on events (a log line, a status answer, a file, a process exit) guarded by
+//! [`harness::GUARD`]; nothing here measures speed. Floods and loops are bounded in count and
+//! time, and traffic stays on loopback. Tests that need root or a tool say so and skip; with
+//! `HANDOVER_REQUIRE_SYSTEMD` set (as in CI) a missing precondition fails instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use handover_tests::harness::{
+    self, alive, children_of, free_port, marked_processes, output_guarded, unique_marker,
+    wait_gone, Handover, Options, TempDir, GUARD,
+};
+use serde_json::Value;
+
+// ---- helpers ---------------------------------------------------------------------------
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a test may run: `Some(reason)` is a missing precondition, which skips the test
+/// (saying why), or fails it when `HANDOVER_REQUIRE_SYSTEMD` is set, as for the systemd tier:
+/// CI runs as root with every tool installed, so there a missing one is a broken machine.
+fn skip(missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
+        return false;
+    };
+    if std::env::var_os("HANDOVER_REQUIRE_SYSTEMD").is_some() {
+        panic!("{reason}, and HANDOVER_REQUIRE_SYSTEMD is set");
+    }
+    eprintln!("skipped: {reason}");
+    true
+}
+
+/// `Some(reason)` unless running as root.
+fn needs_root(why: &str) -> Option<String> {
+    (!is_root()).then(|| format!("needs root {why}"))
+}
+
+/// `Some(reason)` unless `tool` runs.
+fn needs_tool(tool: &str) -> Option<String> {
+    let runs = Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!runs).then(|| format!("needs {tool}"))
+}
+
+/// Debian's own python3: the tests run scripts as workers, some of them as other users, who
+/// cannot reach an interpreter installed in root's home.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Hex of a datagram, as the test worker's `--notify-raw` takes it.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A TOML string holding `text` (JSON's escapes are TOML's).
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// The `pid=N` field of a log line.
+fn pid_in(line: &str) -> i32 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// The pids of the log lines containing every one of `needles`, in log order.
+fn pids_of_lines(h: &Handover, needles: &[&str]) -> Vec<i32> {
+    h.log
+        .text()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(pid_in)
+        .collect()
+}
+
+/// `handover status --json`, parsed; the command must succeed.
+fn status_json(h: &Handover) -> Value {
+    let (status, out, err) = h.ctl(&["status", "--json"]);
+    assert!(status.success(), "status --json failed: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json ({e}): {out}"))
+}
+
+/// The workers of generation `n` in a status, by pid.
+fn workers_of(status: &Value, n: u64) -> BTreeMap<i32, Value> {
+    status["generations"]
+        .as_array()
+        .expect("generations")
+        .iter()
+        .filter(|g| g["generation"].as_u64() == Some(n))
+        .flat_map(|g| g["workers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| Some((w["pid"].as_i64()? as i32, w)))
+        .collect()
+}
+
+/// Asks for the status until `ok` holds (guarded); returns the status that satisfied it.
+fn wait_status(h: &Handover, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let status = status_json(h);
+        if ok(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status:\n{status:#}\nlog:\n{}",
+            h.log.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (guarded) until `check` gives a value.
+fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process's environment exactly as it is, duplicates included (`std::env` shows a
+/// process only the first of two equal keys).
+fn raw_environ(pid: i32) -> Vec<(String, String)> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    bytes
+        .split(|&b| b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv.to_string(), String::new()),
+            }
+        })
+        .collect()
+}
+
+/// How many fds `pid` has open.
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The smallest of a few fd counts of `pid` a moment apart: a control connection that is
+/// being closed, or a worker that is being spawned, holds fds for a moment only.
+fn settled_fd_count(pid: i32) -> usize {
+    (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            fd_count(pid)
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// `VmRSS` of `pid` in KiB.
+fn vm_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time `pid` used so far (utime + stime), in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of stat(5), utime 14 and stime 15.
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// Clock ticks per second.
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// Runs `sh -c SCRIPT` in a fresh directory, where `$H` is handover and `$C` a config file
+/// with `config` (and a control socket in that directory); returns the exit code and the
+/// whole output. Nothing may panic.
+fn sh(label: &str, config: &str, script: &str) -> (Option<i32>, String, TempDir) {
+    let dir = TempDir::new(label);
+    let path = dir.path().join("handover.toml");
+    let mut text = harness::expand(config, dir.path());
+    if !text.contains("[control]") {
+        text.push_str(&format!(
+            "\n[control]\nsocket = \"{}/control.sock\"\n",
+            dir.path().display()
+        ));
+    }
+    std::fs::write(&path, text).expect("write config");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .env("H", harness::binary("handover"))
+        .env("C", &path)
+        .env("PY", PYTHON)
+        .current_dir(dir.path());
+    for var in [
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+    ] {
+        cmd.env_remove(var);
+    }
+    let (status, out, err) = output_guarded(cmd);
+    let text = format!("{out}{err}");
+    assert!(!text.contains("panicked"), "{text}");
+    (status.code(), text, dir)
+}
+
+/// A python3 program that puts a socket made by `make` (python code binding `s`) at fd 3,
+/// sets `LISTEN_FDS` to `fds` and `LISTEN_FDNAMES` to `http` (then `more` for each other fd), `LISTEN_PID` to `listen_pid` (python code;
+/// `os.getpid()` is the pid handover will have), and execs handover on `$C`.
+fn exec_with_fd3(make: &str, listen_pid: &str, fds: u32) -> String {
+    format!(
+        r#"exec "$PY" -c '
+import os, socket, sys
+{make}
+os.dup2(s.fileno(), 3); os.set_inheritable(3, True)
+names = ":".join(["http"] + ["more"] * ({fds} - 1))
+os.environ.update(LISTEN_PID=str({listen_pid}), LISTEN_FDS="{fds}", LISTEN_FDNAMES=names)
+print("listen_pid=%s own=%d" % (os.environ["LISTEN_PID"], os.getpid()), file=sys.stderr, flush=True)
+os.execv(os.environ["H"], ["handover", "start", "--config", os.environ["C"]])'"#
+    )
+}
+
+/// The `listen_pid=` and `own=` values [`exec_with_fd3`] printed.
+fn pids_printed(text: &str) -> (String, String) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("listen_pid="))
+        .unwrap_or_else(|| panic!("no pids printed: {text}"));
+    let mut parts = line.split_whitespace();
+    let listen = parts.next().unwrap().trim_start_matches("listen_pid=");
+    let own = parts.next().unwrap().trim_start_matches("own=");
+    (listen.to_string(), own.to_string())
+}
+
+const FROM_SYSTEMD: &str = r#"
+[[socket]]
+name = "http"
+from_systemd = true
+
+[worker]
+command = ["{worker}", "--ready-after", "0"]
+"#;
+
+// ---- inherited sockets and systemd input (1-8) -----------------------------------------
+
+/// Scenario 1: a real listening socket at fd 3 whose `LISTEN_PID` names another (living)
+/// process, while the config needs systemd's socket: exit 4 naming both pids, and nothing is
+/// bound, not even the control socket. The config's self-bound port is busy: had handover
+/// gone on to bind, it would have said "already in use" instead.
+#[test]
+fn scenario_01_sockets_for_another_pid_stop_the_start_before_any_bind() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let config =
+        format!("{FROM_SYSTEMD}\n[[socket]]\nname = \"own\"\nlisten = \"127.0.0.1:{port}\"\n");
+    let script = exec_with_fd3(
+        r#"s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)"#,
+        "os.getppid()",
+        1,
+    );
+    let (code, text, dir) = sh("s01", &config, &script);
+    assert_eq!(code, Some(4), "{text}");
+    let (listen_pid, own) = pids_printed(&text);
+    assert_ne!(listen_pid, own);
+    assert!(
+        text.contains(&format!(
+            "LISTEN_PID={listen_pid} but handover's pid is {own}"
+        )),
+        "both pids named: {text}"
+    );
+    assert!(!text.contains("already in use"), "a bind was tried: {text}");
+    assert!(
+        !dir.path().join("control.sock").exists(),
+        "the control socket was bound"
+    );
+    drop(busy);
+}
+
+/// Scenario 2, through the binary, the cases the other suites leave to the parser's table:
+/// `LISTEN_FDS=0` is "no sockets" (so a config that needs one fails, naming what systemd
+/// passed), an empty, negative or zero `LISTEN_PID` is an error naming the value, and
+/// `LISTEN_FDS` beyond the open fds names the first fd that is not open.
+#[test]
+fn scenario_02_socket_activation_variables_through_the_binary() {
+    for (vars, needle) in [
+        ("LISTEN_PID=$pid LISTEN_FDS=0", "systemd passed no sockets"),
+        (
+            "LISTEN_PID= LISTEN_FDS=1",
+            r#"LISTEN_PID="" is not a process id"#,
+        ),
+        (
+            "LISTEN_PID=-1 LISTEN_FDS=1",
+            r#"LISTEN_PID="-1" is not a process id"#,
+        ),
+        (
+            "LISTEN_PID=0 LISTEN_FDS=1",
+            r#"LISTEN_PID="0" is not a process id"#,
+        ),
+    ] {
+        let script = format!("pid=$$; exec env {vars} \"$H\" start --config \"$C\"");
+        let (code, text, _dir) = sh("s02", FROM_SYSTEMD, &script);
+        assert_eq!(code, Some(4), "{vars}: {text}");
+        assert!(text.contains(needle), "{vars}: {needle:?} missing: {text}");
+    }
+    // A real listener at fd 3 and LISTEN_FDS=2: fd 4 is the one missing.
+    let script = exec_with_fd3(
+        r#"s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)"#,
+        "os.getpid()",
+        2,
+    );
+    let (code, text, _dir) = sh("s02-fd4", FROM_SYSTEMD, &script);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("LISTEN_FDS includes fd 4") && text.contains("fd 4 is not open"),
+        "{text}"
+    );
+}
+
+/// Scenario 4: a connected (not listening) TCP socket at fd 3 is refused, naming the fd.
+#[test]
+fn scenario_04_a_connected_socket_at_fd_3_is_refused() {
+    let script = exec_with_fd3(
+        r#"l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(8)
+s = socket.create_connection(l.getsockname())"#,
+        "os.getpid()",
+        1,
+    );
+    let (code, text, _dir) = sh("s04", FROM_SYSTEMD, &script);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains(r#"fd 3 ("http") is a IPv4 stream socket that is not listening"#),
+        "{text}"
+    );
+}
+
+/// Scenario 5: under the real `systemd-socket-activate`, with `LISTEN_PIDFDID`, the watchdog
+/// variables and a `NOTIFY_SOCKET` in handover's environment, each worker's environment
+/// (read raw from /proc, where a second copy of a variable would show) has every variable
+/// once: `LISTEN_PID` its own pid, `LISTEN_FDS`/`LISTEN_FDNAMES` its sockets, the JSON maps,
+/// its own notify socket, and nothing of what handover was given for itself.
+#[test]
+fn scenario_05_workers_see_each_variable_once_and_none_of_handovers_own() {
+    let port = free_port();
+    let mut h = Handover::start(
+        "s05",
+        r#"
+[[socket]]
+name = "http"
+from_systemd = true
+
+[worker]
+command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "0"]
+count = 2
+"#,
+        Options {
+            activate: vec![(format!("127.0.0.1:{port}"), "http".into())],
+            notify: true,
+            env: vec![
+                ("LISTEN_PIDFDID".into(), "4242".into()),
+                ("WATCHDOG_USEC".into(), "1000000".into()),
+                ("WATCHDOG_PID".into(), "1".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let systemd_socket = h.notify.as_ref().unwrap().path().display().to_string();
+    let reports = h.reports(2);
+    h.log.wait_for("all 2 workers ready");
+    for pid in reports.keys() {
+        let env = raw_environ(*pid);
+        let mut seen = BTreeSet::new();
+        for (key, _) in &env {
+            assert!(seen.insert(key.clone()), "worker {pid} has {key} twice");
+        }
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(get("LISTEN_PID"), Some(pid.to_string().as_str()));
+        assert_eq!(get("LISTEN_FDS"), Some("1"));
+        assert_eq!(get("LISTEN_FDNAMES"), Some("http"));
+        assert_eq!(get("HANDOVER_FDS"), Some(r#"{"http":"/dev/fd/3"}"#));
+        assert_eq!(get("HANDOVER_FD_NUMBERS"), Some(r#"{"http":3}"#));
+        let notify = get("NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+        assert!(
+            notify.starts_with('/') && notify != systemd_socket,
+            "{notify}"
+        );
+        for (key, _) in &env {
+            assert!(
+                key != "LISTEN_PIDFDID" && !key.starts_with("WATCHDOG_"),
+                "worker {pid} got handover's {key}"
+            );
+        }
+    }
+    assert!(h.stop().success());
+}
+
+/// Scenario 8: a symlink at a unix socket's path is refused, even one pointing at a stale
+/// socket, and both are left as they were.
+#[test]
+fn scenario_08_a_symlink_at_a_unix_socket_path_is_refused() {
+    let dir = TempDir::new("s08-link");
+    let real = dir.path().join("real.sock");
+    drop(std::os::unix::net::UnixListener::bind(&real).unwrap());
+    let link = dir.path().join("app.sock");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let config = format!(
+        "[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"{{worker}}\", \"--ready-after\", \"0\"]\n",
+        link.display()
+    );
+    let (code, text, _run) = sh("s08-run", &config, r#"exec "$H" start --config "$C""#);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} exists and is a symbolic link; refusing to replace it",
+            link.display()
+        )),
+        "{text}"
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(
+        &std::fs::symlink_metadata(&real).unwrap().file_type()
+    ));
+}
