@@ -464,3 +464,460 @@ fn scenario_08_a_symlink_at_a_unix_socket_path_is_refused() {
         &std::fs::symlink_metadata(&real).unwrap().file_type()
     ));
 }
+
+// ---- readiness and notify (9-18) ---------------------------------------------------------
+
+/// A config with one self-bound TCP socket and `worker` as the `[worker]` section's body.
+fn with_socket(port: u16, worker: &str) -> String {
+    format!("[[socket]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\n\n[worker]\n{worker}\n")
+}
+
+/// Scenario 9, on reload: a new generation that never becomes ready is told to stop at
+/// `ready_timeout` (SIGTERM), and a worker that ignores it is SIGKILLed at `stop_timeout`;
+/// `handover reload` exits 6, systemd hears `READY=1` with the abort in `STATUS=`, and the
+/// old workers serve on untouched.
+#[test]
+fn scenario_09_a_never_ready_generation_is_stopped_then_killed_and_the_reload_fails() {
+    let port = free_port();
+    let good = with_socket(
+        port,
+        "command = [\"{worker}\", \"--report\", \"{dir}/reports\", \"--ready-after\", \"0\"]\ncount = 2",
+    );
+    let mut h = Handover::start(
+        "s09",
+        &good,
+        Options {
+            notify: true,
+            ..Default::default()
+        },
+    );
+    h.log.wait_for("all 2 workers ready");
+    let old: BTreeSet<i32> = h.reports(2).keys().copied().collect();
+    h.rewrite_config(&with_socket(
+        port,
+        r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 0 ]; then exec {worker} --ignore-term; else exec {worker}; fi"]
+count = 2
+ready_timeout = "500ms"
+stop_timeout = "1s""#,
+    ));
+    h.notify.as_mut().unwrap().received.clear();
+    let (status, out, err) = h.ctl(&["reload"]);
+    assert_eq!(status.code(), Some(6), "{out}{err}");
+    assert!(err.contains("not ready within 500ms"), "{err}");
+    let aborted = h
+        .notify
+        .as_mut()
+        .unwrap()
+        .wait_for("STATUS=reload aborted, generation 1 keeps serving");
+    assert!(aborted.lines().any(|l| l == "READY=1"), "{aborted}");
+    let stubborn = pids_of_lines(&h, &["worker started generation=2 worker=0"]);
+    let polite = pids_of_lines(&h, &["worker started generation=2 worker=1"]);
+    assert_eq!((stubborn.len(), polite.len()), (1, 1), "{}", h.log.text());
+    h.log.wait_for(&format!("worker {} got SIGTERM", polite[0]));
+    let killed = h
+        .log
+        .wait_for("worker did not stop in time; sending SIGKILL to its process group");
+    assert_eq!(pid_in(&killed), stubborn[0], "{killed}");
+    wait_gone(&[stubborn[0], polite[0]]);
+    let status = status_json(&h);
+    assert_eq!(
+        workers_of(&status, 1)
+            .keys()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        old,
+        "the same old workers serve"
+    );
+    assert!(workers_of(&status, 2).is_empty(), "{status:#}");
+    assert!(h.stop().success());
+}
+
+/// Scenario 10: a worker that exits with code 0 before it is ready fails the start (exit 1,
+/// saying so); in a serving generation, restarts that exit 0 before ready are failures that
+/// back off like crashes.
+#[test]
+fn scenario_10_exit_0_before_ready_fails_the_start_and_counts_for_backoff() {
+    let mut h = Handover::start(
+        "s10-start",
+        "[worker]\ncommand = [\"{worker}\", \"--exit-after\", \"0\", \"0\"]\n",
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
+    assert!(
+        h.log
+            .text()
+            .contains("worker died before it was ready: exited with code 0"),
+        "{}",
+        h.log.text()
+    );
+
+    // The first worker is ready and then exits; each restart exits 0 before it is ready.
+    let h = Handover::start(
+        "s10-serving",
+        r#"
+[worker]
+command = ["sh", "-c", "if mkdir {dir}/first 2>/dev/null; then exec {worker} --ready-after 0 --exit-after 300 1; else exec {worker} --exit-after 0 0; fi"]
+restart_backoff_initial = "50ms"
+restart_backoff_max = "400ms"
+"#,
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    h.log.wait_for("restarting in 400ms");
+    let log = h.log.text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("worker died") || l.contains("restarting in"))
+        .collect();
+    let expected = [
+        "worker died: exited with code 1",
+        "restarting in 50ms",
+        "worker died before it was ready: exited with code 0",
+        "restarting in 100ms",
+        "worker died before it was ready: exited with code 0",
+        "restarting in 200ms",
+        "worker died before it was ready: exited with code 0",
+        "restarting in 400ms",
+    ];
+    assert!(lines.len() >= expected.len(), "{log}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(
+            line.contains(want),
+            "{want:?} expected, got {line:?}:\n{log}"
+        );
+    }
+}
+
+/// Scenario 11: READY=1 and an exit right after it, a thousand times over four slots: every
+/// exit is "died" after a "worker ready" of the same pid, never "died before it was ready"
+/// (the notify socket is read empty before the exit is handled).
+#[test]
+fn scenario_11_ready_then_exit_is_always_a_death_after_ready() {
+    const DEATHS: usize = 1000;
+    let h = Handover::start(
+        "s11",
+        r#"
+[worker]
+command = ["sh", "-c", "if [ -e {dir}/crash ]; then exec {worker} --ready-after 0 --exit-after-ready 3; else exec {worker} --report {dir}/reports --ready-after 0; fi"]
+count = 4
+restart_backoff_initial = "1ms"
+restart_backoff_max = "1ms"
+"#,
+        Options::default(),
+    );
+    h.log.wait_for("all 4 workers ready");
+    let first: Vec<i32> = h.reports(4).keys().copied().collect();
+    std::fs::write(h.dir.path().join("crash"), "").unwrap();
+    for pid in first {
+        harness::kill(pid, libc::SIGKILL);
+    }
+    h.log
+        .wait_for_count("worker died: exited with code 3", DEATHS);
+    std::fs::remove_file(h.dir.path().join("crash")).unwrap();
+    let log = h.log.text();
+    assert_eq!(
+        h.log.count("worker died before it was ready"),
+        0,
+        "a READY=1 was lost behind its exit:\n{}",
+        log.lines()
+            .filter(|l| l.contains("before it was ready"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut ready = BTreeSet::new();
+    let mut checked = 0;
+    for line in log.lines() {
+        if line.contains("worker ready") {
+            ready.insert(pid_in(line));
+        } else if line.contains("worker died: exited with code 3") {
+            let pid = pid_in(line);
+            assert!(ready.contains(&pid), "{pid} died without being ready first");
+            checked += 1;
+        }
+    }
+    assert!(checked >= DEATHS, "{checked}");
+}
+
+/// Scenario 12: 500 READY=1 datagrams from a process that is neither the worker nor one it
+/// started (the test itself) leave the worker not ready and cost a line or two of log, not
+/// 500; the count accounts for every one. Other users cannot reach the socket at all: it is
+/// open to its owner only.
+#[test]
+fn scenario_12_a_strangers_flood_is_ignored_and_summarised() {
+    const FORGED: usize = 500;
+    let mut h = Handover::start(
+        "s12",
+        "[worker]\ncommand = [\"{worker}\", \"--report\", \"{dir}/reports\"]\nready_timeout = \"3s\"\n",
+        Options::default(),
+    );
+    let reports = h.reports(1);
+    let report = reports.values().next().unwrap();
+    let socket = PathBuf::from(
+        report["env"]["NOTIFY_SOCKET"]
+            .as_str()
+            .expect("NOTIFY_SOCKET"),
+    );
+    let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
+    assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", socket.display());
+    let sender = UnixDatagram::unbound().unwrap();
+    sender.set_write_timeout(Some(GUARD)).unwrap();
+    for _ in 0..FORGED {
+        sender
+            .send_to(b"READY=1", &socket)
+            .expect("send a forged READY=1");
+    }
+    assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
+    let log = h.log.text();
+    assert!(log.contains("not ready within 3.0s"), "{log}");
+    assert!(!log.contains("all 1 workers ready"), "{log}");
+    let lines = log.lines().filter(|l| l.contains("notification")).count();
+    assert!(lines <= 3, "{lines} lines about notifications:\n{log}");
+    let first = log
+        .lines()
+        .filter(|l| {
+            l.contains("ignored a notification from pid") && !l.contains("more notifications")
+        })
+        .count();
+    let counted: usize = log
+        .lines()
+        .filter(|l| l.contains("more notifications dropped"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.parse::<usize>().ok()))
+        .sum();
+    assert_eq!(
+        first + counted,
+        FORGED,
+        "every forged datagram is accounted for:\n{log}"
+    );
+}
+
+/// Scenario 13: READY=1 from the worker's grandchild (a shell's child of the worker's shell)
+/// counts with the default `notify_access = "all"` (the worker and its descendants) and is
+/// ignored with `"main"`.
+#[test]
+fn scenario_13_ready_from_a_grandchild_follows_notify_access() {
+    let config = |access: &str| {
+        format!(
+            r#"
+[worker]
+command = ["sh", "-c", "sh -c '{{worker}} --notify-raw 52454144593d31 --exit-after 500 0; true'; exec sleep 1000"]
+notify_access = "{access}"
+ready_timeout = "2s"
+"#
+        )
+    };
+    let mut all = Handover::start("s13-all", &config("all"), Options::default());
+    all.log.wait_for("all 1 workers ready");
+    assert!(all.stop().success());
+
+    let mut main = Handover::start("s13-main", &config("main"), Options::default());
+    assert_eq!(main.wait().code(), Some(1), "{}", main.log.text());
+    let log = main.log.text();
+    assert!(
+        log.contains("only the worker's own pid may notify"),
+        "{log}"
+    );
+    assert!(log.contains("not ready within 2.0s"), "{log}");
+}
+
+/// Scenario 14: datagrams of 4097 bytes, 64 KiB and 200 KiB that begin with READY=1 are
+/// dropped whole (never half-read as READY=1); one of exactly 4096 bytes is read.
+#[test]
+fn scenario_14_oversized_datagrams_are_dropped_whole() {
+    let script = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+sizes = [4096] if os.environ["HANDOVER_WORKER"] == "0" else [4097, 65536, 204800]
+for size in sizes:
+    head = b"READY=1\nX="
+    s.sendto(head + b"x" * (size - len(head)), os.environ["NOTIFY_SOCKET"])
+    print("sent", size, file=sys.stderr, flush=True)
+time.sleep(1000)
+"#;
+    let mut h = Handover::start(
+        "s14",
+        &format!(
+            "[worker]\ncommand = [\"{PYTHON}\", \"-c\", {}]\ncount = 2\nready_timeout = \"3s\"\n",
+            toml_string(script)
+        ),
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
+    let log = h.log.text();
+    for size in [4096, 4097, 65536, 204800] {
+        assert!(
+            log.contains(&format!("sent {size}")),
+            "{size} not sent:\n{log}"
+        );
+    }
+    let ready = log
+        .lines()
+        .find(|l| l.contains("worker ready"))
+        .expect("worker 0 ready");
+    assert!(ready.contains("worker=0"), "{ready}");
+    assert!(
+        log.contains("worker 1: not ready within 3.0s"),
+        "the oversized READY=1 counted:\n{log}"
+    );
+    assert!(log.contains("datagram longer than 4096 bytes"), "{log}");
+    assert!(
+        log.contains("2 more notifications dropped"),
+        "all three dropped:\n{log}"
+    );
+}
+
+/// Scenario 16: 20 datagrams carrying 250 fds each leave handover with exactly the fds it
+/// had before (each was closed at once), and handover reads on: a later STATUS= arrives.
+#[test]
+fn scenario_16_passed_fds_leave_handovers_fd_count_unchanged() {
+    let script = r#"
+import array, os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+target = os.environ["NOTIFY_SOCKET"]
+s.sendto(b"READY=1", target)
+go = os.path.join(os.environ["DIR"], "go")
+while not os.path.exists(go):
+    time.sleep(0.01)
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(250)]
+for _ in range(20):
+    s.sendmsg([b"STATUS=junk"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], 0, target)
+s.sendto(b"STATUS=after the fds", target)
+time.sleep(1000)
+"#;
+    let h = Handover::start(
+        "s16",
+        &format!(
+            "[worker]\ncommand = [\"env\", \"DIR={{dir}}\", \"{PYTHON}\", \"-c\", {}]\n",
+            toml_string(script)
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let before = settled_fd_count(h.pid());
+    std::fs::write(h.dir.path().join("go"), "").unwrap();
+    wait_status(&h, "the STATUS= after the fds", |s| {
+        s["generations"][0]["workers"][0]["status"] == "after the fds"
+    });
+    let after = wait_until("handover's fd count back where it was", || {
+        let now = settled_fd_count(h.pid());
+        (now <= before).then_some(now)
+    });
+    assert_eq!(after, before);
+}
+
+/// Scenario 17: while one worker floods its notify socket (valid STATUS= lines, as fast as
+/// handover reads them), `handover status` keeps answering, the flood is seen going on
+/// between answers, a killed second worker is replaced and its READY=1 read, and handover's
+/// memory stays where it was.
+#[test]
+fn scenario_17_a_notify_flood_blocks_neither_control_nor_other_workers() {
+    let script = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(os.environ["NOTIFY_SOCKET"])
+s.send(b"READY=1")
+stop = os.path.join(os.environ["DIR"], "stop")
+n, end = 0, time.time() + 60
+while n % 1000 or not (os.path.exists(stop) or time.time() > end):
+    s.send(b"STATUS=flood %d" % n)
+    n += 1
+print("flood ended after", n, file=sys.stderr, flush=True)
+time.sleep(1000)
+"#;
+    let command = format!(
+        r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 0 ]; then exec env DIR={{dir}} {PYTHON} -c \"$0\"; else exec {{worker}} --report {{dir}}/reports --ready-after 0; fi", {}]
+count = 2
+restart_backoff_initial = "10ms""#,
+        toml_string(script)
+    );
+    let h = Handover::start("s17", &format!("[worker]\n{command}\n"), Options::default());
+    h.log.wait_for("all 2 workers ready");
+    let flood_of = |s: &Value| -> Option<u64> {
+        s["generations"][0]["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["index"] == 0)?["status"]
+            .as_str()?
+            .strip_prefix("flood ")?
+            .parse()
+            .ok()
+    };
+    let start = wait_status(&h, "the flood to begin", |s| flood_of(s).is_some());
+    let rss_before = vm_rss_kib(h.pid());
+    let mut last = flood_of(&start).unwrap();
+    let mut advanced = 0;
+    for _ in 0..20 {
+        let status = status_json(&h);
+        assert_eq!(
+            status["status"], "2/2 workers ready, generation 1",
+            "{status:#}"
+        );
+        let now = flood_of(&status).expect("still flooding");
+        if now > last {
+            advanced += 1;
+        }
+        last = now;
+    }
+    assert!(
+        advanced >= 10,
+        "the flood did not go on between answers ({advanced} of 20)"
+    );
+    let other = *h.reports(1).keys().next().unwrap();
+    harness::kill(other, libc::SIGKILL);
+    h.log.wait_for_count("worker ready", 3);
+    assert_eq!(h.log.count("flood ended"), 0, "the flood ended too early");
+    let rss_after = vm_rss_kib(h.pid());
+    std::fs::write(h.dir.path().join("stop"), "").unwrap();
+    h.log.wait_for("flood ended");
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "handover's memory grew from {rss_before} KiB to {rss_after} KiB during the flood"
+    );
+}
+
+/// Scenario 18: a worker's MAINPID=, FDSTORE=1, WATCHDOG=1 and a STATUS= full of control
+/// characters never reach systemd; the worker's status is kept sanitized (control
+/// characters as `?`) and cut to 256 bytes on a character boundary.
+#[test]
+fn scenario_18_worker_notifications_are_never_forwarded_to_systemd() {
+    let status_text = format!("\x1b[31mevil\x07{}", "é".repeat(200));
+    let datagram = format!(
+        "READY=1\nMAINPID=1\nFDSTORE=1\nFDNAME=stolen\nWATCHDOG=1\nWATCHDOG_USEC=1\nSTATUS={status_text}"
+    );
+    let mut h = Handover::start(
+        "s18",
+        &format!(
+            "[worker]\ncommand = [\"{{worker}}\", \"--notify-raw\", \"{}\"]\n",
+            hex(datagram.as_bytes())
+        ),
+        Options {
+            notify: true,
+            ..Default::default()
+        },
+    );
+    h.notify.as_mut().unwrap().wait_for("READY=1");
+    let status = status_json(&h);
+    let shown = status["generations"][0]["workers"][0]["status"]
+        .as_str()
+        .expect("the worker's status")
+        .to_string();
+    assert!(shown.starts_with("?[31mevil?é"), "{shown:?}");
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(
+        shown.len() <= 256 && shown.len() > 250,
+        "{} bytes",
+        shown.len()
+    );
+    assert!(h.stop().success());
+    let notify = h.notify.as_mut().unwrap();
+    notify.wait_for("STOPPING=1");
+    for datagram in &notify.received {
+        for bad in ["MAINPID=", "FDSTORE=", "FDNAME=", "WATCHDOG", "evil"] {
+            assert!(
+                !datagram.contains(bad),
+                "{bad} reached systemd: {datagram:?}"
+            );
+        }
+    }
+}
