@@ -1518,3 +1518,341 @@ fn scenario_39_fork_failures_back_off_fail_clearly_and_recover() {
     let (status, out, err) = h.ctl(&["reload"]);
     assert!(status.success(), "{out}{err}");
 }
+
+// ---- control plane and privileges (44-48) ------------------------------------------------
+
+/// Scenario 44, the notify side: the runtime directory's per-run entry has a predictable
+/// name (`handover.<pid>.notify`). A symlink planted there, or a directory of another user,
+/// is refused and left alone, never followed; the sweep of stale entries passes over links
+/// and other users' directories too.
+#[test]
+fn scenario_44_planted_notify_directories_are_refused_and_left_alone() {
+    let config = "[handover]\nruntime_dir = \"{dir}\"\n\n[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n";
+    // `exec` keeps the shell's pid for handover, so `$$` names the entry it will want.
+    let (code, text, dir) = sh(
+        "s44-link",
+        config,
+        r#"mkdir precious stale-target && echo keep > precious/file && echo keep > stale-target/file
+ln -s "$PWD/precious" "$PWD/handover.$$.notify"
+ln -s "$PWD/stale-target" "$PWD/handover.999999999.notify"
+exec "$H" start --config "$C""#,
+    );
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("exists and is not a directory of ours"),
+        "{text}"
+    );
+    for target in ["precious", "stale-target"] {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(target).join("file"))
+                .ok()
+                .as_deref(),
+            Some("keep\n"),
+            "{target} was touched"
+        );
+    }
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("handover.999999999.notify"))
+            .is_ok_and(|m| m.file_type().is_symlink())
+    );
+
+    if skip(needs_root("to plant another user's directory")) {
+        return;
+    }
+    let (code, text, dir) = sh(
+        "s44-foreign",
+        config,
+        r#"mkdir "handover.$$.notify" handover.999999998.notify && echo keep > "handover.$$.notify/file" && echo keep > handover.999999998.notify/file
+chown -R 65534:65534 "handover.$$.notify" handover.999999998.notify
+exec "$H" start --config "$C""#,
+    );
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("exists and is not a directory of ours"),
+        "{text}"
+    );
+    let kept = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".notify"))
+        .filter(|e| std::fs::read_to_string(e.path().join("file")).is_ok_and(|t| t == "keep\n"))
+        .count();
+    assert_eq!(kept, 2, "another user's directories were touched");
+}
+
+/// Scenario 44, the control side: handover running as an ordinary user, with no
+/// `[control] socket`, no `RUNTIME_DIRECTORY` and no `XDG_RUNTIME_DIR`, refuses to start
+/// rather than put its control socket in /tmp.
+#[test]
+fn scenario_44_no_control_socket_in_tmp_for_ordinary_users() {
+    if skip(needs_root("to run handover as another user").or_else(|| needs_tool("setpriv"))) {
+        return;
+    }
+    let dir = TempDir::new("s44-tmp");
+    for ancestor in dir.path().ancestors() {
+        let mode = std::fs::metadata(ancestor).map(|m| m.mode()).unwrap_or(0);
+        if mode & 0o005 != 0o005 {
+            skip(Some(format!(
+                "{} is not readable and searchable by others",
+                ancestor.display()
+            )));
+            return;
+        }
+    }
+    let config = dir.path().join("app.toml");
+    std::fs::write(
+        &config,
+        harness::expand(
+            "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n",
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(harness::binary("handover"))
+        .arg("start")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env("TMPDIR", "/tmp")
+        .current_dir("/");
+    let (status, out, err) = output_guarded(cmd);
+    assert_eq!(status.code(), Some(5), "{out}{err}");
+    assert!(
+        err.contains("handover never puts its control socket in /tmp"),
+        "{err}"
+    );
+}
+
+/// Scenario 47, the environment handover passes on: with `inherit_env` listing what to
+/// inherit, a worker gets exactly those of handover's variables (and `env`), never
+/// handover's own `HANDOVER_*` or `LISTEN_FDNAMES`, and each variable once.
+#[test]
+fn scenario_47_inherited_environment_is_allowlisted_and_reserved_names_are_handovers() {
+    let mut h = Handover::start(
+        "s47",
+        r#"
+[worker]
+command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "0"]
+inherit_env = ["PATH", "KEEP_ME"]
+env = { ADDED = "by config" }
+"#,
+        Options {
+            env: vec![
+                ("KEEP_ME".into(), "yes".into()),
+                ("NOT_LISTED".into(), "secret".into()),
+                ("HANDOVER_WORKER".into(), "99".into()),
+                ("HANDOVER_GENERATION".into(), "7".into()),
+                ("HANDOVER_FDS".into(), "{\"evil\":\"/etc/shadow\"}".into()),
+                ("LISTEN_FDNAMES".into(), "evil".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let reports = h.reports(1);
+    let pid = *reports.keys().next().unwrap();
+    h.log.wait_for("all 1 workers ready");
+    let env = raw_environ(pid);
+    let mut seen = BTreeSet::new();
+    for (key, _) in &env {
+        assert!(seen.insert(key.as_str()), "{key} twice");
+    }
+    let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    assert_eq!(get("KEEP_ME"), Some("yes"));
+    assert_eq!(get("ADDED"), Some("by config"));
+    assert_eq!(get("NOT_LISTED"), None, "not in inherit_env");
+    assert_eq!(get("HANDOVER_WORKER"), Some("0"));
+    assert_eq!(get("HANDOVER_GENERATION"), Some("1"));
+    assert_eq!(get("HANDOVER_FDS"), Some("{}"));
+    assert_eq!(get("LISTEN_FDNAMES"), Some(""));
+    assert!(get("PATH").is_some());
+    assert!(h.stop().success());
+}
+
+/// Sends one raw control request and reads every answer line until the server closes.
+fn raw_request(h: &Handover, request: &str) -> Vec<Value> {
+    let mut stream = UnixStream::connect(h.control_socket()).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Scenario 47, through a reload's overrides (the raw control protocol, as `handover reload
+/// --env` and `--replace-env` send them): reserved variables cannot be set for the new
+/// generation; each new worker has handover's values, each variable once.
+#[test]
+fn scenario_47_reload_overrides_cannot_set_reserved_variables() {
+    let h = Handover::start(
+        "s47-reload",
+        "[worker]\ncommand = [\"{worker}\", \"--report\", \"{dir}/reports\", \"--ready-after\", \"0\"]\nready_timeout = \"5s\"\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    for request in [
+        r#"{"v":1,"cmd":"reload","env":[["LISTEN_PID","1"],["LISTEN_FDS","9"],["HANDOVER_WORKER","9"]]}"#,
+        r#"{"v":1,"cmd":"reload","env":[["NOTIFY_SOCKET","/tmp/evil.sock"],["WATCHDOG_USEC","1"]]}"#,
+        r#"{"v":1,"cmd":"reload","replace_env":true,"env":[["HANDOVER_FD_NUMBERS","{\"evil\":3}"]]}"#,
+    ] {
+        let answers = raw_request(&h, request);
+        let last = answers.last().cloned().unwrap_or(Value::Null);
+        assert_eq!(last["event"], "done", "{request}: {answers:?}");
+        let generation = last["generation"].as_u64().expect("generation");
+        let status = wait_status(&h, "the new worker", |s| {
+            workers_of(s, generation)
+                .values()
+                .any(|w| w["state"] == "ready")
+        });
+        let pid = *workers_of(&status, generation).keys().next().unwrap();
+        let env = raw_environ(pid);
+        let mut seen = BTreeSet::new();
+        for (key, value) in &env {
+            assert!(seen.insert(key.clone()), "{request}: {key} twice");
+            assert!(!value.contains("evil"), "{request}: {key}={value}");
+        }
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("LISTEN_PID"),
+            Some(pid.to_string().as_str()),
+            "{request}"
+        );
+        assert_eq!(get("LISTEN_FDS"), Some("0"), "{request}");
+        assert_eq!(get("HANDOVER_WORKER"), Some("0"), "{request}");
+        assert_eq!(get("WATCHDOG_USEC"), None, "{request}");
+        assert_eq!(get("HANDOVER_FD_NUMBERS"), Some("{}"), "{request}");
+        assert!(
+            get("NOTIFY_SOCKET").is_some_and(|p| p.contains("handover.")),
+            "{request}"
+        );
+    }
+}
+
+/// Scenario 47: a reload override whose name is empty or holds `=` or a NUL is refused, as
+/// the same name in the configuration is, and nothing is spawned. (A name with `=` is no
+/// harmless oddity: `NOTIFY_SOCKET=/x` as a name puts a second `NOTIFY_SOCKET` before the
+/// real one in the worker's environment, and the worker reports to the wrong socket.)
+#[test]
+#[ignore = "scenario 47: reload overrides are not checked: names with '=' or a NUL, and empty names, are accepted; see report"]
+fn scenario_47_bad_override_names_are_refused() {
+    let h = Handover::start(
+        "s47-names",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\nready_timeout = \"2s\"\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    for env in [
+        r#"[["NOTIFY_SOCKET=/tmp/elsewhere.sock","x"]]"#,
+        r#"[["A=B","x"]]"#,
+        r#"[["A\u0000B","x"]]"#,
+        r#"[["","x"]]"#,
+    ] {
+        let answers = raw_request(&h, &format!(r#"{{"v":1,"cmd":"reload","env":{env}}}"#));
+        assert_eq!(answers.len(), 1, "{env}: {answers:?}");
+        assert_eq!(answers[0]["event"], "error", "{env}: {answers:?}");
+    }
+    assert_eq!(h.log.count("spawning generation"), 0, "{}", h.log.text());
+}
+
+/// Scenario 48: a worker run as `user = "nobody"` has every uid and gid of nobody, no
+/// supplementary group of root, no capability, cannot become root again, and its notify
+/// socket belongs to nobody and is closed to every other user.
+#[test]
+fn scenario_48_workers_drop_every_privilege() {
+    if skip(needs_root("to switch users").or_else(|| needs_tool("setpriv"))) {
+        return;
+    }
+    let reports = TempDir::new("s48-reports");
+    std::fs::set_permissions(reports.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut h = Handover::start(
+        "s48",
+        &format!(
+            r#"
+[worker]
+command = ["sh", "-c", "setpriv --reuid=0 true || echo regaining root failed; exec {{worker}} --report {} --ready-after 0"]
+user = "nobody"
+"#,
+            reports.path().display()
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let found = harness::wait_reports(reports.path(), 1);
+    let (pid, report) = found.iter().next().unwrap();
+    let line = |key: &str| {
+        report["status"][key]
+            .as_str()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    assert!(
+        line("Uid").split_whitespace().all(|u| u == "65534"),
+        "Uid {}",
+        line("Uid")
+    );
+    assert!(
+        line("Gid").split_whitespace().all(|g| g == "65534"),
+        "Gid {}",
+        line("Gid")
+    );
+    assert!(
+        !line("Groups").split_whitespace().any(|g| g == "0"),
+        "Groups {}",
+        line("Groups")
+    );
+    assert_eq!(line("CapEff"), "0000000000000000");
+    h.log.wait_for("regaining root failed");
+    let socket = PathBuf::from(report["env"]["NOTIFY_SOCKET"].as_str().unwrap());
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (65534, 0o600),
+        "{}",
+        socket.display()
+    );
+    // Another unprivileged user cannot send to it.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65533", "--regid=65533", "--clear-groups", PYTHON, "-c"])
+        .arg("import socket, sys\ntry:\n    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'STOPPING=1', sys.argv[1])\n    print('sent')\nexcept OSError as e:\n    print('refused', e.errno)\n")
+        .arg(&socket);
+    let (_, out, err) = output_guarded(cmd);
+    assert!(out.starts_with("refused 13"), "{out}{err}");
+    assert!(alive(*pid));
+    assert!(h.stop().success());
+}
+
+/// Scenario 48: workers run with `NO_NEW_PRIVS`, so no setuid program can give back what
+/// the privilege drop took.
+#[test]
+#[ignore = "scenario 48: handover does not set PR_SET_NO_NEW_PRIVS for its workers (NoNewPrivs: 0), see report"]
+fn scenario_48_workers_have_no_new_privileges() {
+    if skip(needs_root("to switch users")) {
+        return;
+    }
+    let reports = TempDir::new("s48-nnp-reports");
+    std::fs::set_permissions(reports.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut h = Handover::start(
+        "s48-nnp",
+        &format!(
+            "[worker]\ncommand = [\"{{worker}}\", \"--report\", \"{}\", \"--ready-after\", \"0\"]\nuser = \"nobody\"\n",
+            reports.path().display()
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let found = harness::wait_reports(reports.path(), 1);
+    let report = found.values().next().unwrap();
+    assert_eq!(
+        report["status"]["NoNewPrivs"].as_str().map(str::trim),
+        Some("1")
+    );
+    assert!(h.stop().success());
+}
