@@ -465,6 +465,87 @@ fn scenario_08_a_symlink_at_a_unix_socket_path_is_refused() {
     ));
 }
 
+/// Scenario 8: a stale socket is replaced under a lock, so that two instances starting on
+/// the same path cannot both win. The first (A) is held for three seconds between binding
+/// its fresh socket and listening on it (strace delays its `listen()`); a second (B) that
+/// starts meanwhile must not take the path from it: B fails with "already in use", and the
+/// path leads to A's worker.
+#[test]
+#[ignore = "scenario 8: no lock around replacing a stale unix socket: a second instance unlinks the first one's fresh socket before it listens, and both run; see report"]
+fn scenario_08_a_stale_socket_is_replaced_under_a_lock() {
+    if skip(needs_tool("strace")) {
+        return;
+    }
+    let shared = TempDir::new("s08-lock");
+    let path = shared.path().join("app.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    // A mode no fresh socket gets (the inode number may well be reused) tells them apart.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = format!(
+        "[[socket]]\nname = \"u\"\nlisten = \"{}\"\n\n[worker]\ncommand = [\"{{worker}}\", \"--ready-after\", \"0\", \"--serve\"]\n",
+        path.display()
+    );
+    // The control socket's listen() is the first, the unix socket's the second.
+    let a = Handover::start(
+        "s08-lock-a",
+        &config,
+        Options {
+            wrapper: [
+                "strace",
+                "-D",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=listen",
+                "-e",
+                "inject=listen:delay_enter=3000000:when=2",
+                "--",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    );
+    wait_until("A to bind its fresh socket", || {
+        std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.mode() & 0o777 != 0o600)
+            .map(|_| ())
+    });
+    let mut b = Handover::start("s08-lock-b", &config, Options::default());
+    let b_won = wait_until("B to give up or to serve", || {
+        if b.log.text().contains("all 1 workers ready") {
+            Some(true)
+        } else if !alive(b.pid()) {
+            Some(false)
+        } else {
+            None
+        }
+    });
+    assert!(
+        !b_won,
+        "both instances serve on {}:\n{}",
+        path.display(),
+        b.log.text()
+    );
+    assert_eq!(b.wait().code(), Some(4), "{}", b.log.text());
+    assert!(b.log.text().contains("already in use"), "{}", b.log.text());
+    a.log.wait_for("all 1 workers ready");
+    let a_worker = pids_of_lines(&a, &["worker started"])[0];
+    let mut stream = UnixStream::connect(&path).expect("connect to the path");
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(
+        response.ends_with(&format!("\r\n\r\n{a_worker}\n")),
+        "the path does not lead to A's worker {a_worker}: {response:?}"
+    );
+}
+
 // ---- readiness and notify (9-18) ---------------------------------------------------------
 
 /// A config with one self-bound TCP socket and `worker` as the `[worker]` section's body.
