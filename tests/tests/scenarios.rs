@@ -20,6 +20,7 @@ use handover_tests::harness::{
     self, alive, children_of, free_port, marked_processes, output_guarded, unique_marker,
     wait_gone, Handover, Options, TempDir, GUARD,
 };
+use handover_tests::systemd::{shipped, Systemd};
 use serde_json::Value;
 
 // ---- helpers ---------------------------------------------------------------------------
@@ -611,6 +612,49 @@ stop_timeout = "1s""#,
     );
     assert!(workers_of(&status, 2).is_empty(), "{status:#}");
     assert!(h.stop().success());
+}
+
+/// Scenarios 9 and 10 under systemd, with the shipped unit: a first generation that is
+/// never ready, or whose worker exits before READY=1, fails `systemctl start`; the unit does
+/// not become active, handover's exit status is 1, and the journal says why.
+#[test]
+fn scenario_09_10_a_failed_first_generation_fails_systemctl_start() {
+    const SERVICE: &str = "handover@web.service";
+    let example = shipped("example.toml");
+    let with_args = |args: &str| {
+        let original = r#""--socket", "http"]"#;
+        assert!(example.contains(original), "example.toml's command changed");
+        example
+            .replace(original, &format!(r#""--socket", "http", {args}]"#))
+            .replace(r#"ready_timeout = "30s""#, r#"ready_timeout = "1s""#)
+    };
+    let Some(sd) = Systemd::builder("s09-unit")
+        .shipped_unit("handover@.service")
+        .shipped_unit("handover-http@.socket")
+        .config("web", &with_args(r#""--never-ready""#))
+        .boot()
+    else {
+        return;
+    };
+    sd.systemctl_ok(&["start", "handover-http@web.socket"]);
+    for (config, why) in [
+        (None, "not ready within 1.0s"),
+        (
+            Some(with_args(r#""--crash-on-start", "3""#)),
+            "exited with code 3",
+        ),
+    ] {
+        if let Some(config) = config {
+            sd.write_config("web", &config);
+        }
+        let (status, out, err) = sd.systemctl(&["start", SERVICE]);
+        assert!(!status.success(), "systemctl start succeeded: {out}{err}");
+        assert_ne!(sd.show(SERVICE, "ActiveState"), "active");
+        assert_eq!(sd.show(SERVICE, "ExecMainStatus"), "1");
+        sd.wait_journal(SERVICE, why);
+        let _ = sd.systemctl(&["stop", SERVICE]);
+        let _ = sd.systemctl(&["reset-failed", SERVICE]);
+    }
 }
 
 /// Scenario 10: a worker that exits with code 0 before it is ready fails the start (exit 1,
