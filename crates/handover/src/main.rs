@@ -546,7 +546,7 @@ fn dump_dirs(environment: &Environment) -> Vec<PathBuf> {
 /// The directory for per-worker notify sockets: private, unique to this run.
 /// Where the directory for per-worker notify sockets goes (it gets a unique name there).
 fn notify_base(config: &Config, environment: &Environment) -> PathBuf {
-    let base = config
+    config
         .handover
         .runtime_dir
         .clone()
@@ -558,8 +558,7 @@ fn notify_base(config: &Config, environment: &Environment) -> PathBuf {
             } else {
                 std::env::temp_dir()
             }
-        });
-    base
+        })
 }
 
 fn start(config_path: &Path, environment: Environment, options: StartOptions) -> ExitCode {
