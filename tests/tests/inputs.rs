@@ -324,13 +324,14 @@ fn stale_notify_directories_are_swept_by_their_lock() {
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(d.join(".lock"))
             .unwrap()
     };
     let held = lock(&live);
-    // SAFETY: flock on a file we opened.
     assert_eq!(
+        // SAFETY: flock on a file we opened and hold.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
         0
     );
