@@ -867,6 +867,8 @@ probe_interval = "20ms"
     );
     let ready = h.notify.as_mut().unwrap().wait_for("READY=1");
     assert!(ready.contains("2/2 workers ready"), "{ready}");
+    // systemd hears READY=1 at once; the log lines may still be in the writer's queue.
+    h.log.wait_for_count("worker ready (probe succeeded)", 2);
     assert_eq!(
         h.log.count("worker ready (probe succeeded)"),
         2,

@@ -232,7 +232,23 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
             "unknown field {unknown:?} in a {cmd} request"
         )));
     }
-    serde_json::from_value(serde_json::Value::Object(object)).map_err(malformed)
+    let request: Request =
+        serde_json::from_value(serde_json::Value::Object(object)).map_err(malformed)?;
+    if let Request::Reload { env, .. } = &request {
+        for (name, value) in env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(RequestError::Malformed(format!(
+                    "env: {name:?} is not a variable name (empty, or holding '=' or a NUL)"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(RequestError::Malformed(format!(
+                    "env: the value of {name} holds a NUL"
+                )));
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// Parses one response line.
@@ -329,6 +345,24 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    /// Scenario 47: override names that would corrupt the worker's environment are refused.
+    #[test]
+    fn bad_override_names_are_refused() {
+        for line in [
+            &br#"{"v":1,"cmd":"reload","env":[["NOTIFY_SOCKET=/x","y"]]}"#[..],
+            br#"{"v":1,"cmd":"reload","env":[["","y"]]}"#,
+            br#"{"v":1,"cmd":"reload","env":[["A\u0000B","y"]]}"#,
+            br#"{"v":1,"cmd":"reload","env":[["A","b\u0000c"]]}"#,
+        ] {
+            assert!(
+                parse_request(line).is_err(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert!(parse_request(br#"{"v":1,"cmd":"reload","env":[["A","b=c"]]}"#).is_ok());
     }
 
     /// Two equal keys are an error, not "the last one wins".

@@ -200,9 +200,43 @@ fn unix_path_is_live(path: &Path, address: &BindAddress) -> Result<bool, BindErr
     }
 }
 
+/// Takes the lock `PATH.lock` for binding the unix socket at `path`, waiting for another
+/// binder to finish.
+fn lock_path(
+    path: &Path,
+    address: &BindAddress,
+) -> Result<nix::fcntl::Flock<std::fs::File>, BindError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut lock_name = path.as_os_str().to_owned();
+    lock_name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_name)
+        .map_err(|source| BindError::Io {
+            step: "opening the lock file (PATH.lock)",
+            address: address.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+        BindError::Io {
+            step: "locking PATH.lock",
+            address: address.clone(),
+            source: errno.into(),
+        }
+    })
+}
+
 fn bind_unix(path: &Path, spec: &BindSpec) -> Result<OwnedFd, BindError> {
     let address = BindAddress::Unix(path.to_path_buf());
     unix_addr(path)?;
+    // From the check of what is at the path to `listen()`, nobody else may do the same: two
+    // instances would each find the other's socket not listening yet, take it for stale,
+    // and replace it. `PATH.lock` next to the socket serializes them (it stays behind).
+    let _lock = lock_path(path, &address)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;

@@ -219,6 +219,18 @@ pub fn reap(pid: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Unblocks every signal for this thread (call before any other thread exists, so they all
+/// inherit it). A signal mask is inherited across exec: started by a program that blocked
+/// SIGTERM or SIGHUP, handover would otherwise never see them.
+pub fn unblock_all_signals() -> io::Result<()> {
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Makes this process a child subreaper: orphans of its descendants become its children, so
 /// they can be found and killed on stop, and reaped.
 pub fn set_child_subreaper() -> io::Result<()> {

@@ -175,6 +175,12 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == gendocs::COMMAND) {
         return gendocs::run::<Cli>(&args[2..]);
     }
+    // Before any thread exists, so that every thread gets it: a mask inherited from whoever
+    // started handover would hide SIGTERM, SIGHUP and the others from it.
+    if let Err(err) = handover_sys::process::unblock_all_signals() {
+        eprintln!("handover: cannot unblock signals: {err}");
+        return ExitCode::from(exit::INTERNAL);
+    }
     if let Err(err) = handover_sys::fd::ensure_std_fds() {
         eprintln!("handover: cannot set up standard fds: {err}");
         return ExitCode::from(exit::INTERNAL);

@@ -26,10 +26,14 @@ use serde_json::{json, Value};
 
 /// Writes a line to stderr and ignores failure: a closed log pipe must never make this
 /// program panic (Rust ignores SIGPIPE, so such a write fails with EPIPE instead).
+/// The line is formatted first and written in one call: stderr is unbuffered, and a line
+/// written in pieces could be cut by the output thread's writes.
 macro_rules! log {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 
@@ -37,7 +41,9 @@ macro_rules! log {
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stdout().lock().write_all(line.as_bytes());
     }};
 }
 

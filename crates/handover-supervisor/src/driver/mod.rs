@@ -83,8 +83,27 @@ struct ProbeIo {
     pidfd: Pidfd,
 }
 
+/// A reload's plan, made on the planning thread.
+type PlanJob = Box<dyn FnOnce() + Send>;
+
+/// Starts the thread that makes reloads' plans (reads the configuration, binds sockets,
+/// looks up users), once, at start: a thread made at the moment of a reload could fail when
+/// a process limit is reached, and the reload must then fail cleanly, not the supervisor.
+fn start_planner() -> std::io::Result<std::sync::mpsc::Sender<PlanJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<PlanJob>();
+    std::thread::Builder::new()
+        .name("handover-planner".into())
+        .spawn(move || {
+            for job in rx {
+                job();
+            }
+        })?;
+    Ok(tx)
+}
+
 struct Driver {
     core: Core,
+    planner: std::sync::mpsc::Sender<PlanJob>,
     settings: Settings,
     spawner: Spawner,
     systemd: Systemd,
@@ -148,8 +167,15 @@ pub async fn run(
         },
         now,
     );
+    let planner = start_planner().map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!("cannot start the planning thread: {err}"),
+        )
+    })?;
     let mut driver = Driver {
         core,
+        planner,
         settings: Settings {
             notify_dir: plan.notify_dir,
             notify_owner: plan.notify_owner,
@@ -285,13 +311,20 @@ impl Driver {
                 current,
             } => {
                 debug!(generation, "making the plan of the new generation");
-                // Reading files and looking up users may block: not on the event loop.
+                // Reading files and looking up users may block: not on the event loop, on the
+                // planning thread.
                 let reloader = self.reloader.clone();
                 let events = self.events.clone();
-                tokio::task::spawn_blocking(move || {
+                let job: PlanJob = Box::new(move || {
                     let plan = reloader(&overrides, &current);
                     let _ = events.send(Event::Resolved { reload, plan });
                 });
+                if let Err(std::sync::mpsc::SendError(_)) = self.planner.send(job) {
+                    self.pending.push_back(Input::Resolved {
+                        reload,
+                        plan: Err("the planning thread is gone".into()),
+                    });
+                }
             }
             Action::Dump(mut status) => {
                 status.logs = self.settings.output.status();
