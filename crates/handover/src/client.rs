@@ -155,10 +155,14 @@ pub(crate) fn render_status(status: &Status) -> String {
     if let Some(generation) = status.reloading {
         out.push_str(&format!("reload in progress: generation {generation}\n"));
     }
-    out.push_str("\nSOCKET       FD  ADDRESS                         FROM\n");
+    out.push_str("\nSOCKET       FD  ADDRESS                         FROM      MODE\n");
     for socket in &status.sockets {
+        let mode = match &socket.shared_because {
+            Some(why) => format!("{} ({why})", socket.mode),
+            None => socket.mode.clone(),
+        };
         out.push_str(&format!(
-            "{:<12} {:<3} {:<31} {}\n",
+            "{:<12} {:<3} {:<31} {:<9} {mode}\n",
             socket.name,
             socket.fd,
             socket.address,

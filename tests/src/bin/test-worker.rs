@@ -62,6 +62,12 @@ usage: handover-test-worker [OPTIONS]
   --marker VALUE           HANDOVER_TEST_MARKER value for --child/--grandchild (default child)
   --stderr TEXT            write TEXT as a line to stderr at start (repeatable)
   --serve                  answer HTTP requests on fd 3 with the pid
+  --accept-batch N         with --serve: accept up to N connections at once, greedily, and
+                           answer them only after --answer-delay-ms (1..=1000); the drain of
+                           frameworks that batch accepts: SIGTERM drops what is unread
+  --answer-delay-ms MS     the delay before a batch is answered (default 20)
+  --stop-flag              SIGTERM only sets a flag, seen after the next accept() returns
+                           (a server blocked in accept(), like Werkzeug's development one)
   --notify-raw HEX         send this hex-encoded datagram to NOTIFY_SOCKET (repeatable)
   --notify-raw-repeat N    send each raw datagram N times (1..=1000000)
   --sleep-forever          after all actions, sleep until a signal (the default)
@@ -160,6 +166,9 @@ struct Config {
     marker: Option<String>,
     stderr_lines: Vec<String>,
     serve: bool,
+    accept_batch: usize,
+    answer_delay_ms: u64,
+    stop_flag: bool,
     notify_raw: Vec<Vec<u8>>,
     notify_raw_repeat: u64,
     output: Output,
@@ -197,6 +206,7 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
 fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut cfg = Config {
         notify_raw_repeat: 1,
+        answer_delay_ms: 20,
         output: Output {
             line_bytes: 64,
             ..Output::default()
@@ -230,6 +240,20 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--marker" => cfg.marker = Some(value("a value")?),
             "--stderr" => cfg.stderr_lines.push(value("a text")?),
             "--serve" => cfg.serve = true,
+            "--accept-batch" => {
+                cfg.accept_batch = match value("a count")?.parse::<usize>() {
+                    Ok(n @ 1..=1000) => n,
+                    _ => return Err("--accept-batch takes 1..=1000".into()),
+                }
+            }
+            "--answer-delay-ms" => {
+                cfg.answer_delay_ms = value("milliseconds")?
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms <= MAX_MS)
+                    .ok_or("--answer-delay-ms takes a number of milliseconds")?
+            }
+            "--stop-flag" => cfg.stop_flag = true,
             "--notify-raw" => {
                 let hex = value("hex bytes")?;
                 cfg.notify_raw.push(
@@ -385,6 +409,8 @@ fn run(cfg: &Config, start: Instant) -> c_int {
     if cfg.ignore_term {
         // SAFETY: setting a signal disposition to the constant SIG_IGN.
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    } else if cfg.stop_flag {
+        install_flag_handler();
     } else {
         install_term_handler();
     }
@@ -395,7 +421,7 @@ fn run(cfg: &Config, start: Instant) -> c_int {
         send_raw_repeated(me, datagram, cfg.notify_raw_repeat);
     }
     if cfg.serve {
-        start_serving(me);
+        start_serving(me, cfg.accept_batch, cfg.answer_delay_ms);
     }
     if cfg.output.any() {
         let output = cfg.output.clone();
@@ -500,6 +526,75 @@ extern "C" fn on_term(_sig: c_int) {
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);
         libc::_exit(0);
+    }
+}
+
+/// `--stop-flag`: set by SIGTERM, seen by the serving thread after each accept.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_term_flag(_sig: c_int) {
+    STOP.store(true, Ordering::SeqCst);
+    let message = b"worker got SIGTERM; stopping after the next accept\n";
+    // SAFETY: write is async-signal-safe; the buffer is a static string.
+    unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+}
+
+fn install_flag_handler() {
+    // SAFETY: sigaction is plain data; zero is a valid starting value for every field.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_term_flag as extern "C" fn(c_int) as usize;
+    // SAFETY: sa_mask is a valid sigset_t inside action; the handler only stores an atomic
+    // and writes; no SA_RESTART, but accept() restarts in std anyway (EINTR is retried).
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+}
+
+/// `--accept-batch`: accepts greedily (one blocking accept, then as many as are waiting, up
+/// to `batch`), waits `delay`, then answers them all. A SIGTERM (the default handler exits at
+/// once) drops every connection accepted and not answered yet, as frameworks that batch
+/// their accepts do.
+fn batch_loop(me: u32, listener: Listener, batch: usize, delay: Duration) {
+    let Listener::Tcp(listener) = listener else {
+        log!("test-worker {me}: --accept-batch serves TCP only");
+        return;
+    };
+    loop {
+        let mut accepted = Vec::with_capacity(batch);
+        match listener.accept() {
+            Ok((s, _)) => accepted.push(s),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        }
+        let _ = listener.set_nonblocking(true);
+        while accepted.len() < batch {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    accepted.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = listener.set_nonblocking(false);
+        std::thread::sleep(delay);
+        for conn in accepted {
+            if ACTIVE.fetch_add(1, Ordering::SeqCst) < MAX_SERVE_THREADS {
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    answer(me, Box::new(conn));
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                });
+                if spawned.is_err() {
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                }
+            } else {
+                answer(me, Box::new(conn));
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -1153,7 +1248,7 @@ enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-fn start_serving(me: u32) {
+fn start_serving(me: u32, batch: usize, delay_ms: u64) {
     if !fd_is_open(3) {
         log!("test-worker {me}: --serve given but fd 3 is not open");
         return;
@@ -1181,7 +1276,13 @@ fn start_serving(me: u32) {
     };
     let spawned = std::thread::Builder::new()
         .name("serve".to_owned())
-        .spawn(move || accept_loop(me, listener));
+        .spawn(move || {
+            if batch > 0 {
+                batch_loop(me, listener, batch, Duration::from_millis(delay_ms))
+            } else {
+                accept_loop(me, listener)
+            }
+        });
     if let Err(e) = spawned {
         log!("test-worker {me}: cannot start the serving thread: {e}");
     }
@@ -1200,6 +1301,11 @@ fn accept_loop(me: u32, listener: Listener) {
         let conn = match accepted {
             Ok(c) => {
                 errors = 0;
+                if STOP.load(Ordering::SeqCst) {
+                    // Told to stop while asleep in accept(): this connection is not served.
+                    log!("test-worker {me}: accept returned after SIGTERM; exiting");
+                    std::process::exit(0);
+                }
                 c
             }
             Err(e) => {
