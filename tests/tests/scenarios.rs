@@ -1216,9 +1216,11 @@ fn threads_of(pid: i32) -> BTreeSet<i32> {
 }
 
 /// Scenario 25, the counter-test: the parent-death signal fires when the *thread* that
-/// started a worker exits. Workers started at start, by a restart, by a reload (whose plan is
-/// made on a thread of the runtime's blocking pool) and by `scale` all outlive the exit of
-/// that pool thread, which happens once it has been idle for a while.
+/// started a worker exits. handover forks only from threads that live as long as it does (its
+/// spawning thread; reload plans are made on a planning thread made at start, not on a pool
+/// thread that ends when idle): workers started at start, by a restart, by a reload and by
+/// `scale` leave handover's threads as they were, and all of them are alive after tokio's
+/// idle-thread keep-alive (10 s) has passed.
 #[test]
 fn scenario_25_workers_outlive_the_exit_of_handovers_helper_threads() {
     let h = Handover::start(
@@ -1227,6 +1229,7 @@ fn scenario_25_workers_outlive_the_exit_of_handovers_helper_threads() {
         Options::default(),
     );
     h.log.wait_for("all 2 workers ready");
+    let threads = threads_of(h.pid());
     let first = *h.reports(2).keys().next().unwrap();
     harness::kill(first, libc::SIGKILL);
     h.log.wait_for_count("worker ready", 3);
@@ -1242,11 +1245,9 @@ fn scenario_25_workers_outlive_the_exit_of_handovers_helper_threads() {
             == 3
     });
     let workers: Vec<i32> = workers_of(&status, 2).keys().copied().collect();
-    let threads = threads_of(h.pid());
-    wait_until("one of handover's threads to exit", || {
-        let now = threads_of(h.pid());
-        (!threads.is_subset(&now)).then_some(())
-    });
+    assert_eq!(threads_of(h.pid()), threads, "threads came or went");
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(threads_of(h.pid()), threads, "a thread ended while idle");
     // A worker killed by its parent-death signal would be reaped and logged at once; wait for
     // a status round trip so that handover had the chance.
     status_json(&h);
@@ -1349,6 +1350,9 @@ import os, signal, sys
 for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGUSR1):
     signal.signal(sig, signal.SIG_IGN)
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGALRM})
+for line in open("/proc/self/status"):
+    if line.startswith(("SigBlk:", "SigIgn:")):
+        sys.stderr.write("wrapper " + line)
 os.execv(sys.argv[1], sys.argv[1:])
 "#;
     let mut h = Handover::start(
@@ -1360,12 +1364,22 @@ os.execv(sys.argv[1], sys.argv[1:])
         },
     );
     h.log.wait_for("all 2 workers ready");
+    // The wrapper did block and ignore signals before it exec'd handover...
+    let log = h.log.text();
+    for key in ["SigBlk:", "SigIgn:"] {
+        let line = log
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("wrapper {key}")))
+            .unwrap_or_else(|| panic!("the wrapper did not report {key}:\n{log}"));
+        assert_ne!(line.trim(), "0000000000000000", "wrapper {key}");
+    }
+    // ...and handover, whose own signals must arrive, unblocked what it inherited.
     let handover_status = std::fs::read_to_string(format!("/proc/{}/status", h.pid())).unwrap();
     assert!(
         handover_status
             .lines()
-            .any(|l| l.starts_with("SigBlk:") && !l.ends_with("0000000000000000")),
-        "the wrapper's mask did not reach handover:\n{handover_status}"
+            .any(|l| l == "SigBlk:\t0000000000000000"),
+        "handover kept an inherited signal mask:\n{handover_status}"
     );
     for (pid, report) in h.reports(2) {
         for key in ["SigBlk", "SigIgn"] {

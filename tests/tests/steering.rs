@@ -183,7 +183,7 @@ fn aborted_steered_reloads_lose_nothing_and_the_new_socket_gets_no_user() {
     }
     let summary = finish(load);
     let json = serde_json::to_string(&summary).unwrap_or_default();
-    assert_eq!(summary.failed(), 0, "{json}");
+    assert_eq!(summary.failed(), 0, "{json}\nlog:\n{}", h.log.text());
     for pid in summary.pids.keys() {
         assert!(
             first_pids.contains(&u64::from(*pid)),
@@ -317,4 +317,159 @@ drain_timeout = "20s"
     assert!(started.elapsed() < Duration::from_secs(10));
     h.signal(libc::SIGKILL);
     h.wait();
+}
+
+/// A config whose workers serve HTTP on a steered socket but never send READY=1: only
+/// handover's own check (`ready = "http"`) can make them ready.
+fn http_checked(port: u16, worker_args: &str, ready: &str) -> String {
+    format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", {worker_args}]
+count = 2
+probe_interval = "100ms"
+probe_timeout = "300ms"
+ready_timeout = "3s"
+{ready}
+
+[reload]
+drain_timeout = "20s"
+"#
+    )
+}
+
+/// `ready = "http"`: workers that never notify become ready by handover's own GET, and
+/// reloads under load with it lose nothing.
+#[test]
+fn http_checks_make_silent_workers_ready() {
+    let port = free_port();
+    let config = http_checked(
+        port,
+        r#""--serve""#,
+        "ready = \"http\"\nready_path = \"/health\"",
+    );
+    let mut h = Handover::start("check-http", &config, Options::default());
+    h.log.wait_for("all 2 workers ready");
+    assert_eq!(h.log.count("worker ready (check succeeded)"), 2);
+    let load = load(port);
+    for n in 1..=3 {
+        let (status, out, err) = h.ctl(&["reload"]);
+        assert!(status.success(), "reload {n}: {out}{err}");
+        h.log
+            .wait_for_count("generation draining has no workers left", n);
+    }
+    let summary = finish(load);
+    assert_eq!(
+        summary.failed(),
+        0,
+        "{}",
+        serde_json::to_string(&summary).unwrap_or_default()
+    );
+    assert_eq!(h.log.count("worker ready (check succeeded)"), 8);
+    assert!(h.stop().success());
+}
+
+/// A check reaches the new generation alone: a new generation that holds the socket but never
+/// accepts fails its check although the old one, on the same port, would answer. The reload is
+/// aborted, says why, and the old generation keeps serving.
+#[test]
+fn checks_reach_only_the_new_generation() {
+    for (label, ready, why) in [
+        (
+            "check-new-http",
+            "ready = \"http\"",
+            "last probe: timed out after 300ms",
+        ),
+        (
+            "check-new-connect",
+            "ready = \"connect\"",
+            "last probe: timed out after 300ms",
+        ),
+    ] {
+        let port = free_port();
+        let mut h = Handover::start(
+            label,
+            &http_checked(port, r#""--serve""#, ready),
+            Options::default(),
+        );
+        h.log.wait_for("all 2 workers ready");
+        // The next generation holds the socket but never accepts.
+        h.rewrite_config(&http_checked(port, r#""--sleep-forever""#, ready));
+        let (status, out, err) = h.ctl(&["reload"]);
+        assert_eq!(status.code(), Some(6), "{label}: {out}{err}");
+        assert!(format!("{out}{err}").contains(why), "{label}: {out}{err}");
+        let after = harness::http_get_body(port);
+        let (_, json, _) = h.ctl(&["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let pid: u64 = after.trim().parse().expect("a pid answered");
+        let serving = &json["generations"][0];
+        assert_eq!(serving["generation"], 1, "{json}");
+        assert!(
+            serving["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["pid"] == pid),
+            "{label}: {json}"
+        );
+        assert!(h.stop().success());
+    }
+}
+
+/// An answer with another status fails the check, and the message says what came back.
+#[test]
+fn http_checks_want_the_configured_status() {
+    let port = free_port();
+    let config = http_checked(port, r#""--serve""#, "ready = \"http\"\nready_status = 204");
+    let mut h = Handover::start("check-status", &config, Options::default());
+    let status = h.wait();
+    assert!(!status.success());
+    let log = h.log.text();
+    assert!(
+        log.contains("last probe: answered 200, expected 204"),
+        "{log}"
+    );
+}
+
+/// A check on a socket every generation shares could be answered by the old generation: that
+/// is an error at start, naming the socket and why it is shared.
+#[test]
+fn checks_need_a_steered_socket() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+steering = false
+
+[worker]
+command = ["{{worker}}", "--serve"]
+ready = "http"
+"#
+    );
+    let mut h = Handover::start("check-shared", &config, Options::default());
+    assert!(!h.wait().success());
+    let log = h.log.text();
+    assert!(
+        log.contains(
+            "the check goes to socket \"web\", which every generation shares (steering = false)"
+        ),
+        "{log}"
+    );
+    let config = config.replace("steering = false", "").replace(
+        "ready = \"http\"",
+        "ready = \"http\"\nready_socket = \"api\"",
+    );
+    let mut h = Handover::start("check-unknown", &config, Options::default());
+    assert!(!h.wait().success());
+    let log = h.log.text();
+    assert!(
+        log.contains("worker.ready_socket: there is no socket named \"api\""),
+        "{log}"
+    );
 }

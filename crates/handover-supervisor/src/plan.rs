@@ -51,6 +51,19 @@ pub enum ReadyMode {
     Notify,
     /// Alive for this long.
     Delay(Duration),
+    /// handover's own request to the worker's generation, on the steered socket `socket`
+    /// (a connection it accepts; with `http`, a GET of the path answered with the status).
+    Check {
+        /// The socket's name.
+        socket: String,
+        /// Path and expected status of an HTTP check; `None` to check that a connection is
+        /// accepted.
+        http: Option<(String, u16)>,
+        /// Pause between the end of one attempt and the start of the next.
+        interval: Duration,
+        /// An attempt still running after this is given up and counts as failed.
+        timeout: Duration,
+    },
     /// A command that exits 0 once the worker is ready.
     Probe {
         /// The probe's argv.
@@ -60,6 +73,21 @@ pub enum ReadyMode {
         /// An attempt still running after this is killed and counts as failed.
         timeout: Duration,
     },
+}
+
+impl ReadyMode {
+    /// The interval and timeout of a mode with probes (a command or a check).
+    pub fn probe_timing(&self) -> Option<(Duration, Duration)> {
+        match self {
+            ReadyMode::Probe {
+                interval, timeout, ..
+            }
+            | ReadyMode::Check {
+                interval, timeout, ..
+            } => Some((*interval, *timeout)),
+            _ => None,
+        }
+    }
 }
 
 /// Everything that defines one generation's workers; respawns in a generation reuse it.

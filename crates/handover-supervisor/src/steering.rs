@@ -297,7 +297,8 @@ impl Steering {
 
     /// Connects `count` times to `member`, steered there by the connections' source port,
     /// and closes each connection at once: a worker blocked in `accept()` on it wakes and can
-    /// see that it was told to stop. Returns how many connections were made.
+    /// see that it was told to stop. Never blocks (a member whose queue is full simply gets
+    /// no wake-up). Returns how many connections were made.
     pub fn wake(&self, member: &Arc<OwnedFd>, count: u32) -> u32 {
         let mut made = 0;
         for _ in 0..count {
@@ -313,8 +314,9 @@ impl Steering {
     }
 
     /// A connection from handover to `member` of a group, steered there by its local port:
-    /// the port is bound first, the selector told, then the connection made, then the
-    /// selector restored. For readiness probes and wake-ups.
+    /// the port is bound first, the selector told, the connection started (non-blocking; to a
+    /// local listener the handshake is done within the call), and the selector restored. For
+    /// readiness checks and wake-ups; the stream is non-blocking.
     pub fn connect_to(&self, member: &Arc<OwnedFd>) -> io::Result<std::net::TcpStream> {
         let address = self
             .lock()
@@ -324,34 +326,25 @@ impl Steering {
         let target = connect_address(address);
         let socket = handover_sys::steer::client_socket(target)?;
         let port = handover_sys::steer::local_port(socket.as_fd())?;
-        self.with_probe(member, port, || {
-            handover_sys::steer::connect(socket.as_fd(), target)
-        })?;
+        self.probe(member, port, true)?;
+        let started = handover_sys::steer::connect(socket.as_fd(), target);
+        self.probe(member, port, false)?;
+        started?;
         Ok(std::net::TcpStream::from(socket))
     }
 
-    fn with_probe<T>(
-        &self,
-        member: &Arc<OwnedFd>,
-        port: u16,
-        f: impl FnOnce() -> io::Result<T>,
-    ) -> io::Result<T> {
-        let set = |on: bool| -> io::Result<()> {
-            let mut groups = self.lock();
-            let Some(group) = groups.group_of(member) else {
-                return Err(io::Error::other("not a steered socket"));
-            };
-            if on {
-                group.probes.push((port, member.as_raw_fd()));
-            } else {
-                group.probes.retain(|&(p, _)| p != port);
-            }
-            group.attach().map_err(io::Error::other)
+    /// Adds (or removes) the clause that sends connections from local `port` to `member`.
+    fn probe(&self, member: &Arc<OwnedFd>, port: u16, on: bool) -> io::Result<()> {
+        let mut groups = self.lock();
+        let Some(group) = groups.group_of(member) else {
+            return Err(io::Error::other("not a steered socket"));
         };
-        set(true)?;
-        let result = f();
-        set(false)?;
-        result
+        if on {
+            group.probes.push((port, member.as_raw_fd()));
+        } else {
+            group.probes.retain(|&(p, _)| p != port);
+        }
+        group.attach().map_err(io::Error::other)
     }
 
     /// How many members each group has, by name (status and tests).

@@ -185,8 +185,9 @@ pub fn address_is_free(address: SocketAddr) -> Result<(), BindError> {
     Ok(())
 }
 
-/// A TCP client socket of `target`'s family with its local port chosen already (bound to
-/// the wildcard address, port 0), so that a selector can be told the port before connecting.
+/// A non-blocking TCP client socket of `target`'s family with its local port chosen already
+/// (bound to the wildcard address, port 0), so that a selector can be told the port before
+/// connecting.
 pub fn client_socket(target: SocketAddr) -> io::Result<OwnedFd> {
     use nix::sys::socket::{
         bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
@@ -196,7 +197,12 @@ pub fn client_socket(target: SocketAddr) -> io::Result<OwnedFd> {
     } else {
         AddressFamily::Inet6
     };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
     match target {
         SocketAddr::V4(_) => bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 0))?,
         SocketAddr::V6(_) => bind(
@@ -212,14 +218,18 @@ pub fn client_socket(target: SocketAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Connects a client socket (blocking; to a local listener this completes at once).
+/// Starts connecting a non-blocking client socket. To a local listener the handshake is done
+/// within the call (the selector has chosen by then); `EINPROGRESS` counts as started.
 pub fn connect(fd: BorrowedFd<'_>, target: SocketAddr) -> io::Result<()> {
     use nix::sys::socket::{SockaddrIn, SockaddrIn6};
-    match target {
+    let started = match target {
         SocketAddr::V4(v4) => nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(v4)),
         SocketAddr::V6(v6) => nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn6::from(v6)),
+    };
+    match started {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
+        Err(errno) => Err(errno.into()),
     }
-    .map_err(io::Error::from)
 }
 
 /// A TCP socket's local address.

@@ -125,6 +125,21 @@ impl SpecContext {
             None => (None, None, None),
         };
         let cwd: Option<PathBuf> = overrides.cwd.clone().or_else(|| worker.cwd.clone());
+        let ready = match &worker.ready {
+            config::ReadyMode::Notify => ReadyMode::Notify,
+            config::ReadyMode::Delay(d) => ReadyMode::Delay(*d),
+            config::ReadyMode::Probe(probe) => ReadyMode::Probe {
+                argv: probe.command.iter().map(OsString::from).collect(),
+                interval: probe.interval,
+                timeout: probe.timeout,
+            },
+            config::ReadyMode::Check(check) => ReadyMode::Check {
+                socket: check_socket(check, &sockets)?,
+                http: check.http.clone(),
+                interval: check.interval,
+                timeout: check.timeout,
+            },
+        };
         Ok(Arc::new(GenerationSpec {
             exec: WorkerExec {
                 argv: worker.command.iter().map(OsString::from).collect(),
@@ -139,21 +154,41 @@ impl SpecContext {
             fds_env: config.handover.fds_env.clone(),
             stop_signal: worker.stop_signal,
             stop_timeout: worker.stop_timeout,
-            ready: match &worker.ready {
-                config::ReadyMode::Notify => ReadyMode::Notify,
-                config::ReadyMode::Delay(d) => ReadyMode::Delay(*d),
-                config::ReadyMode::Probe(probe) => ReadyMode::Probe {
-                    argv: probe.command.iter().map(OsString::from).collect(),
-                    interval: probe.interval,
-                    timeout: probe.timeout,
-                },
-            },
+            ready,
             ready_timeout: worker.ready_timeout,
             notify_main_only: worker.notify_access == NotifyAccess::Main,
             backoff_initial: worker.backoff_initial,
             backoff_max: worker.backoff_max,
             backoff_reset: worker.backoff_reset,
         }))
+    }
+}
+
+/// The socket a `ready = "http"` or `"connect"` check goes to: the one named, else the
+/// first TCP socket. It must be steered: a request to a shared socket could be answered by the
+/// old generation, and prove nothing about the new one.
+fn check_socket(
+    check: &config::Check,
+    sockets: &[handover_supervisor::ListenSocket],
+) -> Result<String, String> {
+    let socket = match &check.socket {
+        Some(name) => sockets
+            .iter()
+            .find(|s| &s.name == name)
+            .ok_or_else(|| format!("worker.ready_socket: there is no socket named {name:?}"))?,
+        None => sockets
+            .iter()
+            .find(|s| s.is_steered() || !s.address.starts_with('/'))
+            .ok_or("worker.ready: \"http\" and \"connect\" need a TCP socket to check")?,
+    };
+    match &socket.mode {
+        handover_supervisor::SocketMode::Steered => Ok(socket.name.clone()),
+        handover_supervisor::SocketMode::Shared(why) => Err(format!(
+            "worker.ready: the check goes to socket {:?}, which every generation shares ({why}), \
+             so the old generation could answer it; it needs a steered socket (ready = \"probe\" \
+             or \"delay\" work with any socket)",
+            socket.name
+        )),
     }
 }
 

@@ -99,6 +99,11 @@ pub(crate) enum Input {
         worker: WorkerId,
         status: ExitStatus,
     },
+    /// A readiness check (`ready = "http"` or `"connect"`) ended: passed, or why not.
+    ProbeChecked {
+        worker: WorkerId,
+        result: Result<(), String>,
+    },
     /// A control request; answers go to `client`.
     Control { client: ClientId, request: Request },
     /// SIGHUP.
@@ -366,6 +371,7 @@ impl Core {
             }
             Input::ProbeFailed { worker, error } => self.probe_failed(now, worker, error),
             Input::ProbeExited { worker, status } => self.probe_exited(now, worker, status),
+            Input::ProbeChecked { worker, result } => self.probe_checked(now, worker, result),
             Input::Control { client, request } => self.control(now, client, request),
             Input::Reload => self.signal_reload(now),
             Input::Stop(name) => self.stop_signal(now, name),

@@ -8,7 +8,6 @@ use handover_sys::process::ExitStatus;
 
 use super::model::{Drops, GenState, Phase, Probe, WorkerId, WorkerState};
 use super::{Action, Core, Fields, Level, Notice, Sender, DROP_SUMMARY};
-use crate::plan::ReadyMode;
 
 impl Core {
     pub(super) fn notified(
@@ -277,9 +276,9 @@ impl Core {
                         deadline,
                         killed: true,
                     };
-                    if let ReadyMode::Probe { timeout, .. } = &worker.spec.ready {
+                    if let Some((_, timeout)) = worker.spec.ready.probe_timing() {
                         worker.last_probe =
-                            Some(format!("timed out after {}", super::humanize(*timeout)));
+                            Some(format!("timed out after {}", super::humanize(timeout)));
                     }
                     timed_out.push(worker.id);
                 }
@@ -300,7 +299,7 @@ impl Core {
             self.actions.push(Action::KillProbe { worker: id });
             return;
         };
-        let ReadyMode::Probe { timeout, .. } = &worker.spec.ready else {
+        let Some((_, timeout)) = worker.spec.ready.probe_timing() else {
             return;
         };
         if let Some(err) = exec_error {
@@ -308,7 +307,7 @@ impl Core {
         }
         let wanted = worker.is_starting() && worker.probe == Probe::Spawning;
         worker.probe = Probe::Running {
-            deadline: now + *timeout,
+            deadline: now + timeout,
             killed: !wanted,
         };
         if !wanted {
@@ -321,16 +320,51 @@ impl Core {
             return;
         };
         worker.last_probe = Some(error);
-        worker.probe = match &worker.spec.ready {
-            ReadyMode::Probe { interval, .. } if worker.is_starting() => {
-                Probe::Due(now + *interval)
-            }
+        worker.probe = match worker.spec.ready.probe_timing() {
+            Some((interval, _)) if worker.is_starting() => Probe::Due(now + interval),
             _ => Probe::Idle,
         };
     }
 
-    /// A probe ended: success makes its worker ready; anything else schedules the next try.
+    /// A command probe ended: exit 0 makes its worker ready; anything else schedules the
+    /// next try, remembering how it ended (unless the command could not even start: that
+    /// reason says more than its exit code).
     pub(super) fn probe_exited(&mut self, now: Instant, id: WorkerId, status: ExitStatus) {
+        let could_not_start = self
+            .model
+            .workers
+            .get(&id)
+            .and_then(|w| w.last_probe.as_deref())
+            .is_some_and(|p| p.starts_with("could not start"));
+        let outcome = if status.success() {
+            Ok(())
+        } else if could_not_start {
+            Err(None)
+        } else {
+            Err(Some(status.to_string()))
+        };
+        self.probe_done(now, id, outcome, "worker ready (probe succeeded)");
+    }
+
+    /// A readiness check (`ready = "http"` or `"connect"`) ended.
+    pub(super) fn probe_checked(&mut self, now: Instant, id: WorkerId, result: Result<(), String>) {
+        self.probe_done(
+            now,
+            id,
+            result.map_err(Some),
+            "worker ready (check succeeded)",
+        );
+    }
+
+    /// A probe or check ended: success makes its worker ready unless it was killed; a failure
+    /// is remembered (`Some`) and the next try scheduled.
+    fn probe_done(
+        &mut self,
+        now: Instant,
+        id: WorkerId,
+        outcome: Result<(), Option<String>>,
+        how: &str,
+    ) {
         let Some(worker) = self.model.workers.get_mut(&id) else {
             return;
         };
@@ -342,20 +376,13 @@ impl Core {
         if !worker.is_starting() {
             return;
         }
-        if status.success() && !killed {
-            self.mark_ready(now, id, "worker ready (probe succeeded)");
-            return;
+        match outcome {
+            Ok(()) if !killed => return self.mark_ready(now, id, how),
+            Err(Some(reason)) if !killed => worker.last_probe = Some(reason),
+            _ => {}
         }
-        if !killed
-            && worker
-                .last_probe
-                .as_deref()
-                .is_none_or(|p| !p.starts_with("could not start"))
-        {
-            worker.last_probe = Some(status.to_string());
-        }
-        if let ReadyMode::Probe { interval, .. } = &worker.spec.ready {
-            worker.probe = Probe::Due(now + *interval);
+        if let Some((interval, _)) = worker.spec.ready.probe_timing() {
+            worker.probe = Probe::Due(now + interval);
         }
     }
 }

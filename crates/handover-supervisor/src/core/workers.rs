@@ -117,7 +117,7 @@ impl Core {
         worker.exec_error = exec_error.clone();
         let ready_at = match &worker.spec.ready {
             ReadyMode::Delay(delay) => Some(now + *delay),
-            ReadyMode::Probe { interval, .. } => {
+            ReadyMode::Probe { interval, .. } | ReadyMode::Check { interval, .. } => {
                 worker.probe = Probe::Due(now + *interval);
                 None
             }

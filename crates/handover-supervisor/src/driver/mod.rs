@@ -12,6 +12,7 @@
 //! - an unknown child is reaped as an orphan only while no spawn is in flight (a worker can
 //!   exit before the spawning thread has reported its pid).
 
+mod check;
 mod io;
 mod reaper;
 
@@ -61,6 +62,11 @@ enum Event {
     Resolved {
         reload: ReloadId,
         plan: Resolved,
+    },
+    /// A readiness check ended.
+    Checked {
+        worker: WorkerId,
+        result: Result<(), String>,
     },
 }
 
@@ -116,6 +122,8 @@ struct Driver {
     spawns_in_flight: usize,
     probes: BTreeMap<i32, ProbeIo>,
     probe_spawns_in_flight: usize,
+    /// Readiness checks running, by worker.
+    checks: BTreeMap<WorkerId, tokio::task::JoinHandle<()>>,
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Response>>,
     next_client: ClientId,
     /// Inputs that carrying out actions produced, handled next.
@@ -194,6 +202,7 @@ pub async fn run(
         spawns_in_flight: 0,
         probes: BTreeMap::new(),
         probe_spawns_in_flight: 0,
+        checks: BTreeMap::new(),
         clients: BTreeMap::new(),
         next_client: 1,
         pending: VecDeque::new(),
@@ -282,6 +291,13 @@ impl Driver {
             }
             Action::StartProbe { worker } => self.start_probe(worker),
             Action::KillProbe { worker } => {
+                if let Some(task) = self.checks.remove(&worker) {
+                    task.abort();
+                    self.pending.push_back(Input::ProbeChecked {
+                        worker,
+                        result: Err("given up".into()),
+                    });
+                }
                 for (pid, probe) in self.probes.iter().filter(|(_, p)| p.worker == worker) {
                     let _ = probe.pidfd.send_signal(libc::SIGKILL);
                     let _ = process::signal_group(*pid, libc::SIGKILL);
@@ -432,6 +448,11 @@ impl Driver {
                 self.reap();
             }
             Event::Resolved { reload, plan } => self.input(Input::Resolved { reload, plan }),
+            Event::Checked { worker, result } => {
+                if self.checks.remove(&worker).is_some() {
+                    self.input(Input::ProbeChecked { worker, result });
+                }
+            }
         }
     }
 
@@ -532,6 +553,25 @@ impl Driver {
         let Some(io) = self.workers.get(&worker) else {
             return;
         };
+        if let crate::plan::ReadyMode::Check { socket, http, .. } = &io.spec.ready {
+            let member = io.spec.sockets.iter().find(|s| &s.name == socket);
+            let (Some(steering), Some(member)) = (self.settings.steering.clone(), member) else {
+                return self.pending.push_back(Input::ProbeFailed {
+                    worker,
+                    error: format!("socket {socket:?} is not steered here"),
+                });
+            };
+            let (member, http, events) = (member.fd.clone(), http.clone(), self.events.clone());
+            let task = tokio::spawn(async move {
+                let result = check::check(steering, member, http).await;
+                let _ = events.send(Event::Checked { worker, result });
+            });
+            self.checks.insert(worker, task);
+            return self.pending.push_back(Input::ProbeStarted {
+                worker,
+                exec_error: None,
+            });
+        }
         let request = match reaper::probe_request(io) {
             Ok(request) => request,
             Err(error) => {

@@ -32,7 +32,7 @@ pub(crate) use handover::HandoverSection;
 pub(crate) use logs::{LogSink, LogsConfig};
 pub(crate) use reload::{ReloadConfig, Strategy};
 pub(crate) use sockets::{ListenAddress, SocketConfig};
-pub(crate) use worker::{InheritEnv, NotifyAccess, ReadyMode, WorkerConfig};
+pub(crate) use worker::{Check, InheritEnv, NotifyAccess, ReadyMode, WorkerConfig};
 
 use document::{Cx, Item, Res, Table};
 

@@ -714,6 +714,9 @@ fn full_example_uses_every_key() {
                 "probe",
                 "probe_interval",
                 "probe_timeout",
+                "ready_socket",
+                "ready_path",
+                "ready_status",
                 "ready_timeout",
                 "notify_access",
                 "restart_backoff_initial",
@@ -769,7 +772,15 @@ fn full_example_uses_every_key() {
         assert_eq!(schema, *names, "the keys {section} validates");
         for name in *names {
             // The probe keys exclude ready_delay; the example shows them in a comment.
-            let alternative = ["probe", "probe_interval", "probe_timeout"].contains(name);
+            let alternative = [
+                "probe",
+                "probe_interval",
+                "probe_timeout",
+                "ready_socket",
+                "ready_path",
+                "ready_status",
+            ]
+            .contains(name);
             assert!(
                 alternative || tables.iter().any(|t| t.keys().any(|k| k.get_ref() == name)),
                 "examples/handover.toml does not set {section}.{name}"

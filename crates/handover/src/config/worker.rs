@@ -23,6 +23,9 @@ pub(super) const KEYS: &[&str] = &[
     "probe",
     "probe_interval",
     "probe_timeout",
+    "ready_socket",
+    "ready_path",
+    "ready_status",
     "ready_timeout",
     "notify_access",
     "restart_backoff_initial",
@@ -44,6 +47,22 @@ pub(crate) enum ReadyMode {
     Delay(Duration),
     /// `ready = "probe"`: ready once `probe` exits 0.
     Probe(Probe),
+    /// `ready = "http"` or `"connect"`: ready once handover's own request to the worker's
+    /// generation, on its steered socket, is answered.
+    Check(Check),
+}
+
+/// A readiness check handover makes itself, through the generation's steered socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Check {
+    /// `ready_socket`: the `[[socket]]` to check; `None` for the first TCP socket.
+    pub(crate) socket: Option<String>,
+    /// For `ready = "http"`: `ready_path` (default "/") and `ready_status` (default 200).
+    pub(crate) http: Option<(String, u16)>,
+    /// `probe_interval`, default 500ms.
+    pub(crate) interval: Duration,
+    /// `probe_timeout`, default 5s.
+    pub(crate) timeout: Duration,
 }
 
 /// A readiness probe: a command run until it succeeds.
@@ -298,37 +317,53 @@ fn stop_signal(v: &Item<'_>) -> Res<i32> {
     }
 }
 
-/// `ready` and the keys of its modes: `ready_delay` for "delay", `probe`, `probe_interval`
-/// and `probe_timeout` for "probe". A key of another mode is an error.
+/// `ready` and the keys of its modes: `ready_delay` for "delay"; `probe` for "probe";
+/// `probe_interval` and `probe_timeout` for "probe", "http" and "connect"; `ready_socket` for
+/// "http" and "connect"; `ready_path` and `ready_status` for "http". A key of another mode is
+/// an error.
 fn ready(table: &Table<'_>) -> Res<ReadyMode> {
     let ready = table.get("ready");
     let mode = match &ready {
         None => "notify",
         Some(v) => match v.string()? {
-            mode @ ("notify" | "delay" | "probe") => mode,
+            mode @ ("notify" | "delay" | "probe" | "http" | "connect") => mode,
             other => {
                 return Err(v.bad(format!(
-                    "expected \"notify\", \"delay\" or \"probe\", got {other:?}"
-                )))
+                "expected \"notify\", \"delay\", \"probe\", \"http\" or \"connect\", got {other:?}"
+            )))
             }
         },
     };
-    if mode != "probe" {
-        for key in ["probe", "probe_interval", "probe_timeout"] {
+    let only = |keys: &[&str], modes: &[&str], wanted: &str| -> Res<()> {
+        if modes.contains(&mode) {
+            return Ok(());
+        }
+        for key in keys {
             if let Some(v) = table.get(key) {
-                return Err(v.bad(format!(
-                    "only applies with ready = \"probe\" (ready is {mode:?})"
-                )));
+                return Err(v.bad(format!("only applies with {wanted} (ready is {mode:?})")));
             }
         }
-    }
-    if mode != "delay" {
-        if let Some(v) = table.get("ready_delay") {
-            return Err(v.bad(format!(
-                "only applies with ready = \"delay\" (ready is {mode:?})"
-            )));
-        }
-    }
+        Ok(())
+    };
+    only(&["probe"], &["probe"], "ready = \"probe\"")?;
+    only(
+        &["probe_interval", "probe_timeout"],
+        &["probe", "http", "connect"],
+        "ready = \"probe\", \"http\" or \"connect\"",
+    )?;
+    only(
+        &["ready_socket"],
+        &["http", "connect"],
+        "ready = \"http\" or \"connect\"",
+    )?;
+    only(
+        &["ready_path", "ready_status"],
+        &["http"],
+        "ready = \"http\"",
+    )?;
+    only(&["ready_delay"], &["delay"], "ready = \"delay\"")?;
+    let interval = || positive_duration(table, "probe_interval", Duration::from_millis(500));
+    let timeout = || positive_duration(table, "probe_timeout", Duration::from_secs(5));
     match (mode, ready) {
         ("probe", Some(ready)) => {
             let Some(probe) = table.get("probe") else {
@@ -339,8 +374,43 @@ fn ready(table: &Table<'_>) -> Res<ReadyMode> {
             };
             Ok(ReadyMode::Probe(Probe {
                 command: argv(&probe)?,
-                interval: positive_duration(table, "probe_interval", Duration::from_millis(500))?,
-                timeout: positive_duration(table, "probe_timeout", Duration::from_secs(5))?,
+                interval: interval()?,
+                timeout: timeout()?,
+            }))
+        }
+        ("http" | "connect", _) => {
+            let socket = match table.get("ready_socket") {
+                Some(v) => Some(v.string()?.to_owned()),
+                None => None,
+            };
+            let http = if mode == "http" {
+                let path = match table.get("ready_path") {
+                    Some(v) => {
+                        let path = v.string()?;
+                        if !path.starts_with('/')
+                            || path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+                        {
+                            return Err(v.bad(
+                                "a request path starts with '/' and holds no space or control \
+                                 character, like \"/health\"",
+                            ));
+                        }
+                        path.to_owned()
+                    }
+                    None => "/".to_owned(),
+                };
+                let status = table
+                    .get("ready_status")
+                    .map_or(Ok(200), |v| v.integer(100, 599))? as u16;
+                Some((path, status))
+            } else {
+                None
+            };
+            Ok(ReadyMode::Check(Check {
+                socket,
+                http,
+                interval: interval()?,
+                timeout: timeout()?,
             }))
         }
         ("delay", _) => Ok(ReadyMode::Delay(duration(

@@ -234,6 +234,78 @@ fn a_ready_timeout_in_probe_mode_says_how_the_last_probe_ended() {
 }
 
 #[test]
+fn checks_are_paced_like_probes_and_say_why_they_failed() {
+    let mut spec = spec(1);
+    spec.ready = ReadyMode::Check {
+        socket: "web".into(),
+        http: Some(("/health".into(), 200)),
+        interval: ms(200),
+        timeout: ms(100),
+    };
+    spec.ready_timeout = ms(1_000);
+    let (mut sim, _) = Sim::start(spec.clone(), policy());
+    sim.spawned(1);
+    assert_eq!(sim.after(ms(200)), ["probe w1"]);
+    sim.input(Input::ProbeStarted {
+        worker: 1,
+        exec_error: None,
+    });
+    sim.input(Input::ProbeChecked {
+        worker: 1,
+        result: Err("answered 503, expected 200".into()),
+    });
+    assert_eq!(sim.next_in_ms(), Some(200));
+    assert_eq!(sim.after(ms(200)), ["probe w1"]);
+    sim.input(Input::ProbeStarted {
+        worker: 1,
+        exec_error: None,
+    });
+    // A hung check is given up at its timeout; a late success does not count.
+    assert_eq!(sim.after(ms(100)), ["kill probe w1"]);
+    assert_eq!(
+        sim.input(Input::ProbeChecked {
+            worker: 1,
+            result: Ok(()),
+        }),
+        Vec::<String>::new()
+    );
+    sim.after(ms(200));
+    sim.input(Input::ProbeStarted {
+        worker: 1,
+        exec_error: None,
+    });
+    sim.input(Input::ProbeChecked {
+        worker: 1,
+        result: Err("answered 503, expected 200".into()),
+    });
+    sim.after(ms(400));
+    assert!(
+        sim.logged("not ready within 1.0s; last probe: answered 503, expected 200"),
+        "{:#?}",
+        sim.messages(Level::Warn)
+    );
+
+    let (mut sim, _) = Sim::start(spec, policy());
+    sim.spawned(1);
+    sim.after(ms(200));
+    sim.input(Input::ProbeStarted {
+        worker: 1,
+        exec_error: None,
+    });
+    assert_eq!(
+        sim.input(Input::ProbeChecked {
+            worker: 1,
+            result: Ok(()),
+        }),
+        [
+            "systemd READY=1 STATUS=1/1 workers ready, generation 1",
+            "started"
+        ]
+    );
+    assert!(sim.logged("worker ready (check succeeded)"));
+}
+
+#[test]
 fn a_failed_probe_spawn_is_retried_an_interval_later_not_at_once() {
     let mut spec = spec(1);
     spec.ready = ReadyMode::Probe {

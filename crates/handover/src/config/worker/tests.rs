@@ -43,6 +43,40 @@ fn probe_readiness_parses() {
 }
 
 #[test]
+fn check_readiness_parses() {
+    let config = ok("[worker]\ncommand = [\"app\"]\nready = \"http\"\n");
+    assert_eq!(
+        config.worker.ready,
+        ReadyMode::Check(Check {
+            socket: None,
+            http: Some(("/".into(), 200)),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        })
+    );
+    let config = ok("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_socket = \"api\"\nready_path = \"/health?full=1\"\nready_status = 204\nprobe_interval = \"50ms\"\nprobe_timeout = \"1s\"\n");
+    assert_eq!(
+        config.worker.ready,
+        ReadyMode::Check(Check {
+            socket: Some("api".into()),
+            http: Some(("/health?full=1".into(), 204)),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(1),
+        })
+    );
+    let config = ok("[worker]\ncommand = [\"app\"]\nready = \"connect\"\n");
+    assert_eq!(
+        config.worker.ready,
+        ReadyMode::Check(Check {
+            socket: None,
+            http: None,
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        })
+    );
+}
+
+#[test]
 fn worker_errors() {
     check_cases(&[
         ("", 1, 1, &["worker: the [worker] table is missing"]),
@@ -83,10 +117,21 @@ fn worker_errors() {
         ("[worker]\ncommand = [\"app\"]\nstop_timeout = \"10sec\"\n", 3, 16, &["worker.stop_timeout: \"10sec\" has an unknown unit \"sec\""]),
         ("[worker]\ncommand = [\"app\"]\nstop_timeout = \"25h\"\n", 3, 16, &["worker.stop_timeout: \"25h\" is too long; the maximum is 24h"]),
         ("[worker]\ncommand = [\"app\"]\nstop_timeout = true\n", 3, 16, &["worker.stop_timeout: expected a duration like \"10s\", got a boolean"]),
-        ("[worker]\ncommand = [\"app\"]\nready = \"socket\"\n", 3, 9, &["worker.ready: expected \"notify\", \"delay\" or \"probe\", got \"socket\""]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"socket\"\n", 3, 9, &["worker.ready: expected \"notify\", \"delay\", \"probe\", \"http\" or \"connect\", got \"socket\""]),
         ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\n", 3, 9, &["worker.probe", "needs probe = "]),
         ("[worker]\ncommand = [\"app\"]\nprobe = [\"true\"]\n", 3, 9, &["worker.probe: only applies with ready = \"probe\""]),
-        ("[worker]\ncommand = [\"app\"]\nprobe_timeout = \"1s\"\n", 3, 17, &["worker.probe_timeout: only applies with ready = \"probe\""]),
+        ("[worker]\ncommand = [\"app\"]\nprobe_timeout = \"1s\"\n", 3, 17, &["worker.probe_timeout: only applies with ready = \"probe\", \"http\" or \"connect\""]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nprobe = [\"true\"]\n", 4, 9, &["worker.probe: only applies with ready = \"probe\" (ready is \"http\")"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = [\"true\"]\nready_socket = \"web\"\n", 5, 16, &["worker.ready_socket: only applies with ready = \"http\" or \"connect\""]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"connect\"\nready_path = \"/x\"\n", 4, 14, &["worker.ready_path: only applies with ready = \"http\" (ready is \"connect\")"]),
+        ("[worker]\ncommand = [\"app\"]\nready_status = 200\n", 3, 16, &["worker.ready_status: only applies with ready = \"http\" (ready is \"notify\")"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_path = \"health\"\n", 4, 14, &["worker.ready_path: a request path starts with '/'"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_path = \"/a b\"\n", 4, 14, &["worker.ready_path: a request path starts with '/' and holds no space"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_path = \"/a\\r\\nX: y\"\n", 4, 14, &["worker.ready_path: a request path"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_status = 99\n", 4, 16, &["worker.ready_status: must be between 100 and 599, got 99"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_status = \"200\"\n", 4, 16, &["worker.ready_status: expected an integer, got a string"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"http\"\nready_socket = 1\n", 4, 16, &["worker.ready_socket: expected a string, got an integer"]),
+        ("[worker]\ncommand = [\"app\"]\nready = \"connect\"\nprobe_interval = \"0s\"\n", 4, 18, &["worker.probe_interval: must be more than 0"]),
         ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = []\n", 4, 9, &["worker.probe: must not be empty"]),
         ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = [\"true\"]\nprobe_timeout = \"0s\"\n", 5, 17, &["worker.probe_timeout"]),
         ("[worker]\ncommand = [\"app\"]\nready = \"probe\"\nprobe = [\"true\"]\nready_delay = \"1s\"\n", 5, 15, &["worker.ready_delay: only applies with ready = \"delay\""]),
