@@ -473,3 +473,64 @@ ready = "http"
         "{log}"
     );
 }
+
+/// A worker that makes its socket non-blocking (as every event loop does) changes the open
+/// socket it shares with handover. A later generation that gets the same socket again finds
+/// it as the first one did: blocking, like a socket freshly bound or passed by systemd.
+#[test]
+fn a_reused_socket_comes_back_as_it_was_made() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[[socket]]
+name = "web"
+listen = "127.0.0.1:{port}"
+
+[worker]
+command = ["{{worker}}", "--report", "{{dir}}/reports", "--ready-after", "0", "--serve", "--accept-batch", "4"]
+"#
+    );
+    let mut h = Handover::start("steer-flags", &config, Options::default());
+    h.log.wait_for("all 1 workers ready");
+    for n in 1..=2 {
+        let (status, out, err) = h.ctl(&["reload"]);
+        assert!(status.success(), "{out}{err}");
+        h.log
+            .wait_for_count("generation draining has no workers left", n);
+    }
+    // One report per generation, in the order the workers started.
+    let mut reports: Vec<serde_json::Value> = h.reports(3).into_values().collect();
+    reports.sort_by_key(|r| r["pid"].as_u64());
+    let socket = |r: &serde_json::Value| {
+        let inode = r["fds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["fd"] == 3)
+            .and_then(|f| f["target"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        (inode, r["sockets"][0]["nonblocking"].as_bool())
+    };
+    let (first, second, third) = (
+        socket(&reports[0]),
+        socket(&reports[1]),
+        socket(&reports[2]),
+    );
+    assert_ne!(
+        first.0, second.0,
+        "generations 1 and 2 have sockets of their own"
+    );
+    assert_eq!(
+        first.0, third.0,
+        "generation 3 got generation 1's socket again"
+    );
+    assert_eq!(first.1, Some(false), "{:#}", reports[0]);
+    assert_eq!(
+        third.1,
+        Some(false),
+        "left non-blocking by generation 1: {:#}",
+        reports[2]
+    );
+    assert!(h.stop().success());
+}

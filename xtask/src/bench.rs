@@ -34,6 +34,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
                                 [--mode new|keepalive] [--boot-ms 200]
+                                [--worker example|batching] [--steering on|off]
        cargo xtask bench idle [--workers 4] [--seconds 10]
        cargo xtask bench logs [--workers 4] [--megabytes 200]";
 
@@ -71,6 +72,18 @@ struct Options {
     boot_ms: u64,
     seconds: u64,
     megabytes: u64,
+    worker: Worker,
+    steering: bool,
+}
+
+/// The program the reload bench runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    /// `handover-example-http`, which drains politely.
+    Example,
+    /// The test worker with `--accept-batch 16`: it accepts greedily and drops what it has
+    /// not answered when told to stop, as frameworks that batch their accepts do.
+    Batching,
 }
 
 impl Options {
@@ -83,6 +96,8 @@ impl Options {
             boot_ms: 200,
             seconds: 10,
             megabytes: 200,
+            worker: Worker::Example,
+            steering: true,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -108,6 +123,20 @@ impl Options {
                     o.mode = loadgen::parse_mode(value).with_context(|| {
                         format!("--mode must be new or keepalive, not {value:?}")
                     })?
+                }
+                "--worker" => {
+                    o.worker = match value.as_str() {
+                        "example" => Worker::Example,
+                        "batching" => Worker::Batching,
+                        _ => bail!("--worker must be example or batching, not {value:?}"),
+                    }
+                }
+                "--steering" => {
+                    o.steering = match value.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => bail!("--steering must be on or off, not {value:?}"),
+                    }
                 }
                 _ => bail!("unknown argument {flag:?}\n{USAGE}"),
             }
@@ -195,6 +224,16 @@ impl Log {
         cvar.notify_all();
     }
 
+    /// Every line read so far that contains `needle`.
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        let lines = self.0 .0.lock().expect("log lock");
+        lines
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
     fn count(&self, needle: &str) -> usize {
         let lines = self.0 .0.lock().expect("log lock");
         lines.iter().filter(|(_, l)| l.contains(needle)).count()
@@ -241,10 +280,30 @@ struct Running {
 
 impl Running {
     fn start(paths: &Paths, workers: u32, boot_ms: u64) -> anyhow::Result<Running> {
-        let worker = paths.bin("handover-example-http")?;
-        let command =
-            format!(r#"[{worker:?}, "--boot-ms", "{boot_ms}", "--idle-grace-ms", "200"]"#);
-        Running::start_with(paths, workers, &command, "")
+        Running::start_worker(paths, workers, boot_ms, Worker::Example, true)
+    }
+
+    /// handover with `workers` of `worker` on a socket with steering on or off.
+    fn start_worker(
+        paths: &Paths,
+        workers: u32,
+        boot_ms: u64,
+        worker: Worker,
+        steering: bool,
+    ) -> anyhow::Result<Running> {
+        let command = match worker {
+            Worker::Example => {
+                let bin = paths.bin("handover-example-http")?;
+                format!(r#"[{bin:?}, "--boot-ms", "{boot_ms}", "--idle-grace-ms", "200"]"#)
+            }
+            Worker::Batching => {
+                let bin = paths.bin("handover-test-worker")?;
+                format!(
+                    r#"[{bin:?}, "--serve", "--ready-after", "{boot_ms}", "--accept-batch", "16", "--answer-delay-ms", "20"]"#
+                )
+            }
+        };
+        Running::start_with_socket(paths, workers, &command, "", steering)
     }
 
     /// handover running `count` workers of `command` (a TOML array), with `extra` appended to
@@ -255,14 +314,27 @@ impl Running {
         command: &str,
         extra: &str,
     ) -> anyhow::Result<Running> {
+        Running::start_with_socket(paths, workers, command, extra, true)
+    }
+
+    /// [`Running::start_with`] on a socket with steering on or off.
+    fn start_with_socket(
+        paths: &Paths,
+        workers: u32,
+        command: &str,
+        extra: &str,
+        steering: bool,
+    ) -> anyhow::Result<Running> {
         let dir = TempDir::new(paths)?;
         let port = free_port()?;
         let extra = extra.replace("{dir}", &dir.0.display().to_string());
+        let control = dir.0.join("control.sock").display().to_string();
         let config = format!(
             r#"# written by cargo xtask bench
 [[socket]]
 name = "http"
 listen = "127.0.0.1:{port}"
+steering = {steering}
 
 [worker]
 command = {command}
@@ -273,6 +345,9 @@ stop_timeout = "10s"
 [reload]
 drain_timeout = "10s"
 max_draining = 4
+
+[control]
+socket = "{control}"
 {extra}"#
         );
         let config_path = dir.0.join("handover.toml");
@@ -316,6 +391,10 @@ max_draining = 4
 
     fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    fn config(&self) -> PathBuf {
+        self._dir.0.join("handover.toml")
     }
 
     fn dir(&self) -> &Path {
@@ -510,7 +589,7 @@ impl BackgroundLoad {
 // ---- the benches ------------------------------------------------------------------------
 
 fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
-    let mut handover = Running::start(paths, o.workers, o.boot_ms)?;
+    let mut handover = Running::start_worker(paths, o.workers, o.boot_ms, o.worker, o.steering)?;
     let pid = handover.pid();
     let load = BackgroundLoad::start(handover.port, o.mode, o.concurrency);
     let mut reported = Vec::with_capacity(o.reloads);
@@ -523,10 +602,21 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
                 .log
                 .wait_nth("generation draining has no workers left", n - 3)?;
         }
+        // As `ExecReload=handover reload` does: the client returns once the reload is done.
         let sent = Instant::now();
-        handover.signal(libc::SIGHUP);
-        let (read_at, line) = handover.log.wait_nth("reload done in", n)?;
-        observed.push(read_at.saturating_duration_since(sent));
+        let status = Command::new(paths.bin("handover")?)
+            .arg("reload")
+            .arg("--config")
+            .arg(handover.config())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("running handover reload")?;
+        observed.push(sent.elapsed());
+        if !status.success() {
+            bail!("handover reload {n} failed: {status}");
+        }
+        let (_, line) = handover.log.wait_nth("reload done in", n)?;
         reported.push(
             reported_duration(&line)
                 .with_context(|| format!("no duration in the reload line {line:?}"))?,
@@ -540,9 +630,17 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         Mode::NewConnection => "new",
         Mode::KeepAlive => "keepalive",
     };
+    let worker = match o.worker {
+        Worker::Example => "example",
+        Worker::Batching => "batching",
+    };
     println!(
-        "bench reload: {} reloads, {} workers, --boot-ms {}, mode {mode}, concurrency {}",
-        o.reloads, o.workers, o.boot_ms, o.concurrency
+        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}, mode {mode}, concurrency {}, steering {}",
+        o.reloads,
+        o.workers,
+        o.boot_ms,
+        o.concurrency,
+        if o.steering { "on" } else { "off" }
     );
     println!("reloading took: {:.1} s", reloading.as_secs_f64());
     println!("requests: {}", summary.requests);
@@ -579,9 +677,20 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         boot,
     );
     print_quantiles(
-        "reload time minus boot (SIGHUP sent to log line read)",
+        "reload time minus boot (`handover reload` run to its exit)",
         &observed,
         boot,
+    );
+    let handed_over: Vec<Duration> = handover
+        .log
+        .lines_with("handed over in ")
+        .iter()
+        .filter_map(|line| logged_duration(line, "handed over in "))
+        .collect();
+    print_quantiles(
+        "old generation kept after the switch (\"handed over in\", before its stop signal)",
+        &handed_over,
+        Duration::ZERO,
     );
     println!(
         "max request latency: {:.1} ms",
@@ -852,7 +961,12 @@ fn print_quantiles(label: &str, samples: &[Duration], boot: Duration) {
 
 /// The duration in "reload done in 55.386887ms: ...", as Rust's `Debug` writes it.
 fn reported_duration(line: &str) -> Option<Duration> {
-    let rest = &line[line.find("reload done in ")? + "reload done in ".len()..];
+    logged_duration(line, "reload done in ")
+}
+
+/// The duration after `prefix` in a log line, as Rust's `Debug` writes it.
+fn logged_duration(line: &str, prefix: &str) -> Option<Duration> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
     let token = rest.split([':', ' ']).next()?;
     let split = token.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = token.split_at(split);
@@ -896,5 +1010,16 @@ mod tests {
         assert!(args(&["--reloads", "0"]).is_err());
         assert!(args(&["--mode", "udp"]).is_err());
         assert!(args(&["--workers"]).is_err());
+        let o = args(&["--worker", "batching", "--steering", "off"]).unwrap();
+        assert_eq!((o.worker, o.steering), (Worker::Batching, false));
+        assert!(args(&["--worker", "nginx"]).is_err());
+        assert!(args(&["--steering", "yes"]).is_err());
+        assert_eq!(
+            logged_duration(
+                "x INFO handed over in 212.5ms: no connection",
+                "handed over in "
+            ),
+            Some(Duration::from_micros(212_500))
+        );
     }
 }

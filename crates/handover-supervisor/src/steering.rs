@@ -50,6 +50,17 @@ pub enum SteerError {
 #[derive(Debug)]
 struct Member {
     fd: Arc<OwnedFd>,
+    /// Its file status flags when it was made: a generation's workers may set `O_NONBLOCK`
+    /// on the open socket they share with handover, and the next generation to get it must
+    /// find it as the first one did.
+    flags: i32,
+}
+
+impl Member {
+    fn new(fd: Arc<OwnedFd>) -> Member {
+        let flags = steer::status_flags(fd.as_fd()).unwrap_or(0);
+        Member { fd, flags }
+    }
 }
 
 /// One configured socket's group.
@@ -177,7 +188,7 @@ impl Steering {
         let spare = Arc::new(steer::bind_member(address, backlog)?);
         self.insert(name, address, backlog, fd)?;
         if let Some(group) = self.lock().current.get_mut(name) {
-            group.members.push(Member { fd: spare });
+            group.members.push(Member::new(spare));
         }
         Ok(())
     }
@@ -194,7 +205,7 @@ impl Steering {
             address,
             backlog,
             target: fd.as_raw_fd(),
-            members: vec![Member { fd }],
+            members: vec![Member::new(fd.clone())],
             share: None,
             probes: Vec::new(),
         };
@@ -254,11 +265,14 @@ impl Steering {
             .ok_or_else(|| SteerError::Unknown(name.to_string()))?;
         // Held only by the pool: its generation is gone. Nothing else can take a reference
         // meanwhile: new ones come only from here, under the lock.
-        if let Some(free) = group.members.iter().find(|m| Arc::strong_count(&m.fd) == 1) {
+        // Its flags are set back first; one that cannot be is passed over.
+        if let Some(free) = group.members.iter().find(|m| {
+            Arc::strong_count(&m.fd) == 1 && steer::set_status_flags(m.fd.as_fd(), m.flags).is_ok()
+        }) {
             return Ok(free.fd.clone());
         }
         let fd = Arc::new(steer::bind_member(group.address, group.backlog)?);
-        group.members.push(Member { fd: fd.clone() });
+        group.members.push(Member::new(fd.clone()));
         Ok(fd)
     }
 

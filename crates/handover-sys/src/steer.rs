@@ -124,6 +124,22 @@ pub fn attach(member: BorrowedFd<'_>, program: &Program) -> io::Result<()> {
     Ok(())
 }
 
+/// A socket's file status flags (`O_NONBLOCK` among them), which every process holding a
+/// descriptor of the same open socket shares and may change.
+pub fn status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    Ok(nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_GETFL,
+    )?)
+}
+
+/// Sets a socket's file status flags back to `flags` (from [`status_flags`]).
+pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
 /// How many connections wait in a listening TCP socket's accept queue.
 pub fn queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: a zeroed tcp_info is valid; getsockopt fills at most its size.

@@ -560,16 +560,22 @@ fn batch_loop(me: u32, listener: Listener, batch: usize, delay: Duration) {
         log!("test-worker {me}: --accept-batch serves TCP only");
         return;
     };
+    // Non-blocking for good, as an event loop makes it: O_NONBLOCK belongs to the open
+    // socket, which the generation's workers share, so switching it back and forth would
+    // leave another worker's "greedy" accept blocked with its batch unanswered.
+    let _ = listener.set_nonblocking(true);
     loop {
         let mut accepted = Vec::with_capacity(batch);
-        match listener.accept() {
-            Ok((s, _)) => accepted.push(s),
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the listener we hold.
+        if unsafe { libc::poll(&mut poll, 1, -1) } < 0 {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
-        let _ = listener.set_nonblocking(true);
         while accepted.len() < batch {
             match listener.accept() {
                 Ok((s, _)) => {
@@ -579,7 +585,9 @@ fn batch_loop(me: u32, listener: Listener, batch: usize, delay: Duration) {
                 Err(_) => break,
             }
         }
-        let _ = listener.set_nonblocking(false);
+        if accepted.is_empty() {
+            continue;
+        }
         std::thread::sleep(delay);
         for conn in accepted {
             if ACTIVE.fetch_add(1, Ordering::SeqCst) < MAX_SERVE_THREADS {
@@ -946,6 +954,8 @@ fn describe_socket(fd: RawFd) -> Value {
     let listening = getsockopt_int(fd, libc::SO_ACCEPTCONN)
         .map(|v| v != 0)
         .unwrap_or(false);
+    // SAFETY: F_GETFL only reads the open file's status flags.
+    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
     let (family, local, error) = match local_address(fd) {
         Ok(Local::Inet(a)) => ("inet", Value::String(a), Value::Null),
         Ok(Local::Inet6(a)) => ("inet6", Value::String(a), Value::Null),
@@ -962,6 +972,7 @@ fn describe_socket(fd: RawFd) -> Value {
         "family": family,
         "type": sock_type,
         "listening": listening,
+        "nonblocking": nonblocking,
         "local": local,
         "error": error,
     })

@@ -127,9 +127,19 @@ impl Core {
             handover.next_poll = Some(now + QUEUE_POLL);
             return;
         }
+        let since = handover.since;
         gen.handover = None;
         gen.wake_at = Some(now + WAKE_AFTER);
-        if overdue && !quiet {
+        if quiet {
+            self.log(
+                Level::Info,
+                format!(
+                    "handed over in {:?}: no connection waits for the old workers; stopping them",
+                    now.saturating_duration_since(since)
+                ),
+                Fields::generation(generation),
+            );
+        } else {
             self.log(
                 Level::Warn,
                 format!(
