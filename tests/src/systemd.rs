@@ -20,10 +20,16 @@
 //!   [`Systemd::http_get`] and [`Systemd::start_load`], which open their sockets from a
 //!   thread that joined that namespace.
 //!
+//! - the test's folders (units, configurations) and this build's binaries are bind-mounted,
+//!   read-only, under [`INSIDE`] (`/run/handover-test`), with plain paths of their own. The
+//!   boot script holds each host folder by an fd before it covers /run, /tmp and /var/tmp, so
+//!   a checkout anywhere works: under /tmp, under a 0700 home, in a path with spaces or
+//!   colons. Units and configurations name the inside paths only.
+//!
 //! Everything is torn down on drop, also when the test panics: the manager (PID 1 inside) is
 //! SIGKILLed, which ends every process of its pid namespace, and the cgroup is killed and
 //! removed. The unit folder and the configuration live in a [`TempDir`] under the target
-//! directory, outside every path that is private inside.
+//! directory.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -36,7 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, binary, collect_output, Lines, TempDir, GUARD};
+use crate::harness::{binary, collect_output, Lines, TempDir, GUARD};
 use crate::loadgen::{self, LoadConfig, Summary};
 
 /// The manager binary booted as PID 1.
@@ -56,6 +62,17 @@ const SHIPPED_DIR: &str = "systemd";
 /// Where the shipped files expect handover's binaries and configurations.
 const SHIPPED_BIN_DIR: &str = "/usr/local/bin/";
 const SHIPPED_CONFIG_DIR: &str = "/etc/handover/";
+
+/// Where the test's folders and binaries appear inside the manager's namespaces: a fresh
+/// folder of the private /run, so nothing of the host's is in the way and the paths are plain
+/// whatever the checkout's path is.
+pub const INSIDE: &str = "/run/handover-test";
+/// The unit folder inside (`SYSTEMD_UNIT_PATH`).
+pub const INSIDE_UNITS: &str = "/run/handover-test/units";
+/// The folder that stands in for /etc/handover inside.
+pub const INSIDE_CONFIG: &str = "/run/handover-test/etc-handover";
+/// This build's binaries inside (the target directory's profile folder).
+pub const INSIDE_BIN: &str = "/run/handover-test/bin";
 
 /// Why a test cannot boot a manager here, or `None` when it can.
 ///
@@ -177,6 +194,8 @@ pub fn without_default_dependencies(unit: &str) -> String {
 pub struct Builder {
     label: String,
     dir: TempDir,
+    /// Further host folders to bind under [`INSIDE`]: (host path, name inside).
+    binds: Vec<(PathBuf, String)>,
 }
 
 impl Builder {
@@ -191,9 +210,29 @@ impl Builder {
     }
 
     /// Paths in shipped files, rewritten for this test: binaries from the target directory,
-    /// configurations from [`Builder::config_dir`].
+    /// configurations from [`Builder::config_dir`], as both appear inside.
     pub fn localize(&self, text: &str) -> String {
-        localize(text, &self.config_dir())
+        localize(text)
+    }
+
+    /// Makes the host folder `host` appear, read-only, at `INSIDE/name` (returned) in the
+    /// manager's namespaces, e.g. a package unpacked by the test.
+    pub fn bind(mut self, host: &Path, name: &str) -> (Builder, String) {
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !["units", "etc-handover", "bin"].contains(&name),
+            "bind name {name:?}: lowercase letters, digits and '-', and not a name of the harness"
+        );
+        assert!(
+            host.is_dir(),
+            "{} must be a folder to bind into the manager",
+            host.display()
+        );
+        self.binds.push((host.to_path_buf(), name.to_string()));
+        (self, format!("{INSIDE}/{name}"))
     }
 
     /// Adds a unit file as given, apart from `DefaultDependencies=no`.
@@ -256,15 +295,14 @@ impl Builder {
     }
 }
 
-fn localize(text: &str, config_dir: &Path) -> String {
-    let bin_dir = format!("{}/", harness::bin_dir().display());
-    text.replace(SHIPPED_BIN_DIR, &bin_dir)
-        .replace(SHIPPED_CONFIG_DIR, &format!("{}/", config_dir.display()))
+fn localize(text: &str) -> String {
+    text.replace(SHIPPED_BIN_DIR, &format!("{INSIDE_BIN}/"))
+        .replace(SHIPPED_CONFIG_DIR, &format!("{INSIDE_CONFIG}/"))
 }
 
 fn write_config(config_dir: &Path, instance: &str, text: &str) {
     let path = config_dir.join(format!("{instance}.toml"));
-    std::fs::write(&path, localize(text, config_dir))
+    std::fs::write(&path, localize(text))
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
@@ -298,6 +336,7 @@ impl Systemd {
         let builder = Builder {
             label: label.to_string(),
             dir,
+            binds: Vec::new(),
         };
         // The journal, and the target that wants it. journald runs from the start (not on
         // the first message), because the manager logs to it only once it runs.
@@ -316,20 +355,21 @@ impl Systemd {
     }
 
     fn boot(builder: Builder) -> Systemd {
-        let Builder { label, dir } = builder;
+        let Builder { label, dir, binds } = builder;
         let unit_dir = dir.path().join("units");
         let config_dir = dir.path().join("etc-handover");
-        for forbidden in ["/tmp", "/var/tmp", "/run"] {
-            for (what, path) in [("unit folder", &unit_dir), ("build", &harness::bin_dir())] {
-                assert!(
-                    !path.starts_with(forbidden),
-                    "the {what} ({}) must not be under {forbidden}, which is private inside",
-                    path.display()
-                );
-            }
-        }
+        // Every folder the manager needs, by the name it has under INSIDE. The binaries are
+        // built first, so that the folder holds them when it is bound.
+        let handover = binary("handover");
+        let bin_dir = handover.parent().expect("a binary sits in a folder").to_path_buf();
+        let mut all_binds = vec![
+            (unit_dir.clone(), "units".to_string()),
+            (config_dir.clone(), "etc-handover".to_string()),
+            (bin_dir, "bin".to_string()),
+        ];
+        all_binds.extend(binds);
         let script = dir.path().join("boot.sh");
-        std::fs::write(&script, boot_script(&unit_dir)).expect("write boot script");
+        std::fs::write(&script, boot_script()).expect("write boot script");
         make_executable(&script);
 
         let cgroup = create_cgroup(&label);
@@ -353,8 +393,11 @@ impl Systemd {
             .arg(&cgroup)
             .arg("unshare")
             .args(NAMESPACES)
-            .arg(&script)
-            .env_clear()
+            .arg(&script);
+        for (host, name) in &all_binds {
+            cmd.arg(host).arg(name);
+        }
+        cmd.env_clear()
             .env("PATH", SYSTEM_PATH)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -900,19 +943,30 @@ fn make_executable(path: &Path) {
 }
 
 /// The script that runs as PID 1 until it execs the manager: it makes private everything the
-/// manager or the services could write to, then boots `TARGET` from `unit_dir` alone.
-fn boot_script(unit_dir: &Path) -> String {
-    let unit_dir = unit_dir.display().to_string();
-    assert!(
-        !unit_dir.contains(':') && !unit_dir.contains('\'') && !unit_dir.is_empty(),
-        "the unit folder must be a plain path: SYSTEMD_UNIT_PATH takes a colon-separated list"
-    );
+/// manager or the services could write to, brings in the test's folders, then boots `TARGET`
+/// from [`INSIDE_UNITS`] alone.
+///
+/// Its arguments are pairs of a host folder and the name it gets under [`INSIDE`]. Host paths
+/// are only ever arguments (never part of the script's text), so they may hold any
+/// character.
+fn boot_script() -> String {
     format!(
         r#"#!/bin/sh
 # PID 1 of a throw-away namespace until it execs systemd. Written by handover's tests.
+# Arguments: pairs of a host folder and the name it gets under {INSIDE}.
 set -eu
 # Nothing mounted here may propagate to the host.
 mount --make-rprivate /
+# Hold every folder to bring in by an fd (3, 4, ...) before /run, /tmp and /var/tmp are
+# covered: the checkout may be under any of them.
+fd=3
+names=
+while [ $# -ge 2 ]; do
+    eval "exec $fd<\"\$1\""
+    names="$names $2"
+    fd=$((fd + 1))
+    shift 2
+done
 # Private runtime and temporary folders: systemd and the services write there.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
@@ -923,6 +977,16 @@ fi
 if [ -d /var/lib/systemd ]; then
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /var/lib/systemd
 fi
+# The held folders, read-only, at plain paths of the private /run.
+mkdir -m 0755 {INSIDE}
+fd=3
+for name in $names; do
+    mkdir "{INSIDE}/$name"
+    mount --bind "/proc/self/fd/$fd" "{INSIDE}/$name"
+    mount -o remount,bind,ro "{INSIDE}/$name"
+    eval "exec $fd<&-"
+    fd=$((fd + 1))
+done
 # A private /dev: the journal's /dev/log symlink and /dev/shm stay inside.
 mount -t tmpfs -o mode=0755,nosuid,noexec tmpfs /dev
 for node in "null 1 3" "zero 1 5" "full 1 7" "random 1 8" "urandom 1 9" "tty 5 0"; do
@@ -938,7 +1002,7 @@ mount -o remount,bind,ro /proc/sys
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
 ip link set lo up
 # SYSTEMD_UNIT_PATH: exactly one folder, no trailing colon, so no host unit is ever loaded.
-exec env -i container=handover-tests SYSTEMD_UNIT_PATH='{unit_dir}' \
+exec env -i container=handover-tests SYSTEMD_UNIT_PATH='{INSIDE_UNITS}' \
     {SYSTEMD} --system --unit={TARGET} --log-target=journal-or-kmsg
 "#
     )
@@ -993,23 +1057,30 @@ mod tests {
 
     #[test]
     fn shipped_paths_are_localized() {
-        let config_dir = Path::new("/work/x/etc-handover");
-        let out = localize(
-            "ExecStart=/usr/local/bin/handover start --config /etc/handover/%i.toml\n",
-            config_dir,
-        );
-        let bin = harness::bin_dir().display().to_string();
+        let out =
+            localize("ExecStart=/usr/local/bin/handover start --config /etc/handover/%i.toml\n");
         assert_eq!(
             out,
-            format!("ExecStart={bin}/handover start --config /work/x/etc-handover/%i.toml\n")
+            "ExecStart=/run/handover-test/bin/handover start \
+             --config /run/handover-test/etc-handover/%i.toml\n"
         );
     }
 
     #[test]
     fn the_boot_script_never_widens_the_unit_path() {
-        let script = boot_script(Path::new("/work/x/units"));
-        assert!(script.contains("SYSTEMD_UNIT_PATH='/work/x/units' "));
+        let script = boot_script();
+        assert!(script.contains("SYSTEMD_UNIT_PATH='/run/handover-test/units' "));
         assert!(!script.contains("units:"), "no trailing colon");
+        // The host folders are held before /run, /tmp and /var/tmp are covered, and bound
+        // after /run is private again.
+        let held = script.find("exec $fd<").expect("folders are held");
+        let bound = script.find("mount --bind \"/proc/self/fd/$fd\"").expect("and bound");
+        let run = script.find("tmpfs /run\n").expect("/run is covered");
+        for covered in ["tmpfs /run\n", "tmpfs /tmp\n", "tmpfs /var/tmp\n"] {
+            let at = script.find(covered).expect("covered");
+            assert!(held < at, "{covered} is covered after the folders are held");
+        }
+        assert!(run < bound, "binds land in the private /run");
         for private in ["/run", "/tmp", "/var/tmp", "/var/log/journal", "/dev"] {
             assert!(
                 script.contains(&format!("tmpfs {private}\n")),

@@ -133,7 +133,7 @@ fn the_test_manager_is_hermetic_and_leaves_nothing() {
         let unit_path = sd.systemctl_ok(&["show", "-p", "UnitPath", "--value"]);
         assert_eq!(
             unit_path.trim(),
-            sd.unit_dir().display().to_string(),
+            handover_tests::systemd::INSIDE_UNITS,
             "units are loaded from the test folder only"
         );
         let (_, listing, _) = sd.run(&["ls", "-A", "/tmp"]);
@@ -150,6 +150,10 @@ fn the_test_manager_is_hermetic_and_leaves_nothing() {
                 );
             }
         }
+        // The test's folders are bound in read-only: nothing inside writes to the host.
+        let (status, _, err) = sd.run(&["touch", "/run/handover-test/units/written-inside"]);
+        assert!(!status.success(), "the unit folder is read-only inside");
+        assert!(err.contains("Read-only file system"), "{err}");
         let (_, ip, _) = sd.run(&["ip", "-o", "addr", "show", "lo"]);
         assert!(ip.contains("127.0.0.1"), "lo is up inside: {ip}");
     }
