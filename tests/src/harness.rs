@@ -58,12 +58,24 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates one under the target directory (never /tmp: systemd tests mount over it).
+    /// Creates one under the target directory (`test-tmp`), next to the build.
     pub fn new(label: &str) -> TempDir {
+        TempDir::under(&bin_dir().join("test-tmp"), label)
+    }
+
+    /// Creates one that every user can reach (see [`reachable_dir`]), mode 0755: for tests
+    /// whose workers or clients run as another user.
+    pub fn reachable(label: &str) -> TempDir {
+        let dir = TempDir::under(&reachable_dir().join("tmp"), label);
+        set_mode(dir.path(), 0o755);
+        dir
+    }
+
+    fn under(base: &Path, label: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let base = bin_dir().join("test-tmp");
-        std::fs::create_dir_all(&base).expect("create test-tmp");
+        std::fs::create_dir_all(base)
+            .unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
         let dir = base.join(format!("{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
@@ -82,6 +94,147 @@ impl Drop for TempDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// The first of `path` and its ancestors that other users cannot search (no `o+x`), with
+/// its mode; `None` when every user can reach `path`.
+pub fn blocking_ancestor(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut chain: Vec<&Path> = path.ancestors().collect();
+    chain.reverse();
+    for dir in chain {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() && meta.mode() & 0o001 == 0 => {
+                return Some((dir.to_path_buf(), meta.mode() & 0o7777));
+            }
+            Ok(_) => {}
+            Err(_) => return Some((dir.to_path_buf(), 0)),
+        }
+    }
+    None
+}
+
+/// Panics, naming the folder in the way, unless every user can reach `path`: a worker or
+/// client started as another user would otherwise fail with nothing but "permission
+/// denied", or not at all.
+pub fn assert_reachable_by_others(path: &Path) {
+    if let Some((dir, mode)) = blocking_ancestor(path) {
+        panic!(
+            "{} is not reachable by other users: {} has mode {mode:04o} (no search permission \
+             for others); use harness::reachable_bin and TempDir::reachable for what another \
+             user runs or writes",
+            path.display(),
+            dir.display()
+        );
+    }
+}
+
+/// A folder every user can reach, for what tests run as another user (a worker with
+/// `user = "nobody"`, a client run through setpriv).
+///
+/// The target directory when every user can reach it. Otherwise (a checkout in a 0700 home,
+/// such as /root) a folder of this user's own under the system's temporary folder
+/// (`$TMPDIR`, else /tmp), one per build: `handover-tests-UID/HASH`. It is checked to be a
+/// real folder owned by this user and writable by nobody else, since a name under /tmp could
+/// have been prepared by anyone.
+pub fn reachable_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let build = bin_dir();
+        let shared = build.join("test-tmp").join("reachable");
+        if blocking_ancestor(&build).is_none() {
+            std::fs::create_dir_all(&shared).expect("create test-tmp/reachable");
+            set_mode(&shared, 0o755);
+            return shared;
+        }
+        let tmp = std::env::temp_dir();
+        if let Some((dir, mode)) = blocking_ancestor(&tmp) {
+            let (blocked, build_mode) = blocking_ancestor(&build).unwrap_or_default();
+            panic!(
+                "tests that run something as another user need a folder every user can reach: \
+                 not the build ({} has mode {build_mode:04o}), nor the temporary folder {} \
+                 ({} has mode {mode:04o}); set TMPDIR to a folder every user can search, or \
+                 build elsewhere (CARGO_TARGET_DIR)",
+                blocked.display(),
+                tmp.display(),
+                dir.display()
+            );
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        build.hash(&mut hasher);
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let own = tmp.join(format!("handover-tests-{uid}"));
+        let dir = own.join(format!("{:016x}", hasher.finish()));
+        for folder in [&own, &dir] {
+            match std::fs::create_dir(folder) {
+                Ok(()) => set_mode(folder, 0o755),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("create {}: {e}", folder.display()),
+            }
+            check_own_folder(folder, uid);
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Panics unless `folder` is a real folder (not a symlink) owned by `uid` and writable by
+/// nobody else.
+fn check_own_folder(folder: &Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_dir() || meta.uid() != uid || mode & 0o022 != 0 {
+        panic!(
+            "{} is not a folder of uid {uid} that only it can write to (uid {}, mode \
+             {mode:04o}); remove it, or set TMPDIR elsewhere",
+            folder.display(),
+            meta.uid()
+        );
+    }
+}
+
+/// This build's binary `name`, where every user can execute it: itself when the build is
+/// reachable, else a copy in [`reachable_dir`] (refreshed when the build changed).
+pub fn reachable_bin(name: &str) -> PathBuf {
+    static COPIED: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let built = binary(name);
+    if blocking_ancestor(&built).is_none() {
+        return built;
+    }
+    let copied = COPIED.get_or_init(Default::default);
+    let mut copied = copied.lock().expect("lock");
+    if let Some(path) = copied.get(name) {
+        return path.clone();
+    }
+    let bin = reachable_dir().join("bin");
+    match std::fs::create_dir(&bin) {
+        Ok(()) => set_mode(&bin, 0o755),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("create {}: {e}", bin.display()),
+    }
+    // Written aside and renamed, so a concurrent test run never executes half a copy.
+    let target = bin.join(name);
+    let aside = bin.join(format!(".{name}.{}", std::process::id()));
+    std::fs::copy(&built, &aside)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), aside.display()));
+    set_mode(&aside, 0o755);
+    std::fs::rename(&aside, &target)
+        .unwrap_or_else(|e| panic!("rename {}: {e}", aside.display()));
+    copied.insert(name.to_string(), target.clone());
+    target
 }
 
 /// A local TCP port that was free a moment ago.
@@ -246,6 +399,9 @@ pub struct Options {
     /// the harness knows is handover's (or systemd-socket-activate's, as without a wrapper).
     /// `{dir}` and the other placeholders of the config are replaced here too.
     pub wrapper: Vec<String>,
+    /// The test's directory must be reachable by every user (see [`TempDir::reachable`]),
+    /// e.g. for a control socket that another uid connects to.
+    pub reachable: bool,
 }
 
 /// A running `handover start`, killed (with its workers) when dropped.
@@ -266,7 +422,11 @@ impl Handover {
     /// Writes `config` (with `{dir}` replaced by the test directory and `{worker}` by the
     /// test worker's path) and starts handover on it.
     pub fn start(label: &str, config: &str, options: Options) -> Handover {
-        let dir = TempDir::new(label);
+        let dir = if options.reachable {
+            TempDir::reachable(label)
+        } else {
+            TempDir::new(label)
+        };
         let config = with_control(expand(config, dir.path()), dir.path());
         std::fs::create_dir_all(dir.path().join("reports")).expect("create reports dir");
         let config_path = dir.path().join("handover.toml");
@@ -483,7 +643,22 @@ fn with_control(mut config: String, dir: &Path) -> String {
 }
 
 /// Replaces `{dir}` and `{worker}` in a config template.
+///
+/// The paths go into TOML strings, and some tests into `sh -c` scripts in single quotes: a
+/// path with any character but those is fine (spaces, colons), and one with a quote, a
+/// backslash or a control character is refused with a message saying so.
 pub fn expand(template: &str, dir: &Path) -> String {
+    let text = dir.display().to_string();
+    if let Some(c) = text
+        .chars()
+        .find(|&c| matches!(c, '"' | '\'' | '\\') || c.is_control())
+    {
+        panic!(
+            "the test folder {text:?} contains {c:?}, which the tests cannot quote in \
+             configuration files and scripts: move the checkout, or point CARGO_TARGET_DIR \
+             at a path without quotes, backslashes and control characters"
+        );
+    }
     template
         .replace("{dir}", &dir.display().to_string())
         .replace(
