@@ -58,9 +58,16 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates one under the target directory (`test-tmp`), next to the build.
+    /// Creates one under the target directory (`test-tmp`), next to the build; under
+    /// [`reachable_dir`] when the build's path is not plain (see [`is_plain`]), since tests
+    /// splice their folder's path into scripts and configuration files.
     pub fn new(label: &str) -> TempDir {
-        TempDir::under(&bin_dir().join("test-tmp"), label)
+        let build = bin_dir();
+        if is_plain(&build) {
+            TempDir::under(&build.join("test-tmp"), label)
+        } else {
+            TempDir::under(&reachable_dir().join("tmp"), label)
+        }
     }
 
     /// Creates one that every user can reach (see [`reachable_dir`]), mode 0755: for tests
@@ -138,35 +145,48 @@ pub fn assert_reachable_by_others(path: &Path) {
     }
 }
 
-/// A folder every user can reach, for what tests run as another user (a worker with
-/// `user = "nobody"`, a client run through setpriv).
+/// Whether `path` can go into a shell script or a TOML string as it is: ASCII letters,
+/// digits and `/._-+,:=@` only. A checkout may be anywhere ("/home/me/My Projects"), and
+/// tests write `{worker}` into `sh -c` scripts.
+pub fn is_plain(path: &Path) -> bool {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"/._-+,:=@".contains(&b))
+}
+
+/// A folder every user can reach, with a plain path (see [`is_plain`]): for what tests run
+/// as another user (a worker with `user = "nobody"`, a client run through setpriv), and for
+/// the test folders and binaries that tests splice into scripts.
 ///
-/// The target directory when every user can reach it. Otherwise (a checkout in a 0700 home,
-/// such as /root) a folder of this user's own under the system's temporary folder
-/// (`$TMPDIR`, else /tmp), one per build: `handover-tests-UID/HASH`. It is checked to be a
-/// real folder owned by this user and writable by nobody else, since a name under /tmp could
-/// have been prepared by anyone.
+/// The target directory when it is both. Otherwise (a checkout in a 0700 home such as
+/// /root, or in a path with spaces) a folder of this user's own under the system's
+/// temporary folder (`$TMPDIR`, else /tmp), one per build: `handover-tests-UID/HASH`. It is
+/// checked to be a real folder owned by this user and writable by nobody else, since a name
+/// under /tmp could have been prepared by anyone.
 pub fn reachable_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let build = bin_dir();
         let shared = build.join("test-tmp").join("reachable");
-        if blocking_ancestor(&build).is_none() {
+        if blocking_ancestor(&build).is_none() && is_plain(&build) {
             std::fs::create_dir_all(&shared).expect("create test-tmp/reachable");
             set_mode(&shared, 0o755);
             return shared;
         }
         let tmp = std::env::temp_dir();
-        if let Some((dir, mode)) = blocking_ancestor(&tmp) {
-            let (blocked, build_mode) = blocking_ancestor(&build).unwrap_or_default();
+        let unfit = match blocking_ancestor(&tmp) {
+            Some((dir, mode)) => Some(format!("{} has mode {mode:04o}", dir.display())),
+            None if !is_plain(&tmp) => Some("its path is not plain".to_string()),
+            None => None,
+        };
+        if let Some(why) = unfit {
             panic!(
-                "tests that run something as another user need a folder every user can reach: \
-                 not the build ({} has mode {build_mode:04o}), nor the temporary folder {} \
-                 ({} has mode {mode:04o}); set TMPDIR to a folder every user can search, or \
-                 build elsewhere (CARGO_TARGET_DIR)",
-                blocked.display(),
-                tmp.display(),
-                dir.display()
+                "the build {} is not a folder every user can reach with a plain path, and \
+                 neither is the temporary folder {} ({why}); set TMPDIR to such a folder \
+                 (/tmp is one), or build elsewhere (CARGO_TARGET_DIR)",
+                build.display(),
+                tmp.display()
             );
         }
         use std::hash::{Hash, Hasher};
@@ -206,12 +226,13 @@ fn check_own_folder(folder: &Path, uid: u32) {
     }
 }
 
-/// This build's binary `name`, where every user can execute it: itself when the build is
-/// reachable, else a copy in [`reachable_dir`] (refreshed when the build changed).
+/// This build's binary `name`, where every user can execute it and with a plain path:
+/// itself when the build is both, else a copy in [`reachable_dir`] (made once per test
+/// process).
 pub fn reachable_bin(name: &str) -> PathBuf {
     static COPIED: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
     let built = binary(name);
-    if blocking_ancestor(&built).is_none() {
+    if blocking_ancestor(&built).is_none() && is_plain(&built) {
         return built;
     }
     let copied = COPIED.get_or_init(Default::default);
@@ -642,32 +663,26 @@ fn with_control(mut config: String, dir: &Path) -> String {
     config
 }
 
-/// Replaces `{dir}` and `{worker}` in a config template.
+/// Replaces `{dir}`, `{worker}` and `{http}` in a config template.
 ///
-/// The paths go into TOML strings, and some tests into `sh -c` scripts in single quotes: a
-/// path with any character but those is fine (spaces, colons), and one with a quote, a
-/// backslash or a control character is refused with a message saying so.
+/// The paths go into TOML strings and `sh -c` scripts as they are, so they are plain (see
+/// [`is_plain`]): test folders and binaries move to [`reachable_dir`] when the checkout's
+/// path is not.
 pub fn expand(template: &str, dir: &Path) -> String {
-    let text = dir.display().to_string();
-    if let Some(c) = text
-        .chars()
-        .find(|&c| matches!(c, '"' | '\'' | '\\') || c.is_control())
-    {
-        panic!(
-            "the test folder {text:?} contains {c:?}, which the tests cannot quote in \
-             configuration files and scripts: move the checkout, or point CARGO_TARGET_DIR \
-             at a path without quotes, backslashes and control characters"
-        );
-    }
+    assert!(
+        is_plain(dir),
+        "the test folder {} has a path that scripts cannot hold as it is",
+        dir.display()
+    );
     template
         .replace("{dir}", &dir.display().to_string())
         .replace(
             "{worker}",
-            &binary("handover-test-worker").display().to_string(),
+            &reachable_bin("handover-test-worker").display().to_string(),
         )
         .replace(
             "{http}",
-            &binary("handover-example-http").display().to_string(),
+            &reachable_bin("handover-example-http").display().to_string(),
         )
 }
 
