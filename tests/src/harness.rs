@@ -81,8 +81,7 @@ impl TempDir {
     fn under(base: &Path, label: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::fs::create_dir_all(base)
-            .unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
+        std::fs::create_dir_all(base).unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
         let dir = base.join(format!("{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
@@ -213,8 +212,8 @@ pub fn reachable_dir() -> PathBuf {
 /// nobody else.
 fn check_own_folder(folder: &Path, uid: u32) {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(folder)
-        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+    let meta =
+        std::fs::symlink_metadata(folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
     let mode = meta.mode() & 0o7777;
     if !meta.is_dir() || meta.uid() != uid || mode & 0o022 != 0 {
         panic!(
@@ -252,8 +251,7 @@ pub fn reachable_bin(name: &str) -> PathBuf {
     std::fs::copy(&built, &aside)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), aside.display()));
     set_mode(&aside, 0o755);
-    std::fs::rename(&aside, &target)
-        .unwrap_or_else(|e| panic!("rename {}: {e}", aside.display()));
+    std::fs::rename(&aside, &target).unwrap_or_else(|e| panic!("rename {}: {e}", aside.display()));
     copied.insert(name.to_string(), target.clone());
     target
 }

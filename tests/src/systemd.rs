@@ -361,7 +361,10 @@ impl Systemd {
         // Every folder the manager needs, by the name it has under INSIDE. The binaries are
         // built first, so that the folder holds them when it is bound.
         let handover = binary("handover");
-        let bin_dir = handover.parent().expect("a binary sits in a folder").to_path_buf();
+        let bin_dir = handover
+            .parent()
+            .expect("a binary sits in a folder")
+            .to_path_buf();
         let mut all_binds = vec![
             (unit_dir.clone(), "units".to_string()),
             (config_dir.clone(), "etc-handover".to_string()),
@@ -1074,7 +1077,9 @@ mod tests {
         // The host folders are held before /run, /tmp and /var/tmp are covered, and bound
         // after /run is private again.
         let held = script.find("exec $fd<").expect("folders are held");
-        let bound = script.find("mount --bind \"/proc/self/fd/$fd\"").expect("and bound");
+        let bound = script
+            .find("mount --bind \"/proc/self/fd/$fd\"")
+            .expect("and bound");
         let run = script.find("tmpfs /run\n").expect("/run is covered");
         for covered in ["tmpfs /run\n", "tmpfs /tmp\n", "tmpfs /var/tmp\n"] {
             let at = script.find(covered).expect("covered");
