@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use handover_tests::loadgen::{LoadConfig, Mode, Summary};
-use handover_tests::systemd::{handover_has, shipped, Builder, Systemd};
+use handover_tests::systemd::{handover_has, shipped, Builder, Systemd, INSIDE_BIN, INSIDE_CONFIG};
 
 const INSTANCE: &str = "web";
 const SERVICE: &str = "handover@web.service";
@@ -752,4 +752,115 @@ max_line = "1MiB"
     );
     let own = sd.journalctl(&["-o", "cat", "-u", SERVICE, "SYSLOG_IDENTIFIER=handover"]);
     assert!(!own.contains("dropped"), "{own}");
+}
+
+/// Issue 17: under systemd every `systemctl reload` wrote its progress twice into the
+/// unit's journal: handover's own entries, and the same lines printed by `handover reload`
+/// from ExecReload=. The client now says nothing on success when its stdout is the journal
+/// (ExecStop='s `handover stop` neither), and still explains a failure.
+#[test]
+fn systemctl_reload_writes_its_progress_once() {
+    assert!(handover_has("reload"), "handover has no reload command");
+    let sd = boot!(builder("reload-once", &example_config()));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    sd.systemctl_ok(&["reload", SERVICE]);
+    sd.wait_journal(SERVICE, "Reloaded handover@web.service");
+
+    sd.write_config(
+        INSTANCE,
+        &example_config_with_worker_args(&["--crash-on-start", "3"]),
+    );
+    let (status, _, _) = sd.systemctl(&["reload", SERVICE]);
+    assert!(!status.success(), "the second reload fails");
+    sd.write_config(INSTANCE, &example_config());
+    // The failure is explained by the client, under its own pid, from its output stream.
+    let failure = "handover: reload failed: reload aborted, generation 2 keeps serving";
+    sd.wait_journal(SERVICE, failure);
+    sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
+    let journal = sd.wait_journal(SERVICE, "Stopped handover@web.service");
+
+    // What the clients (reload, stop) wrote: only the failure.
+    let clients = sd.journalctl(&[
+        "-o",
+        "cat",
+        "-u",
+        SERVICE,
+        "SYSLOG_IDENTIFIER=handover",
+        "_TRANSPORT=stdout",
+    ]);
+    let lines: Vec<&str> = clients.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l.starts_with(failure)),
+        "the clients wrote only the failure:\n{clients}\n--- whole journal:\n{journal}"
+    );
+    // handover's own progress, once each.
+    for line in [
+        "spawning generation 2 (2 workers)",
+        "2/2 ready in generation 2",
+        "draining generation 1",
+    ] {
+        assert_eq!(
+            journal.lines().filter(|l| *l == line).count(),
+            1,
+            "{line:?} once:\n{journal}"
+        );
+    }
+    assert_eq!(
+        journal.lines().filter(|l| *l == "stopping").count(),
+        0,
+        "`handover stop` said nothing:\n{journal}"
+    );
+    assert!(
+        !journal.contains("reload done: generation 2 serves"),
+        "{journal}"
+    );
+}
+
+/// Issue 17 (docs/cli.md, Logging): text lines that go to the journal stream anyway
+/// (`--log-to-stdout` under systemd) carry no time of their own, since the journal adds its
+/// own; the fields stay in the text.
+#[test]
+fn log_to_stdout_under_the_journal_leaves_the_time_out() {
+    let dropin = format!(
+        "[Service]\nExecStart=\nExecStart={INSIDE_BIN}/handover start --config \
+         {INSIDE_CONFIG}/%i.toml --log-to-stdout\n"
+    );
+    let sd = boot!(builder("log-to-stdout", &example_config()).dropin(
+        "handover@.service",
+        "log-to-stdout",
+        &dropin
+    ));
+    activate(&sd);
+    sd.wait_journal(SERVICE, "INFO all 2 workers ready");
+    let own = sd.journalctl(&[
+        "-o",
+        "cat",
+        "-u",
+        SERVICE,
+        "SYSLOG_IDENTIFIER=handover",
+        "_TRANSPORT=stdout",
+    ]);
+    let passed = own
+        .lines()
+        .find(|l| l.contains("using the socket systemd passed"))
+        .unwrap_or_else(|| panic!("{own}"));
+    assert!(
+        passed.starts_with(" INFO using the socket systemd passed ")
+            && passed.contains("socket=http"),
+        "{passed:?}"
+    );
+    // Every line of handover's own starts with its level; workers' lines are tagged (with
+    // the time they were read, `TIME gen=G worker=W pid=P STREAM: `).
+    let is_worker_line = |line: &str| {
+        line.split_once(' ')
+            .is_some_and(|(_, rest)| rest.starts_with("gen="))
+    };
+    let levels = [" INFO ", " WARN ", "ERROR ", "DEBUG ", "TRACE "];
+    for line in own.lines().filter(|l| !is_worker_line(l)) {
+        assert!(
+            levels.iter().any(|level| line.starts_with(level)),
+            "a level first, no time: {line:?}\n{own}"
+        );
+    }
 }

@@ -220,7 +220,11 @@ fn top_level_sections() -> Roff {
     entry(
         &mut roff,
         "JOURNAL_STREAM",
-        "When set, stderr goes to the journal, so log lines carry no timestamp.",
+        "When it names handover's stderr (as systemd sets it for a service), handover logs \
+         to the journal natively, with its fields as HANDOVER_* journal fields. Text lines \
+         that go to the journal stream anyway (--log-to-stdout under systemd) carry no time. \
+         When it names the stdout of reload, stop, abort or scale (ExecReload=, ExecStop=), \
+         they print nothing on success: handover's own log has the same progress.",
     );
 
     roff.control("SH", ["SEE ALSO"]);

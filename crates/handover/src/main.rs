@@ -10,6 +10,7 @@ mod config;
 mod env;
 mod exit;
 mod gendocs;
+mod journal_stream;
 mod logs;
 mod sockets;
 mod spec;
@@ -385,6 +386,15 @@ fn control_command(
         Err(code) => return code,
     };
     let is_stop = request == Request::Stop;
+    // Under systemd (ExecReload=, ExecStop=) stdout is the unit's journal, which holds
+    // handover's own lines of the same progress already: say nothing on success. Failures
+    // go to stderr, always.
+    let quiet = journal_stream::is_journal(environment, journal_stream::Output::Stdout);
+    let say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
     // A reload's own timeout is enforced by handover; the client only guards against a
     // handover that stops answering altogether.
     let deadline = match &request {
@@ -397,17 +407,17 @@ fn control_command(
     };
     let started = std::time::Instant::now();
     let result = client::request(&path, &request, deadline, |response| match response {
-        Response::Progress { message } => println!("{message}"),
-        Response::Stopping => println!("stopping"),
+        Response::Progress { message } => say(message),
+        Response::Stopping => say("stopping"),
         _ => {}
     });
     match result {
         Ok((Some(Response::Done { generation }), _)) => {
-            println!("reload done: generation {generation} serves");
+            say(&format!("reload done: generation {generation} serves"));
             ExitCode::from(exit::OK)
         }
         Ok((Some(Response::Ok { message }), _)) => {
-            println!("{message}");
+            say(&message);
             ExitCode::from(exit::OK)
         }
         Ok((None, pid)) if is_stop => {
@@ -425,13 +435,13 @@ fn control_command(
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            println!("stopped");
+            say("stopped");
             ExitCode::from(exit::OK)
         }
         Ok((other, _)) => report_failure(other),
         Err(client::ClientError::NotRunning(message)) if is_stop => {
             // Nothing to stop is not a failure: systemd runs ExecStop= also after handover
-            // exited by itself.
+            // exited by itself. Said also under systemd: no line of handover's says it.
             println!("not running ({message})");
             ExitCode::from(exit::OK)
         }
@@ -475,30 +485,24 @@ fn run_stub(args: &[OsString]) -> ! {
     }
 }
 
-/// Whether handover's stderr is the journal stream systemd set up (`JOURNAL_STREAM` names
-/// its device and inode), as sd_journal_stream_fd's users check it.
-fn stderr_is_journal(environment: &Environment) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(stream) = &environment.journal_stream else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.split_once(':') else {
-        return false;
-    };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
-}
-
 /// Sets up logging; returns whether it goes to the journal natively (then workers' output
 /// is logged line by line with their fields too).
+///
+/// Text lines that go to the journal stream anyway (`--log-to-stdout` under systemd, or a
+/// journal whose socket cannot be used) carry no time: the journal adds its own.
 fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
+    use journal_stream::Output;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, EnvFilter};
     let filter =
         || EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if !log_to_stdout && stderr_is_journal(environment) {
+    let output = if log_to_stdout {
+        Output::Stdout
+    } else {
+        Output::Stderr
+    };
+    let to_journal_stream = journal_stream::is_journal(environment, output);
+    if !log_to_stdout && to_journal_stream {
         if let Ok(journald) = tracing_journald::layer() {
             let journald = journald
                 .with_field_prefix(Some("HANDOVER".into()))
@@ -517,10 +521,17 @@ fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
         .with_env_filter(filter())
         .with_target(false)
         .with_ansi(false);
-    let _ = if log_to_stdout {
-        builder.with_writer(std::io::stdout).try_init()
-    } else {
-        builder.with_writer(std::io::stderr).try_init()
+    let _ = match (output, to_journal_stream) {
+        (Output::Stdout, true) => builder
+            .without_time()
+            .with_writer(std::io::stdout)
+            .try_init(),
+        (Output::Stdout, false) => builder.with_writer(std::io::stdout).try_init(),
+        (Output::Stderr, true) => builder
+            .without_time()
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (Output::Stderr, false) => builder.with_writer(std::io::stderr).try_init(),
     };
     false
 }
