@@ -4,3 +4,4 @@
 pub mod harness;
 pub mod loadgen;
 pub mod systemd;
+pub mod transcript;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use handover_tests::loadgen::{LoadConfig, Mode, Summary};
 use handover_tests::systemd::{handover_has, shipped, Builder, Systemd, INSIDE_BIN, INSIDE_CONFIG};
+use handover_tests::transcript;
 
 const INSTANCE: &str = "web";
 const SERVICE: &str = "handover@web.service";
@@ -862,5 +863,38 @@ fn log_to_stdout_under_the_journal_leaves_the_time_out() {
             levels.iter().any(|level| line.starts_with(level)),
             "a level first, no time: {line:?}\n{own}"
         );
+    }
+}
+
+/// Issue 17: docs/systemd.md shows what `journalctl -u handover@web.service -o cat` prints
+/// after the first connection, and it is what handover and systemd really write: every
+/// line's text and their order, with only pids, durations and ports free, and the
+/// interleaving of concurrent workers (see `handover_tests::transcript`).
+#[test]
+fn the_journal_transcript_in_the_docs_is_real_output() {
+    const COMMAND: &str = "journalctl -u handover@web.service -o cat";
+    let docs = handover_tests::systemd::repo_file("docs/systemd.md");
+    let expected = transcript::from_markdown(&docs, COMMAND)
+        .unwrap_or_else(|| panic!("docs/systemd.md has no `$ {COMMAND}` transcript"));
+    assert!(expected.len() > 3, "{expected:?}");
+    let sd = boot!(builder("docs-journal", &example_config()));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    // The workers' own lines reach the journal from another thread of handover's: wait for
+    // them rather than compare too early.
+    let mut last = String::new();
+    let compared = std::time::Instant::now();
+    loop {
+        let json = sd.journalctl(&["-o", "json", "-u", SERVICE]);
+        let entries = transcript::Entry::parse_json_lines(&json).expect("journal entries");
+        match transcript::compare(&expected, &entries) {
+            Ok(()) => break,
+            Err(why) => last = why,
+        }
+        assert!(
+            compared.elapsed() < Duration::from_secs(10),
+            "docs/systemd.md's `$ {COMMAND}` is not what the journal holds: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
