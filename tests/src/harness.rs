@@ -316,10 +316,6 @@ impl Lines {
     }
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static, lines: Lines, echo: bool) {
-    collect_output(stream, lines, echo);
-}
-
 /// Reads `stream` line by line into `lines` on a thread of its own (echoing each line to the
 /// test's stderr when `echo`); the thread ends at end of file.
 pub fn collect_output(
@@ -435,6 +431,8 @@ pub struct Handover {
     /// The config file.
     pub config: PathBuf,
     exit: Option<ExitStatus>,
+    /// The threads reading handover's stdout and stderr; they end at end of file.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Handover {
@@ -495,16 +493,18 @@ impl Handover {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn handover");
         let log = Lines::default();
-        collect(
-            child.stdout.take().expect("stdout"),
-            log.clone(),
-            options.echo,
-        );
-        collect(
-            child.stderr.take().expect("stderr"),
-            log.clone(),
-            options.echo,
-        );
+        let readers = vec![
+            collect_output(
+                child.stdout.take().expect("stdout"),
+                log.clone(),
+                options.echo,
+            ),
+            collect_output(
+                child.stderr.take().expect("stderr"),
+                log.clone(),
+                options.echo,
+            ),
+        ];
         if !options.activate.is_empty() {
             // systemd-socket-activate starts its program on the first connection.
             log.wait_for("Listening on");
@@ -526,6 +526,7 @@ impl Handover {
             notify,
             config: config_path,
             exit: None,
+            readers,
         }
     }
 
@@ -553,8 +554,12 @@ impl Handover {
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.exit = Some(status);
-                // Let the output threads catch up with the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // The last lines are read once both pipes are at end of file (a process
+                // that kept them open only costs a bounded wait).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return status;
             }
             assert!(

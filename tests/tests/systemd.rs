@@ -882,18 +882,16 @@ fn the_journal_transcript_in_the_docs_is_real_output() {
     wait_generation(&sd, SERVICE, 2, 1);
     // The workers' own lines reach the journal from another thread of handover's: wait for
     // them rather than compare too early.
-    let mut last = String::new();
     let compared = std::time::Instant::now();
     loop {
         let json = sd.journalctl(&["-o", "json", "-u", SERVICE]);
         let entries = transcript::Entry::parse_json_lines(&json).expect("journal entries");
-        match transcript::compare(&expected, &entries) {
-            Ok(()) => break,
-            Err(why) => last = why,
-        }
+        let Err(why) = transcript::compare(&expected, &entries) else {
+            break;
+        };
         assert!(
             compared.elapsed() < Duration::from_secs(10),
-            "docs/systemd.md's `$ {COMMAND}` is not what the journal holds: {last}"
+            "docs/systemd.md's `$ {COMMAND}` is not what the journal holds: {why}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
