@@ -201,8 +201,8 @@ pub fn without_default_dependencies(unit: &str) -> String {
 pub struct Builder {
     label: String,
     dir: TempDir,
-    /// Further host folders to bind under [`INSIDE`]: (host path, name inside).
-    binds: Vec<(PathBuf, String)>,
+    /// Further host folders to bind under [`INSIDE`]: (host path, name inside, writable).
+    binds: Vec<(PathBuf, String, bool)>,
 }
 
 impl Builder {
@@ -224,7 +224,16 @@ impl Builder {
 
     /// Makes the host folder `host` appear, read-only, at `INSIDE/name` (returned) in the
     /// manager's namespaces, e.g. a package unpacked by the test.
-    pub fn bind(mut self, host: &Path, name: &str) -> (Builder, String) {
+    pub fn bind(self, host: &Path, name: &str) -> (Builder, String) {
+        self.bind_with(host, name, false)
+    }
+
+    /// [`Builder::bind`], writable from inside: for what a command run inside writes.
+    pub fn bind_writable(self, host: &Path, name: &str) -> (Builder, String) {
+        self.bind_with(host, name, true)
+    }
+
+    fn bind_with(mut self, host: &Path, name: &str, writable: bool) -> (Builder, String) {
         assert!(
             !name.is_empty()
                 && name
@@ -238,7 +247,8 @@ impl Builder {
             "{} must be a folder to bind into the manager",
             host.display()
         );
-        self.binds.push((host.to_path_buf(), name.to_string()));
+        self.binds
+            .push((host.to_path_buf(), name.to_string(), writable));
         (self, format!("{INSIDE}/{name}"))
     }
 
@@ -373,9 +383,9 @@ impl Systemd {
             .expect("a binary sits in a folder")
             .to_path_buf();
         let mut all_binds = vec![
-            (unit_dir.clone(), "units".to_string()),
-            (config_dir.clone(), "etc-handover".to_string()),
-            (bin_dir, "bin".to_string()),
+            (unit_dir.clone(), "units".to_string(), false),
+            (config_dir.clone(), "etc-handover".to_string(), false),
+            (bin_dir, "bin".to_string(), false),
         ];
         all_binds.extend(binds);
         let script = dir.path().join("boot.sh");
@@ -404,8 +414,10 @@ impl Systemd {
             .arg("unshare")
             .args(NAMESPACES)
             .arg(&script);
-        for (host, name) in &all_binds {
-            cmd.arg(host).arg(name);
+        for (host, name, writable) in &all_binds {
+            cmd.arg(host)
+                .arg(name)
+                .arg(if *writable { "rw" } else { "ro" });
         }
         cmd.env_clear()
             .env("PATH", SYSTEM_PATH)
@@ -725,6 +737,110 @@ impl Systemd {
     }
 }
 
+/// A handover service for [`Systemd::serve_reload_stop`].
+pub struct Lifecycle<'a> {
+    /// The service unit, such as `handover@web.service`.
+    pub service: &'a str,
+    /// The socket unit whose first connection starts the service.
+    pub socket: &'a str,
+    /// The port that socket listens on (127.0.0.1 inside reaches it).
+    pub port: u16,
+    /// How many workers the configuration runs.
+    pub workers: usize,
+}
+
+impl Systemd {
+    /// The life of a handover service as a user sees it: the socket unit listens while the
+    /// service is not running; the first connection starts it, and every worker serves;
+    /// `systemctl reload` under load fails no request, and a new generation serves while the
+    /// old one is gone; `systemctl stop` ends the service cleanly (`Result=success`, exit 0,
+    /// nothing killed by systemd, nothing left in its cgroup). systemd must have accepted
+    /// every line of the units.
+    pub fn serve_reload_stop(&self, life: &Lifecycle<'_>) {
+        let service = life.service;
+        self.systemctl_ok(&["start", life.socket]);
+        assert_eq!(self.show(life.socket, "SubState"), "listening");
+        assert_eq!(self.show(service, "ActiveState"), "inactive");
+        let (status, body) = self
+            .http_get(life.port, "/")
+            .unwrap_or_else(|e| panic!("first request: {e}\n{}", self.diagnostics()));
+        assert_eq!(status, 200, "{body}");
+        self.wait_property(service, "ActiveState", "active");
+        let n = life.workers;
+        let ready = |generation: u64| format!("{n}/{n} workers ready, generation {generation}");
+        self.wait_property(service, "StatusText", &ready(1));
+        let main = self.main_pid(service);
+        let group = self.show(service, "ControlGroup");
+        let workers_now = || -> Vec<i32> {
+            self.cgroup_procs(&group)
+                .into_iter()
+                .filter(|&p| p != main)
+                .collect()
+        };
+        let old = workers_now();
+        assert_eq!(old.len(), n, "{n} workers: {old:?}");
+
+        let burst = LoadConfig {
+            addr: ([127, 0, 0, 1], life.port).into(),
+            concurrency: 4,
+            duration: Duration::from_millis(300),
+            max_requests: 400,
+            mode: loadgen::Mode::NewConnection,
+            request_timeout: Duration::from_secs(25),
+            path: "/".into(),
+        };
+        let load = self.start_load(burst, 400);
+        load.wait_bursts(1);
+        self.systemctl_ok(&["reload", service]);
+        assert_eq!(self.show(service, "StatusText"), ready(2));
+        self.wait_until("the old generation to drain", || {
+            old.iter().all(|&p| !self.alive(p))
+        });
+        let new = workers_now();
+        load.wait_bursts(2);
+        let summary = load.finish();
+        let describe = format!(
+            "{} requests, {} ok, failures {:?}, pids {:?}",
+            summary.requests, summary.ok, summary.failures, summary.pids
+        );
+        eprintln!("load: {describe}");
+        assert_eq!(summary.failed(), 0, "{describe}");
+        assert!(summary.ok > 0, "{describe}");
+        assert_eq!(new.len(), n, "{new:?}");
+        assert!(new.iter().all(|p| !old.contains(p)), "new workers: {new:?}");
+        for pids in [&old, &new] {
+            assert!(
+                summary.pids.keys().any(|&p| pids.contains(&(p as i32))),
+                "both generations served: {describe}"
+            );
+        }
+        assert_eq!(self.main_pid(service), main, "a reload keeps handover");
+
+        self.systemctl_ok(&["stop", service]);
+        assert_eq!(self.show(service, "ActiveState"), "inactive");
+        assert_eq!(self.show(service, "Result"), "success");
+        assert_eq!(self.show(service, "ExecMainStatus"), "0");
+        assert_eq!(self.cgroup_procs(&group), Vec::<i32>::new(), "cgroup empty");
+        for pid in old.iter().chain(&new).chain([&main]) {
+            assert!(!self.alive(*pid), "process {pid} survived the stop");
+        }
+        let journal = self.journalctl(&["-o", "cat", "-u", service]);
+        assert!(!journal.contains("Killing process"), "{journal}");
+        let manager_log = self.journalctl(&["-o", "cat", "_PID=1"]);
+        for complaint in [
+            "Unknown key",
+            "Unknown section",
+            "Failed to parse",
+            "Ignoring",
+        ] {
+            assert!(
+                !manager_log.contains(complaint),
+                "systemd complained about a unit:\n{manager_log}"
+            );
+        }
+    }
+}
+
 /// A load generator running inside a manager's network namespace.
 pub struct LoadRun {
     stop: Arc<AtomicBool>,
@@ -956,14 +1072,14 @@ fn make_executable(path: &Path) {
 /// manager or the services could write to, brings in the test's folders, then boots `TARGET`
 /// from [`INSIDE_UNITS`] alone.
 ///
-/// Its arguments are pairs of a host folder and the name it gets under [`INSIDE`]. Host paths
-/// are only ever arguments (never part of the script's text), so they may hold any
-/// character.
+/// Its arguments are triples: a host folder, the name it gets under [`INSIDE`], and `ro` or
+/// `rw`. Host paths are only ever arguments (never part of the script's text), so they may
+/// hold any character.
 fn boot_script() -> String {
     format!(
         r#"#!/bin/sh
 # PID 1 of a throw-away namespace until it execs systemd. Written by handover's tests.
-# Arguments: pairs of a host folder and the name it gets under {INSIDE}.
+# Arguments: triples of a host folder, the name it gets under {INSIDE}, and ro or rw.
 set -eu
 # Nothing mounted here may propagate to the host.
 mount --make-rprivate /
@@ -971,11 +1087,11 @@ mount --make-rprivate /
 # covered: the checkout may be under any of them.
 fd=3
 names=
-while [ $# -ge 2 ]; do
+while [ $# -ge 3 ]; do
     eval "exec $fd<\"\$1\""
-    names="$names $2"
+    names="$names $2:$3"
     fd=$((fd + 1))
-    shift 2
+    shift 3
 done
 # Private runtime and temporary folders: systemd and the services write there.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
@@ -987,13 +1103,16 @@ fi
 if [ -d /var/lib/systemd ]; then
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /var/lib/systemd
 fi
-# The held folders, read-only, at plain paths of the private /run.
+# The held folders at plain paths of the private /run, read-only unless asked otherwise.
 mkdir -m 0755 {INSIDE}
 fd=3
-for name in $names; do
+for entry in $names; do
+    name=${{entry%:*}}
     mkdir "{INSIDE}/$name"
     mount --bind "/proc/self/fd/$fd" "{INSIDE}/$name"
-    mount -o remount,bind,ro "{INSIDE}/$name"
+    if [ "${{entry##*:}}" = ro ]; then
+        mount -o remount,bind,ro "{INSIDE}/$name"
+    fi
     eval "exec $fd<&-"
     fd=$((fd + 1))
 done

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use handover_tests::loadgen::{LoadConfig, Mode, Summary};
-use handover_tests::systemd::{handover_has, shipped, Builder, Systemd, INSIDE_BIN, INSIDE_CONFIG};
+use handover_tests::systemd::{
+    handover_has, shipped, Builder, Lifecycle, Systemd, INSIDE_BIN, INSIDE_CONFIG,
+};
 use handover_tests::transcript;
 
 const INSTANCE: &str = "web";
@@ -895,4 +897,94 @@ fn the_journal_transcript_in_the_docs_is_real_output() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Issue 17: `handover unit` writes the units a user would write by hand, and they are what
+/// this manager boots: run inside, on the configuration at its real path, with `--output`,
+/// they serve, reload under load without a failed request, and stop cleanly. A second
+/// socket whose name needs escaping (a space, a `%`) reaches handover under its exact name:
+/// the configuration requires it from systemd.
+#[test]
+fn generated_units_serve_reload_and_stop() {
+    let config = example_config().replacen(
+        "from_systemd = true",
+        "from_systemd = true\nlisten = \"[::]:80\"",
+        1,
+    )
+        + "\n[[socket]]\nname = \"admin 100%\"\nlisten = \"127.0.0.1:8081\"\nfrom_systemd = true\n";
+    let out = handover_tests::harness::TempDir::new("unit-out");
+    let (builder, inside_out) = Systemd::builder("unit")
+        .config(INSTANCE, &config)
+        .bind_writable(out.path(), "out");
+    let sd = boot!(builder);
+    let handover = format!("{INSIDE_BIN}/handover");
+    let config_path = format!("{INSIDE_CONFIG}/{INSTANCE}.toml");
+    let (status, printed, err) = sd.run(&[&handover, "unit", "--config", &config_path]);
+    assert!(status.success(), "{err}");
+    let (status, wrote, err) = sd.run(&[
+        &handover,
+        "unit",
+        "--config",
+        &config_path,
+        "--output",
+        &inside_out,
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(wrote.contains("next: systemctl daemon-reload"), "{wrote}");
+    let names = [
+        "handover-web-http.socket",
+        "handover-web-admin\\x20100\\x25.socket",
+        "handover-web.service",
+    ];
+    let mut written = Vec::new();
+    for name in names {
+        assert!(
+            wrote.contains(&format!("wrote {inside_out}/{name}\n")),
+            "{wrote}"
+        );
+        let text = std::fs::read_to_string(out.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        written.push(text);
+    }
+    // (The harness reads output line by line: the last newline is not in `printed`.)
+    assert_eq!(
+        printed.trim_end(),
+        written.join("\n").trim_end(),
+        "printed as written"
+    );
+    // An existing unit is not replaced without --force.
+    let (status, _, err) = sd.run(&[
+        &handover,
+        "unit",
+        "--config",
+        &config_path,
+        "--output",
+        &inside_out,
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("exists; --force replaces it"), "{err}");
+
+    for (name, text) in names.iter().zip(&written) {
+        std::fs::write(
+            sd.unit_dir().join(name),
+            handover_tests::systemd::without_default_dependencies(text),
+        )
+        .expect("install unit");
+    }
+    sd.systemctl_ok(&["daemon-reload"]);
+    sd.serve_reload_stop(&Lifecycle {
+        service: "handover-web.service",
+        socket: "handover-web-http.socket",
+        port: HTTP_PORT,
+        workers: 2,
+    });
+    let fields = sd.journalctl(&[
+        "-o",
+        "verbose",
+        "-u",
+        "handover-web.service",
+        "MESSAGE=using the socket systemd passed",
+    ]);
+    assert!(fields.contains("HANDOVER_SOCKET=http\n"), "{fields}");
+    assert!(fields.contains("HANDOVER_SOCKET=admin 100%\n"), "{fields}");
 }

@@ -14,6 +14,7 @@ mod journal_stream;
 mod logs;
 mod sockets;
 mod spec;
+mod unit;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -143,6 +144,12 @@ enum Commands {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print (or write into a folder) the systemd units that run a configuration.
+    ///
+    /// One .socket unit per [[socket]] (its listen address as ListenStream=, its name as
+    /// FileDescriptorName=) and a Type=notify .service running handover start, with
+    /// handover reload and handover stop as ExecReload= and ExecStop=.
+    Unit(unit::UnitArgs),
     /// Print the version.
     Version,
 }
@@ -208,6 +215,7 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::CONFIG)
             }
         },
+        Commands::Unit(args) => unit::run(args),
         Commands::Start {
             config,
             service_name,
