@@ -169,10 +169,14 @@ fn top_level_sections() -> Roff {
         (
             exit::START_FAILED,
             "The first generation of workers never became ready, or the stop was forced \
-             by a fourth stop signal; for logs, a log file could not be read.",
+             by a fourth stop signal; for logs, a log file could not be read; for unit, a \
+             unit file exists or could not be written.",
         ),
         (exit::USAGE, "The command line is wrong."),
-        (exit::CONFIG, "The configuration file is invalid."),
+        (
+            exit::CONFIG,
+            "The configuration file is invalid (for unit: or cannot be written as units).",
+        ),
         (
             exit::SOCKETS,
             "A listening socket could not be set up: binding failed, or the sockets passed \

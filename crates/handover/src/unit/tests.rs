@@ -308,3 +308,33 @@ fn names_default_to_the_configuration_files_name() {
     .unwrap_err();
     assert!(matches!(err, UnitError::NameTooLong(_)), "{err}");
 }
+
+/// docs/systemd.md shows a configuration and what `handover unit` prints for it: that is
+/// what it prints, to the byte.
+#[test]
+fn the_units_shown_in_docs_systemd_md_are_what_unit_prints() {
+    const CONFIG: &str = "/etc/handover/myapp.toml";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/systemd.md");
+    let docs = std::fs::read_to_string(&path).expect("read docs/systemd.md");
+    let block_after = |first_line: &str| -> String {
+        let start = docs
+            .find(first_line)
+            .unwrap_or_else(|| panic!("docs/systemd.md has no {first_line:?}"))
+            + first_line.len();
+        let end = start + docs[start..].find("```").expect("the block ends");
+        docs[start..end].to_string()
+    };
+    let toml = format!("# {CONFIG}{}", block_after(&format!("```toml\n# {CONFIG}")));
+    let shown = block_after(&format!("$ handover unit --config {CONFIG}\n"));
+    let config = Config::parse(Path::new(CONFIG), &toml).expect("the docs' configuration");
+    let name = default_name(Path::new(CONFIG));
+    let units = generate(&Target {
+        config: &config,
+        config_path: Path::new(CONFIG),
+        binary: Path::new("/usr/bin/handover"),
+        name: &name,
+    })
+    .unwrap();
+    let printed: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
+    assert_eq!(shown, printed.join("\n"), "docs/systemd.md is out of date");
+}
