@@ -852,13 +852,15 @@ probe_interval = "20ms"
     );
     let ready = h.notify.as_mut().unwrap().wait_for("READY=1");
     assert!(ready.contains("2/2 workers ready"), "{ready}");
+    // The log comes through a pipe, and may be read after READY=1 arrived: wait for it.
+    h.log.wait_for_count("worker ready (probe succeeded)", 2);
+    assert!(h.stop().success());
     assert_eq!(
         h.log.count("worker ready (probe succeeded)"),
         2,
         "{}",
         h.log.text()
     );
-    assert!(h.stop().success());
 }
 
 /// Scenario 19: a probe that hangs is killed at probe_timeout (nothing of it survives), one
