@@ -870,8 +870,9 @@ fn log_to_stdout_under_the_journal_leaves_the_time_out() {
 
 /// Issue 17: docs/systemd.md shows what `journalctl -u handover@web.service -o cat` prints
 /// after the first connection, and it is what handover and systemd really write: every
-/// line's text and their order, with only pids, durations and ports free, and the
-/// interleaving of concurrent workers (see `handover_tests::transcript`).
+/// line's text, and the order of systemd's lines and of handover's; only pids, durations
+/// and ports are free, and how lines written at the same time interleave (see
+/// `handover_tests::transcript`).
 #[test]
 fn the_journal_transcript_in_the_docs_is_real_output() {
     const COMMAND: &str = "journalctl -u handover@web.service -o cat";
