@@ -59,11 +59,12 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     /// Creates one under the target directory (`test-tmp`), next to the build; under
-    /// [`reachable_dir`] when the build's path is not plain (see [`is_plain`]), since tests
-    /// splice their folder's path into scripts and configuration files.
+    /// [`reachable_dir`] when the build's path is not plain or short (see [`is_plain`] and
+    /// [`MAX_BASE`]), since tests splice their folder's path into scripts and configuration
+    /// files, and put unix sockets in it.
     pub fn new(label: &str) -> TempDir {
         let build = bin_dir();
-        if is_plain(&build) {
+        if is_plain(&build) && short_enough(&build.join("test-tmp")) {
             TempDir::under(&build.join("test-tmp"), label)
         } else {
             TempDir::under(&reachable_dir().join("tmp"), label)
@@ -144,6 +145,14 @@ pub fn assert_reachable_by_others(path: &Path) {
     }
 }
 
+/// The longest path a folder of test folders may have: a unix socket's path has at most 107
+/// bytes, and tests put `LABEL-PID-N/control.sock` (up to about 55 bytes) below it.
+pub const MAX_BASE: usize = 50;
+
+fn short_enough(base: &Path) -> bool {
+    base.as_os_str().len() <= MAX_BASE
+}
+
 /// Whether `path` can go into a shell script or a TOML string as it is: ASCII letters,
 /// digits and `/._-+,:=@` only. A checkout may be anywhere ("/home/me/My Projects"), and
 /// tests write `{worker}` into `sh -c` scripts.
@@ -154,21 +163,25 @@ pub fn is_plain(path: &Path) -> bool {
         .all(|&b| b.is_ascii_alphanumeric() || b"/._-+,:=@".contains(&b))
 }
 
-/// A folder every user can reach, with a plain path (see [`is_plain`]): for what tests run
-/// as another user (a worker with `user = "nobody"`, a client run through setpriv), and for
-/// the test folders and binaries that tests splice into scripts.
+/// A folder every user can reach, with a plain and short path (see [`is_plain`] and
+/// [`MAX_BASE`]): for what tests run as another user (a worker with `user = "nobody"`, a
+/// client run through setpriv), and for the test folders and binaries that tests splice
+/// into scripts.
 ///
-/// The target directory when it is both. Otherwise (a checkout in a 0700 home such as
-/// /root, or in a path with spaces) a folder of this user's own under the system's
-/// temporary folder (`$TMPDIR`, else /tmp), one per build: `handover-tests-UID/HASH`. It is
-/// checked to be a real folder owned by this user and writable by nobody else, since a name
-/// under /tmp could have been prepared by anyone.
+/// The target directory when it is all that. Otherwise (a checkout in a 0700 home such as
+/// /root, in a path with spaces, or deep in a tree) a folder of this user's own under the
+/// system's temporary folder (`$TMPDIR`, else /tmp), one per build: `handover-tests-UID/HASH`.
+/// It is checked to be a real folder owned by this user and writable by nobody else, since a
+/// name under /tmp could have been prepared by anyone.
 pub fn reachable_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let build = bin_dir();
         let shared = build.join("test-tmp").join("reachable");
-        if blocking_ancestor(&build).is_none() && is_plain(&build) {
+        if blocking_ancestor(&build).is_none()
+            && is_plain(&build)
+            && short_enough(&shared.join("tmp"))
+        {
             std::fs::create_dir_all(&shared).expect("create test-tmp/reachable");
             set_mode(&shared, 0o755);
             return shared;
@@ -177,13 +190,17 @@ pub fn reachable_dir() -> PathBuf {
         let unfit = match blocking_ancestor(&tmp) {
             Some((dir, mode)) => Some(format!("{} has mode {mode:04o}", dir.display())),
             None if !is_plain(&tmp) => Some("its path is not plain".to_string()),
+            // handover-tests-UID/HASH/tmp adds about 40 bytes.
+            None if tmp.as_os_str().len() + 40 > MAX_BASE => {
+                Some(format!("its path is longer than {} bytes", MAX_BASE - 40))
+            }
             None => None,
         };
         if let Some(why) = unfit {
             panic!(
-                "the build {} is not a folder every user can reach with a plain path, and \
-                 neither is the temporary folder {} ({why}); set TMPDIR to such a folder \
-                 (/tmp is one), or build elsewhere (CARGO_TARGET_DIR)",
+                "the build {} is not a folder every user can reach with a plain and short \
+                 path, and neither is the temporary folder {} ({why}); set TMPDIR to such a \
+                 folder (/tmp is one), or build elsewhere (CARGO_TARGET_DIR)",
                 build.display(),
                 tmp.display()
             );
