@@ -333,6 +333,14 @@ impl Lines {
     }
 }
 
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    lines: Lines,
+    echo: bool,
+) -> std::thread::JoinHandle<()> {
+    collect_output(stream, lines, echo)
+}
+
 /// Reads `stream` line by line into `lines` on a thread of its own (echoing each line to the
 /// test's stderr when `echo`); the thread ends at end of file.
 pub fn collect_output(
@@ -449,7 +457,7 @@ pub struct Handover {
     pub config: PathBuf,
     exit: Option<ExitStatus>,
     /// The threads reading handover's stdout and stderr; they end at end of file.
-    readers: Vec<std::thread::JoinHandle<()>>,
+    collectors: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Handover {
@@ -510,13 +518,13 @@ impl Handover {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn handover");
         let log = Lines::default();
-        let readers = vec![
-            collect_output(
+        let collectors = vec![
+            collect(
                 child.stdout.take().expect("stdout"),
                 log.clone(),
                 options.echo,
             ),
-            collect_output(
+            collect(
                 child.stderr.take().expect("stderr"),
                 log.clone(),
                 options.echo,
@@ -543,7 +551,7 @@ impl Handover {
             notify,
             config: config_path,
             exit: None,
-            readers,
+            collectors,
         }
     }
 
@@ -571,10 +579,10 @@ impl Handover {
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.exit = Some(status);
-                // The last lines are read once both pipes are at end of file (a process
-                // that kept them open only costs a bounded wait).
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+                // Every line handover wrote is in the log once its output reached end of
+                // file (a process it left behind could hold it open: then give up waiting).
+                let until = Instant::now() + Duration::from_secs(5);
+                while self.collectors.iter().any(|c| !c.is_finished()) && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 return status;
@@ -809,6 +817,31 @@ pub fn marked_processes(marker: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// The body of `GET /` on 127.0.0.1:`port` (the whole answer after its head), with a
+/// generous deadline.
+pub fn http_get_body(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_string(),
+        _ => panic!("not a 200 answer: {answer:?}"),
+    }
+}
+
+/// A handover sentinel's name, as `ps` shows it: the first 15 bytes of `handover-sentinel`.
+pub const SENTINEL_COMM: &str = "handover-sentin";
+
+/// Whether `pid` is a handover sentinel.
+pub fn is_sentinel(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == SENTINEL_COMM)
 }
 
 /// A marker unique to this test run.

@@ -617,6 +617,12 @@ impl Systemd {
         }
     }
 
+    /// Whether process `pid` (as seen inside) is a handover sentinel.
+    pub fn is_sentinel(&self, pid: i32) -> bool {
+        std::fs::read_to_string(self.root().join(format!("proc/{pid}/comm")))
+            .is_ok_and(|c| c.trim() == crate::harness::SENTINEL_COMM)
+    }
+
     /// The main pid of a service (as seen inside), 0 when it has none.
     pub fn main_pid(&self, unit: &str) -> i32 {
         self.show(unit, "MainPID").parse().unwrap_or(0)
@@ -771,10 +777,11 @@ impl Systemd {
         self.wait_property(service, "StatusText", &ready(1));
         let main = self.main_pid(service);
         let group = self.show(service, "ControlGroup");
+        // The workers: every process of the unit but handover and its sentinel.
         let workers_now = || -> Vec<i32> {
             self.cgroup_procs(&group)
                 .into_iter()
-                .filter(|&p| p != main)
+                .filter(|&p| p != main && !self.is_sentinel(p))
                 .collect()
         };
         let old = workers_now();

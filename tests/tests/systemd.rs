@@ -79,13 +79,14 @@ fn pid_in(body: &str) -> i32 {
     handover_tests::loadgen::pid_in_body(body.as_bytes()) as i32
 }
 
-/// handover's workers: every process of the service's cgroup but the main one.
+/// handover's workers: every process of the service's cgroup but the main one and the
+/// sentinel.
 fn workers(sd: &Systemd, unit: &str) -> BTreeSet<i32> {
     let main = sd.main_pid(unit);
     let group = sd.show(unit, "ControlGroup");
     sd.cgroup_procs(&group)
         .into_iter()
-        .filter(|&p| p != main)
+        .filter(|&p| p != main && !sd.is_sentinel(p))
         .collect()
 }
 
@@ -252,7 +253,16 @@ fn systemctl_stop_leaves_no_process_behind() {
     wait_generation(&sd, SERVICE, 2, 1);
     let group = sd.show(SERVICE, "ControlGroup");
     let before = sd.cgroup_procs(&group);
-    assert_eq!(before.len(), 3, "handover and two workers: {before:?}");
+    assert_eq!(
+        before.iter().filter(|&&p| sd.is_sentinel(p)).count(),
+        1,
+        "handover's sentinel runs in the unit: {before:?}"
+    );
+    assert_eq!(
+        before.len(),
+        4,
+        "handover, its sentinel and two workers: {before:?}"
+    );
 
     sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
     assert_eq!(sd.show(SERVICE, "ActiveState"), "inactive");
@@ -988,4 +998,40 @@ fn generated_units_serve_reload_and_stop() {
     ]);
     assert!(fields.contains("HANDOVER_SOCKET=http\n"), "{fields}");
     assert!(fields.contains("HANDOVER_SOCKET=admin 100%\n"), "{fields}");
+}
+
+/// Issue 13, item 9: in the unit's journal, the lines each worker wrote before it exited
+/// ("drained, exiting") come before handover's "worker stopped" about it.
+#[test]
+fn the_journal_has_each_workers_last_lines_before_its_exit() {
+    let sd = boot!(builder("journal-order", &example_config()));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
+    sd.wait_journal(SERVICE, "stopped");
+    let journal = sd.journalctl(&["-o", "json", "-u", SERVICE]);
+    let entries: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let message = |e: &serde_json::Value| e["MESSAGE"].as_str().unwrap_or_default().to_string();
+    let mut checked = 0;
+    for (stopped_at, entry) in entries.iter().enumerate() {
+        if !message(entry).starts_with("worker stopped") {
+            continue;
+        }
+        let pid = entry["HANDOVER_PID"].as_str().expect("HANDOVER_PID");
+        let drained = format!("pid {pid} drained, exiting");
+        let said = entries
+            .iter()
+            .position(|e| message(e).contains(&drained))
+            .unwrap_or_else(|| panic!("no {drained:?} in the journal:\n{journal}"));
+        assert!(
+            said < stopped_at,
+            "worker {pid}'s last line came after handover's line about its exit:\n{}",
+            sd.journalctl(&["-o", "cat", "-u", SERVICE])
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "{journal}");
 }

@@ -479,6 +479,41 @@ fn print_memory(pid: i32) {
         .map(|d| d.count())
         .unwrap_or(0);
     println!("handover open fds: {fds}");
+    // The sentinel is a process of handover's too: its RSS is nearly all pages it shares
+    // with handover (libc, handover's code); what it costs on its own is its private memory.
+    let sentinel = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|child| {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            let parent = proc_status(*child).get("PPid").copied();
+            comm.trim() == "handover-sentin" && parent == Some(pid as u64)
+        });
+    match sentinel {
+        Some(sentinel) => {
+            let rollup = std::fs::read_to_string(format!("/proc/{sentinel}/smaps_rollup"))
+                .unwrap_or_default();
+            let field = |key: &str| -> u64 {
+                rollup
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            let private = field("Private_Clean") + field("Private_Dirty");
+            println!(
+                "sentinel VmRSS: {} KiB (private to it: {private} KiB)",
+                field("Rss")
+            );
+            println!(
+                "handover + sentinel, counting shared pages once: {} KiB",
+                kib("VmRSS") + private
+            );
+        }
+        None => println!("sentinel: none found"),
+    }
 }
 
 // ---- background load --------------------------------------------------------------------

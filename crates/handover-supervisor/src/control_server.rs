@@ -40,7 +40,16 @@ impl Access {
     }
 }
 
+/// Pending connections one allowed uid other than root and handover's own may hold, so no
+/// such user can take every slot from root (ExecReload=, ExecStop=).
+const MAX_PENDING_PER_UID: usize = 32;
+/// Refusals of one uid are logged once, then counted and summarised this often.
+const REFUSAL_SUMMARY: Duration = Duration::from_secs(10);
+
 /// Starts serving `listener` (a listening, non-blocking unix socket) on the current runtime.
+///
+/// A peer's uid is checked the moment it is accepted: a refused peer is answered and closed
+/// at once, without a task or a pending slot, so refused users cannot lock out allowed ones.
 pub fn serve(
     listener: OwnedFd,
     access: Access,
@@ -49,7 +58,8 @@ pub fn serve(
     let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(listener))?;
     let pending = Arc::new(Semaphore::new(MAX_PENDING));
     let active = Arc::new(Semaphore::new(MAX_ACTIVE));
-    let access = Arc::new(access);
+    let per_uid = Arc::new(PerUid::default());
+    let refusals = Arc::new(Refusals::default());
     tokio::spawn(async move {
         let mut accept_errors = 0u32;
         loop {
@@ -68,29 +78,145 @@ pub fn serve(
                     continue;
                 }
             };
+            let peer = match stream.peer_cred() {
+                Ok(cred) => cred,
+                Err(err) => {
+                    debug!("control socket: no peer credentials: {err}");
+                    continue;
+                }
+            };
+            let uid = peer.uid();
+            if !access.permits(uid) {
+                refusals.note(uid, peer.pid());
+                refuse_now(
+                    stream,
+                    Response::Error {
+                        message: format!("uid {uid} may not control this handover"),
+                    },
+                );
+                continue;
+            }
+            let limited = uid != 0 && uid != access.own_uid;
+            let uid_slot = match per_uid.take(uid, limited) {
+                Some(slot) => slot,
+                None => {
+                    refuse_now(
+                        stream,
+                        Response::Error {
+                            message: format!(
+                                "too many control connections of uid {uid} (limit \
+                                 {MAX_PENDING_PER_UID})"
+                            ),
+                        },
+                    );
+                    continue;
+                }
+            };
             let Ok(permit) = pending.clone().try_acquire_owned() else {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let busy = Response::Error {
+                refuse_now(
+                    stream,
+                    Response::Error {
                         message: format!("too many control connections (limit {MAX_PENDING})"),
-                    };
-                    let _ = tokio::time::timeout(
-                        WRITE_DEADLINE,
-                        stream.write_all(busy.to_line().as_bytes()),
-                    )
-                    .await;
-                });
+                    },
+                );
                 continue;
             };
             let commands = commands.clone();
-            let access = access.clone();
             let active = active.clone();
             tokio::spawn(async move {
-                handle(stream, &access, &commands, permit, &active).await;
+                handle(stream, peer, &commands, (permit, uid_slot), &active).await;
             });
         }
     });
     Ok(())
+}
+
+/// Answers and closes a connection without waiting: whatever request already arrived is
+/// read first (so the close does not reset the answer), then one line is written into the
+/// fresh socket's buffer, which never blocks for a line this short.
+fn refuse_now(stream: UnixStream, response: Response) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..(MAX_REQUEST / scratch.len() + 1) {
+        match stream.try_read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(response.to_line().as_bytes());
+}
+
+/// Pending connections per uid, for the uids that are limited.
+#[derive(Debug, Default)]
+struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One pending connection of a limited uid; gives its place back when dropped.
+#[derive(Debug)]
+struct UidSlot(Option<(Arc<PerUid>, u32)>);
+
+impl PerUid {
+    /// A slot for `uid`; `None` when it already holds [`MAX_PENDING_PER_UID`].
+    fn take(self: &Arc<Self>, uid: u32, limited: bool) -> Option<UidSlot> {
+        if !limited {
+            return Some(UidSlot(None));
+        }
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(uid).or_insert(0);
+        if *count >= MAX_PENDING_PER_UID {
+            return None;
+        }
+        *count += 1;
+        Some(UidSlot(Some((self.clone(), uid))))
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        if let Some((owner, uid)) = self.0.take() {
+            let mut counts = owner.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = counts.get_mut(&uid) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&uid);
+                }
+            }
+        }
+    }
+}
+
+/// Refused connections per uid since the last line about them.
+#[derive(Debug, Default)]
+struct Refusals(std::sync::Mutex<std::collections::HashMap<u32, u64>>);
+
+impl Refusals {
+    /// Logs the first refusal of `uid` in full; counts the next ones and logs the count
+    /// [`REFUSAL_SUMMARY`] later, so a refusal loop cannot flood the log.
+    fn note(self: &Arc<Self>, uid: u32, pid: Option<i32>) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&uid) {
+            *count += 1;
+            return;
+        }
+        counts.insert(uid, 0);
+        drop(counts);
+        warn!(uid, pid, "control socket: refused a client of uid {uid}");
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REFUSAL_SUMMARY).await;
+            let more = this
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid)
+                .unwrap_or(0);
+            if more > 0 {
+                warn!(
+                    uid,
+                    "control socket: refused {more} more clients of uid {uid} in the last {}s",
+                    REFUSAL_SUMMARY.as_secs()
+                );
+            }
+        });
+    }
 }
 
 async fn send(stream: &mut UnixStream, response: Response) -> bool {
@@ -124,37 +250,12 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 
 async fn handle(
     mut stream: UnixStream,
-    access: &Access,
+    peer: tokio::net::unix::UCred,
     commands: &mpsc::UnboundedSender<Command>,
-    pending: tokio::sync::OwnedSemaphorePermit,
+    pending: (tokio::sync::OwnedSemaphorePermit, UidSlot),
     active: &Arc<Semaphore>,
 ) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => cred,
-        Err(err) => {
-            debug!("control socket: no peer credentials: {err}");
-            return;
-        }
-    };
-    // The request is read before a refusal is sent, so a refused client gets a clean answer
-    // instead of a reset connection.
     let request = read_request(&mut stream).await;
-    if !access.permits(peer.uid()) {
-        warn!(
-            uid = peer.uid(),
-            pid = peer.pid(),
-            "control socket: refused a client of uid {}",
-            peer.uid()
-        );
-        send(
-            &mut stream,
-            Response::Error {
-                message: format!("uid {} may not control this handover", peer.uid()),
-            },
-        )
-        .await;
-        return;
-    }
     let request = match request {
         Ok(request) => request,
         Err(message) => {

@@ -112,4 +112,7 @@ pub struct Plan {
     pub watchdog_min_workers: u32,
     /// Where workers' output goes.
     pub output: Arc<crate::output::Output>,
+    /// Kills workers' process groups if handover dies; the spawner records them, the
+    /// supervisor forgets each before reaping its leader.
+    pub sentinel: Option<Arc<handover_sys::sentinel::Sentinel>>,
 }

@@ -16,6 +16,7 @@ pub mod inherit;
 pub mod journal;
 pub mod notify;
 pub mod process;
+pub mod sentinel;
 pub mod sockaddr;
 pub mod spawn;
 pub mod stub;

@@ -225,6 +225,45 @@ pub fn set_child_subreaper() -> io::Result<()> {
     Ok(nix::sys::prctl::set_child_subreaper(true)?)
 }
 
+/// A process's parent and process group, from `/proc/PID/stat`; `None` if it is gone or
+/// the file cannot be read.
+pub fn parent_and_group(pid: i32) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some((ppid, pgid))
+}
+
+/// Whether `pid` was started by `ancestor` (its parent, or its parent's parent, and so on)
+/// or belongs to `ancestor`'s process group, as `/proc` shows it now. A process that has
+/// already exited, or whose ancestry ends before `ancestor` (at pid 1, a subreaper such as
+/// `stop_at`, or an unreadable entry), is not.
+pub fn descends_from(pid: i32, ancestor: i32, stop_at: i32) -> bool {
+    let Some((parent, group)) = parent_and_group(pid) else {
+        return false;
+    };
+    if group == ancestor || parent == ancestor {
+        return true;
+    }
+    let mut current = parent;
+    // Deep trees are rare; a bound keeps a hostile chain from costing more than a moment.
+    for _ in 0..64 {
+        if current <= 1 || current == stop_at {
+            return false;
+        }
+        match parent_and_group(current) {
+            Some((parent, _)) if parent == ancestor => return true,
+            Some((parent, _)) => current = parent,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// The pids whose parent is `parent`, read from /proc. Best effort: unreadable entries are
 /// skipped (a process may exit while we look).
 pub fn children_of(parent: i32) -> Vec<i32> {
@@ -240,18 +279,50 @@ pub fn children_of(parent: i32) -> Vec<i32> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The command name is in parentheses and may contain spaces; fields follow the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let _state = fields.next();
-        if fields.next().and_then(|s| s.parse::<i32>().ok()) == Some(parent) {
+        if parent_and_group(pid).is_some_and(|(ppid, _)| ppid == parent) {
             children.push(pid);
         }
     }
     children
+}
+
+#[cfg(test)]
+mod descent_tests {
+    use super::*;
+
+    #[test]
+    fn a_grandchild_descends_and_a_stranger_does_not() {
+        // sh (our child) starts sleep (our grandchild).
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let me = std::process::id() as i32;
+        let sh = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let sleep = loop {
+            if let Some(&pid) = children_of(sh).first() {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "no grandchild");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(descends_from(sleep, sh, 0));
+        assert!(descends_from(sleep, me, 0));
+        assert!(descends_from(sh, me, 0));
+        assert!(
+            !descends_from(me, sh, 0),
+            "a parent does not descend from its child"
+        );
+        assert!(!descends_from(sleep, me + 1_000_000, 0));
+        assert!(!descends_from(sleep, me, sh), "the chain stops at stop_at");
+        let _ = std::process::Command::new("kill")
+            .arg(sleep.to_string())
+            .status();
+        let _ = child.wait();
+        assert!(
+            !descends_from(sleep, sh, 0),
+            "gone processes descend from nobody"
+        );
+    }
 }

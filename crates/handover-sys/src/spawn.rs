@@ -19,13 +19,14 @@
 use std::ffi::{CString, OsString};
 use std::io::{self, Read};
 use std::mem;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
 use crate::fd::{dev_null, pipe_cloexec};
 use crate::process::Pidfd;
+use crate::sentinel::Sentinel;
 use crate::stub::StubArgs;
 
 /// Who a worker runs as, where, and what it runs.
@@ -87,6 +88,11 @@ impl std::fmt::Debug for Spawner {
 impl Spawner {
     /// Starts the spawning thread. Call once; the thread lives as long as the process.
     pub fn start() -> io::Result<Spawner> {
+        Spawner::start_with(None)
+    }
+
+    /// Starts the spawning thread; every process it spawns is recorded with `sentinel`.
+    pub fn start_with(sentinel: Option<Arc<Sentinel>>) -> io::Result<Spawner> {
         let (tx, rx) = mpsc::channel::<(SpawnRequest, Reply)>();
         let dev_null = dev_null()?;
         let parent = nix::unistd::getpid().as_raw();
@@ -96,7 +102,7 @@ impl Spawner {
                 // The thread keeps running even when every Spawner handle is dropped: workers'
                 // parent-death signal is tied to it, and it must fire only when the process dies.
                 for (request, reply) in rx.iter() {
-                    reply(spawn_one(request, &dev_null, parent));
+                    reply(spawn_one(request, &dev_null, parent, sentinel.as_deref()));
                 }
                 loop {
                     std::thread::park();
@@ -166,7 +172,94 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-fn spawn_one(request: SpawnRequest, dev_null: &OwnedFd, parent: i32) -> io::Result<Spawned> {
+/// Starts the sentinel (see [`crate::sentinel`]): handover's own binary as `__sentinel`, with
+/// `records` (a pipe's read end) at fd 3, `/dev/null` as stdin, stdout and stderr (it has
+/// nothing to say, and must hold no pipe of handover's open), in a process group of its own, with an empty signal mask and default dispositions (it sets
+/// its own), and an empty environment. Returns its pid.
+pub(crate) fn spawn_sentinel(records: &OwnedFd) -> io::Result<i32> {
+    let dev_null = dev_null()?;
+    // dup2 onto the same number would keep close-on-exec: stage the pipe above fd 3 first.
+    let staged = nix::fcntl::fcntl(
+        records.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10),
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
+    let staged = unsafe { OwnedFd::from_raw_fd(staged) };
+    let argv = [
+        cstring(b"handover".to_vec(), "an argument")?,
+        cstring(
+            crate::sentinel::SENTINEL_COMMAND.as_bytes().to_vec(),
+            "an argument",
+        )?,
+    ];
+    let argv_ptrs: [*mut libc::c_char; 3] = [
+        argv[0].as_ptr() as *mut _,
+        argv[1].as_ptr() as *mut _,
+        std::ptr::null_mut(),
+    ];
+    let env_ptrs: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+    let mut attrs = SpawnAttrs::new()?;
+    // SAFETY: the attribute and file-action calls only record settings in structures we own;
+    // every fd named in them stays open until posix_spawn returns.
+    unsafe {
+        let flags = libc::POSIX_SPAWN_SETPGROUP
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        check(libc::posix_spawnattr_setflags(
+            &mut attrs.attr,
+            flags as libc::c_short,
+        ))?;
+        check(libc::posix_spawnattr_setpgroup(&mut attrs.attr, 0))?;
+        let mut empty: libc::sigset_t = mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        check(libc::posix_spawnattr_setsigmask(&mut attrs.attr, &empty))?;
+        let mut all: libc::sigset_t = mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigdelset(&mut all, libc::SIGKILL);
+        libc::sigdelset(&mut all, libc::SIGSTOP);
+        check(libc::posix_spawnattr_setsigdefault(&mut attrs.attr, &all))?;
+        check(libc::posix_spawn_file_actions_adddup2(
+            &mut attrs.actions,
+            staged.as_raw_fd(),
+            3,
+        ))?;
+        check(libc::posix_spawn_file_actions_adddup2(
+            &mut attrs.actions,
+            dev_null.as_raw_fd(),
+            0,
+        ))?;
+        for fd in [1, 2] {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut attrs.actions,
+                dev_null.as_raw_fd(),
+                fd,
+            ))?;
+        }
+    }
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: path, argv and envp are NUL-terminated arrays of C strings that outlive the
+    // call; attrs were initialised above.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            c"/proc/self/exe".as_ptr(),
+            &attrs.actions,
+            &attrs.attr,
+            argv_ptrs.as_ptr(),
+            env_ptrs.as_ptr(),
+        )
+    };
+    check(rc)?;
+    Ok(pid)
+}
+
+fn spawn_one(
+    request: SpawnRequest,
+    dev_null: &OwnedFd,
+    parent: i32,
+    sentinel: Option<&Sentinel>,
+) -> io::Result<Spawned> {
     let (status_read, status_write) = pipe_cloexec()?;
     let n_sockets = request.sockets.len() as i32;
     let mut highest = status_write.as_raw_fd().max(dev_null.as_raw_fd());
@@ -270,6 +363,10 @@ fn spawn_one(request: SpawnRequest, dev_null: &OwnedFd, parent: i32) -> io::Resu
     };
     drop(attrs);
     check(rc)?;
+    // Recorded before anything else: the worker may fork as soon as it runs.
+    if let Some(sentinel) = sentinel {
+        sentinel.record(pid);
+    }
     // Our copies of the child's stdio and the pipe's write end must close now, so EOF on the
     // status pipe means "the stub exec'd the worker or exited".
     drop(status_write);

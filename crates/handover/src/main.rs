@@ -11,6 +11,7 @@ mod env;
 mod exit;
 mod gendocs;
 mod journal_stream;
+mod logging;
 mod logs;
 mod sockets;
 mod spec;
@@ -172,6 +173,12 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == STUB_COMMAND) {
         run_stub(&args[2..]);
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| a == handover_sys::sentinel::SENTINEL_COMMAND)
+    {
+        handover_sys::sentinel::run();
     }
     if args.get(1).is_some_and(|a| a == gendocs::COMMAND) {
         return gendocs::run::<Cli>(&args[2..]);
@@ -493,57 +500,6 @@ fn run_stub(args: &[OsString]) -> ! {
     }
 }
 
-/// Sets up logging; returns whether it goes to the journal natively (then workers' output
-/// is logged line by line with their fields too).
-///
-/// Text lines that go to the journal stream anyway (`--log-to-stdout` under systemd, or a
-/// journal whose socket cannot be used) carry no time: the journal adds its own.
-fn init_logging(environment: &Environment, log_to_stdout: bool) -> bool {
-    use journal_stream::Output;
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter =
-        || EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let output = if log_to_stdout {
-        Output::Stdout
-    } else {
-        Output::Stderr
-    };
-    let to_journal_stream = journal_stream::is_journal(environment, output);
-    if !log_to_stdout && to_journal_stream {
-        if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald
-                .with_field_prefix(Some("HANDOVER".into()))
-                .with_syslog_identifier("handover".into());
-            if tracing_subscriber::registry()
-                .with(filter())
-                .with(journald)
-                .try_init()
-                .is_ok()
-            {
-                return true;
-            }
-        }
-    }
-    let builder = fmt()
-        .with_env_filter(filter())
-        .with_target(false)
-        .with_ansi(false);
-    let _ = match (output, to_journal_stream) {
-        (Output::Stdout, true) => builder
-            .without_time()
-            .with_writer(std::io::stdout)
-            .try_init(),
-        (Output::Stdout, false) => builder.with_writer(std::io::stdout).try_init(),
-        (Output::Stderr, true) => builder
-            .without_time()
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (Output::Stderr, false) => builder.with_writer(std::io::stderr).try_init(),
-    };
-    false
-}
-
 /// The supervisor's view of `[logs]`.
 fn output_config(logs: &config::LogsConfig, journal: bool) -> handover_supervisor::OutputConfig {
     handover_supervisor::OutputConfig {
@@ -649,7 +605,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
             }
         }
     }
-    let journal = init_logging(&environment, options.log_to_stdout);
+    let journal = logging::init(&environment, options.log_to_stdout);
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -714,6 +670,9 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(output) => std::sync::Arc::new(output),
         Err(err) => return fail(exit::CONFIG, format!("{}: {err}", config.path.display())),
     };
+    // From here on handover's own lines queue behind workers' where they share a
+    // destination; until this returns, after the last of them (the writers then finish).
+    let _routing = logging::Routing::start(output.clone());
     let sockets = match sockets::resolve(&config, inherited) {
         Ok(sockets) => sockets,
         Err(err) => return fail(exit::SOCKETS, err),
@@ -753,7 +712,19 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         .uid
         .map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
     let ready_pipe = ready_pipe.map(std::sync::Arc::new);
+    // Started before any worker, so that every one is recorded.
+    let sentinel = match handover_sys::sentinel::Sentinel::start() {
+        Ok(sentinel) => Some(std::sync::Arc::new(sentinel)),
+        Err(err) => {
+            tracing::warn!(
+                "could not start the sentinel ({err}): if handover is killed, children of \
+                 its workers may outlive it"
+            );
+            None
+        }
+    };
     let plan = Plan {
+        sentinel: sentinel.clone(),
         generation,
         reload: spec::reload_policy(&config),
         notify_dir: notify_dir.clone(),
@@ -765,7 +736,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         output: output.clone(),
     };
 
-    let spawner = match handover_sys::spawn::Spawner::start() {
+    let spawner = match handover_sys::spawn::Spawner::start_with(sentinel) {
         Ok(spawner) => spawner,
         Err(err) => {
             return fail(
@@ -826,8 +797,6 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     ));
     let _ = std::fs::remove_dir_all(&notify_dir);
     drop(control);
-    // What workers wrote last is still on its way to the disk.
-    output.finish(Duration::from_secs(5));
     if let (Some(pipe), Ok(result)) = (&ready_pipe, &result) {
         if let Outcome::StartFailed(reason) = &result.outcome {
             handover_sys::daemon::report(pipe, Err(reason));

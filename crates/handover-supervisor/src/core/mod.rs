@@ -67,6 +67,8 @@ pub(crate) enum Input {
     Notify {
         worker: WorkerId,
         sender_pid: i32,
+        /// Who the sender is to the worker, as found at receipt.
+        sender: Sender,
         payload: Vec<u8>,
     },
     /// A datagram was dropped by the receive rules (too large, no credentials...).
@@ -107,6 +109,17 @@ pub(crate) enum Input {
     Resolved { reload: ReloadId, plan: Resolved },
     /// Time passed: the earliest deadline ([`Core::next_deadline`]) may be due.
     Tick,
+}
+
+/// Who sent a notification, relative to the worker whose socket it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// The worker's own pid.
+    Worker,
+    /// A process the worker started: its descendant, or a member of its process group.
+    Descendant,
+    /// Anyone else who could write to the socket (the same uid, or root).
+    Stranger,
 }
 
 /// Something the driver must do.
@@ -210,6 +223,10 @@ pub(crate) struct Config {
 pub(crate) const FORCE_AFTER_SIGNALS: u32 = 4;
 /// Failures in a row from which a slot counts as crash-looping.
 pub(crate) const CRASH_LOOP_FAILURES: u32 = 5;
+/// Dropped notifications of one worker are counted and logged at most this often.
+pub(crate) const DROP_SUMMARY: Duration = Duration::from_secs(10);
+/// Reloads asked for by SIGHUP start at most this often; signals in between coalesce.
+pub(crate) const SIGNAL_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// The SIGUSR2 dump is written at most this often.
 pub(crate) const DUMP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -244,8 +261,10 @@ pub(crate) struct Core {
     outcome: Option<Outcome>,
     forced: bool,
     reload: Option<ReloadRun>,
-    /// Reload signals arrived during a reload: one more follows it.
+    /// Reload signals arrived during a reload or right after one: one more follows.
     reload_pending: bool,
+    /// When the last reload a signal asked for started.
+    last_signal_reload: Option<Instant>,
     /// The id the next reload request gets.
     next_reload: ReloadId,
     stop_signals: u32,
@@ -271,6 +290,7 @@ impl Core {
             forced: false,
             reload: None,
             reload_pending: false,
+            last_signal_reload: None,
             next_reload: 1,
             stop_signals: 0,
             next_watchdog: None,
@@ -293,14 +313,15 @@ impl Core {
             Input::Notify {
                 worker,
                 sender_pid,
+                sender,
                 payload,
-            } => self.notified(now, worker, sender_pid, &payload),
+            } => self.notified(now, worker, sender_pid, sender, &payload),
             Input::NotifyDropped {
                 worker,
                 sender_pid,
                 reason,
                 fds_closed,
-            } => self.notify_dropped(worker, sender_pid, reason, fds_closed),
+            } => self.notify_dropped(now, worker, sender_pid, reason, fds_closed),
             Input::Exited {
                 worker,
                 status,
@@ -316,7 +337,7 @@ impl Core {
             Input::ProbeFailed { worker, error } => self.probe_failed(now, worker, error),
             Input::ProbeExited { worker, status } => self.probe_exited(now, worker, status),
             Input::Control { client, request } => self.control(now, client, request),
-            Input::Reload => self.request_reload(now, ReloadOverrides::default(), None, true),
+            Input::Reload => self.signal_reload(now),
             Input::Stop(name) => self.stop_signal(now, name),
             Input::Dump => self.dump(now),
             Input::Resolved { reload, plan } => self.resolved(now, reload, plan),
@@ -339,6 +360,7 @@ impl Core {
                 WorkerState::Stopping { kill_at } => Some(kill_at),
                 _ => None,
             };
+            let drops = w.drops.as_ref().map(|d| d.until);
             let probe = match w.probe {
                 model::Probe::Due(at) if w.is_starting() => Some(at),
                 model::Probe::Running {
@@ -347,10 +369,11 @@ impl Core {
                 } => Some(deadline),
                 _ => None,
             };
-            state.into_iter().chain(probe)
+            state.into_iter().chain(probe).chain(drops)
         });
         workers
             .chain(self.reload.as_ref().map(|r| r.deadline))
+            .chain(self.pending_reload_at())
             .chain(self.next_watchdog)
             .min()
     }
@@ -414,7 +437,7 @@ impl Core {
         match request {
             Request::Reload { .. } => {
                 let overrides = ReloadOverrides::from_request(&request);
-                self.request_reload(now, overrides, Some(client), false)
+                self.request_reload(now, overrides, Some(client))
             }
             Request::Abort => {
                 let response = if self.reload.is_some() {
@@ -464,6 +487,16 @@ impl Core {
 
     fn deadlines(&mut self, now: Instant) {
         self.probe_deadlines(now);
+        let summaries: Vec<WorkerId> = self
+            .model
+            .workers
+            .values()
+            .filter(|w| w.drops.as_ref().is_some_and(|d| d.until <= now))
+            .map(|w| w.id)
+            .collect();
+        for id in summaries {
+            self.drops_summary(id, false);
+        }
         if let (Some(at), Some(interval)) = (self.next_watchdog, self.watchdog) {
             if at <= now {
                 self.watchdog_tick();
@@ -504,6 +537,7 @@ impl Core {
                 self.abort_reload(now, crate::control::AbortCause::Timeout { took });
             }
         }
+        self.reload_pending_now(now);
     }
 
     /// Sends `WATCHDOG=1` if handover is healthy: its loop runs (this is it) and, when

@@ -97,6 +97,19 @@ pub(crate) struct Worker {
     pub probe: Probe,
     /// How the last probe attempt ended, to explain a ready timeout.
     pub last_probe: Option<String>,
+    /// Notifications dropped lately: the first one is logged, the rest counted.
+    pub drops: Option<Drops>,
+}
+
+/// Dropped notifications of one worker since the last line about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Drops {
+    /// When the count is logged (and the window ends, if nothing more was dropped).
+    pub until: Instant,
+    /// Dropped since the last line.
+    pub more: u64,
+    /// Why the last of them was.
+    pub last: String,
 }
 
 impl Worker {

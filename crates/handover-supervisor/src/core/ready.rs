@@ -6,70 +6,134 @@ use std::time::Instant;
 use handover_proto::notify;
 use handover_sys::process::ExitStatus;
 
-use super::model::{GenState, Phase, Probe, WorkerId, WorkerState};
-use super::{Action, Core, Fields, Level, Notice};
+use super::model::{Drops, GenState, Phase, Probe, WorkerId, WorkerState};
+use super::{Action, Core, Fields, Level, Notice, Sender, DROP_SUMMARY};
 use crate::plan::ReadyMode;
 
 impl Core {
-    pub(super) fn notified(&mut self, now: Instant, id: WorkerId, sender_pid: i32, payload: &[u8]) {
+    pub(super) fn notified(
+        &mut self,
+        now: Instant,
+        id: WorkerId,
+        sender_pid: i32,
+        sender: Sender,
+        payload: &[u8],
+    ) {
         let Some(worker) = self.model.workers.get(&id) else {
             return;
         };
-        if worker.spec.notify_main_only && Some(sender_pid) != worker.pid {
-            let fields = self.fields_of(id);
-            self.log(
-                Level::Warn,
-                format!(
-                    "ignored a notification from pid {sender_pid}: only the worker's own pid may \
-                     notify (notify_access = \"main\")"
-                ),
-                Fields {
-                    pid: None,
-                    ..fields
-                },
-            );
-            return;
+        match sender {
+            Sender::Worker => {}
+            Sender::Descendant if !worker.spec.notify_main_only => {}
+            Sender::Descendant => {
+                return self.dropped(
+                    now,
+                    id,
+                    format!(
+                        "ignored a notification from pid {sender_pid}: only the worker's own pid \
+                         may notify (notify_access = \"main\")"
+                    ),
+                )
+            }
+            Sender::Stranger => {
+                return self.dropped(
+                    now,
+                    id,
+                    format!(
+                        "ignored a notification from pid {sender_pid}: it is neither the worker \
+                         nor a process the worker started"
+                    ),
+                )
+            }
         }
         match notify::parse(payload) {
             Ok(message) => self.apply_notify(now, id, message),
-            Err(err) => {
-                let fields = self.fields_of(id);
-                self.log(
-                    Level::Warn,
-                    format!("dropped a notification: {err}"),
-                    Fields {
-                        pid: None,
-                        ..fields
-                    },
-                );
-            }
+            Err(err) => self.dropped(now, id, format!("dropped a notification: {err}")),
         }
     }
 
     pub(super) fn notify_dropped(
         &mut self,
+        now: Instant,
         id: WorkerId,
         sender_pid: Option<i32>,
         reason: &'static str,
         fds_closed: usize,
     ) {
-        let fields = self.fields_of(id);
         let fds = if fds_closed > 0 {
             format!(" ({fds_closed} passed fds closed)")
         } else {
             String::new()
         };
-        self.log(
-            Level::Warn,
-            format!(
-                "dropped a notification from pid {}: {reason}{fds}",
-                sender_pid.unwrap_or(0)
-            ),
-            Fields {
-                pid: None,
-                ..fields
-            },
+        let message = format!(
+            "dropped a notification from pid {}: {reason}{fds}",
+            sender_pid.unwrap_or(0)
         );
+        self.dropped(now, id, message);
+    }
+
+    /// A notification of `id` was dropped or ignored. The first is logged; the rest of a
+    /// flood only counted, and the count logged every [`DROP_SUMMARY`], so a worker that
+    /// sends junk cannot fill the log (or trip journald's rate limit and lose handover's own
+    /// lines).
+    fn dropped(&mut self, now: Instant, id: WorkerId, message: String) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        match &mut worker.drops {
+            Some(drops) => {
+                drops.more += 1;
+                drops.last = message;
+            }
+            None => {
+                worker.drops = Some(Drops {
+                    until: now + DROP_SUMMARY,
+                    more: 0,
+                    last: String::new(),
+                });
+                let fields = Fields {
+                    pid: None,
+                    ..self.fields_of(id)
+                };
+                self.log(Level::Warn, message, fields);
+            }
+        }
+    }
+
+    /// Logs how many notifications of `id` were dropped since the last line about them;
+    /// `last_word`: the worker is gone, so nothing more will come.
+    pub(super) fn drops_summary(&mut self, id: WorkerId, last_word: bool) {
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(drops) = worker.drops.take() else {
+            return;
+        };
+        if drops.more > 0 {
+            let fields = Fields {
+                pid: None,
+                ..self.fields_of(id)
+            };
+            self.log(
+                Level::Warn,
+                format!(
+                    "{} more notifications dropped in the last {}; the last: {}",
+                    drops.more,
+                    super::humanize(DROP_SUMMARY),
+                    drops.last
+                ),
+                fields,
+            );
+            if !last_word {
+                if let Some(worker) = self.model.workers.get_mut(&id) {
+                    worker.drops = Some(Drops {
+                        until: drops.until + DROP_SUMMARY,
+                        more: 0,
+                        last: String::new(),
+                    });
+                }
+            }
+        }
     }
 
     fn apply_notify(&mut self, now: Instant, id: WorkerId, message: notify::NotifyMessage) {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use handover_proto::control::Response;
 
 use super::model::{GenState, Phase};
-use super::{Action, ClientId, Core, Fields, Level, Notice, ReloadId, ReloadRun, Resolved};
+use super::{
+    Action, ClientId, Core, Fields, Level, Notice, ReloadId, ReloadRun, Resolved,
+    SIGNAL_RELOAD_INTERVAL,
+};
 use crate::control::{AbortCause, ReloadError, ReloadOverrides};
 
 impl Core {
@@ -47,12 +50,44 @@ impl Core {
         }
     }
 
+    /// SIGHUP. With no reload running or waiting, a reload starts at once. Signals during a
+    /// reload ask for one more after it, and any number of them coalesce into that one; it
+    /// starts once the running reload has ended and [`SIGNAL_RELOAD_INTERVAL`] has passed
+    /// since the previous signal reload began, and signals until then join it too. So signals
+    /// arriving during reloads (a storm) cost at most one reload per interval.
+    pub(super) fn signal_reload(&mut self, now: Instant) {
+        if self.phase == Phase::Running && (self.reload.is_some() || self.reload_pending) {
+            if !self.reload_pending {
+                self.log(
+                    Level::Debug,
+                    "reload signal during a reload; one more will follow".into(),
+                    Fields::none(),
+                );
+            }
+            self.reload_pending = true;
+            return;
+        }
+        self.last_signal_reload = Some(now);
+        self.request_reload(now, ReloadOverrides::default(), None);
+    }
+
+    /// When the reload that signals asked for meanwhile may start, if one is waiting.
+    pub(super) fn pending_reload_at(&self) -> Option<Instant> {
+        if !self.reload_pending || self.reload.is_some() {
+            return None;
+        }
+        // Without an earlier signal reload (the one running came from a client), at once.
+        Some(
+            self.last_signal_reload
+                .map_or(self.started, |at| at + SIGNAL_RELOAD_INTERVAL),
+        )
+    }
+
     pub(super) fn request_reload(
         &mut self,
         now: Instant,
         overrides: ReloadOverrides,
         client: Option<ClientId>,
-        from_signal: bool,
     ) {
         match self.phase {
             Phase::Starting => return self.refuse(client, ReloadError::NotStarted),
@@ -61,14 +96,7 @@ impl Core {
         }
         if let Some(running) = &self.reload {
             let generation = running.generation;
-            if from_signal {
-                self.reload_pending = true;
-                self.log(
-                    Level::Debug,
-                    "reload requested during a reload; one more will follow".into(),
-                    Fields::none(),
-                );
-            } else if let Some(client) = client {
+            if let Some(client) = client {
                 self.reply(client, Response::Busy { generation });
             }
             return;
@@ -311,10 +339,12 @@ impl Core {
         }
     }
 
-    /// Starts the reload that signals asked for during the one that just ended.
-    fn reload_pending_now(&mut self, now: Instant) {
-        if std::mem::take(&mut self.reload_pending) {
-            self.request_reload(now, ReloadOverrides::default(), None, true);
+    /// Starts the reload that signals asked for meanwhile, if it is due.
+    pub(super) fn reload_pending_now(&mut self, now: Instant) {
+        if self.pending_reload_at().is_some_and(|at| at <= now) {
+            self.reload_pending = false;
+            self.last_signal_reload = Some(now);
+            self.request_reload(now, ReloadOverrides::default(), None);
         }
     }
 }

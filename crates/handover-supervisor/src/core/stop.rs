@@ -63,6 +63,7 @@ impl Core {
             return;
         }
         self.phase = Phase::Stopping;
+        self.reload_pending = false;
         if let Some(reload) = &self.reload {
             let generation = reload.generation;
             self.log(

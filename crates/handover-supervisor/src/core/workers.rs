@@ -76,6 +76,7 @@ impl Core {
                 exec_error: None,
                 probe: Probe::Idle,
                 last_probe: None,
+                drops: None,
             },
         );
         if state == WorkerState::Spawning {
@@ -141,11 +142,9 @@ impl Core {
         };
         let (generation, index, retiring) = (worker.generation, worker.index, worker.retiring);
         let fields = self.fields_of(id);
-        self.log(
-            Level::Error,
-            format!("could not start worker: {error}"),
-            fields,
-        );
+        // A worker given up before it existed (its reload was aborted) is no error of its own.
+        let level = if retiring { Level::Debug } else { Level::Error };
+        self.log(level, format!("could not start worker: {error}"), fields);
         self.drop_worker(id);
         if retiring {
             self.generation_maybe_gone(generation);
@@ -195,6 +194,7 @@ impl Core {
                 fields,
             );
         }
+        self.drops_summary(id, true);
         let filled_slot = self.model.fills_its_slot(id);
         self.drop_worker(id);
         if filled_slot {

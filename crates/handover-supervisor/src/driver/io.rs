@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Event;
 use crate::core::model::WorkerId;
-use crate::core::Input;
+use crate::core::{Input, Sender};
 use crate::output::{Lines, Origin, Output, Stream};
 use crate::plan::GenerationSpec;
 use crate::worker::{remember, worker_env};
@@ -119,8 +119,8 @@ impl WorkerIo {
 
     /// The next datagram on its notify socket, as an input; `None` when there is none (or
     /// before the pid is known: a message cannot be attributed until then, so it waits).
-    pub(super) fn next_notification(&self, id: WorkerId) -> Option<Input> {
-        self.pid()?;
+    pub(super) fn next_notification(&self, id: WorkerId, my_pid: i32) -> Option<Input> {
+        let pid = self.pid()?;
         match self.notify.recv() {
             Ok(Received::Empty) => None,
             Ok(Received::Dropped {
@@ -138,6 +138,15 @@ impl WorkerIo {
             }) => Some(Input::Notify {
                 worker: id,
                 sender_pid: sender.pid,
+                // Found now, while the sender most likely still exists; one that has
+                // already exited cannot be placed, and is a stranger.
+                sender: if sender.pid == pid {
+                    Sender::Worker
+                } else if handover_sys::process::descends_from(sender.pid, pid, my_pid) {
+                    Sender::Descendant
+                } else {
+                    Sender::Stranger
+                },
                 payload,
             }),
             Err(err) => {

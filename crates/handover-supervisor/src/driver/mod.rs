@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use handover_proto::control::Response;
 use handover_sys::process::{self, Pidfd};
+use handover_sys::sentinel::Sentinel;
 use handover_sys::spawn::{Spawned, Spawner};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -36,6 +37,11 @@ use crate::systemd::Systemd;
 use crate::Reloader;
 use io::WorkerIo;
 
+/// Notifications read from one worker before other events get their turn. The socket's
+/// queue holds far fewer (`net.unix.max_dgram_qlen`), so at an exit this reads it empty.
+const NOTIFY_BUDGET: usize = 256;
+/// A sentinel that keeps dying is restarted this many times, then given up.
+const MAX_SENTINEL_RESTARTS: u32 = 10;
 /// How long to wait for killed orphans to be reaped at the very end.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
@@ -66,6 +72,7 @@ struct Settings {
     dump_dirs: Vec<PathBuf>,
     on_ready: Option<Arc<std::fs::File>>,
     output: Arc<Output>,
+    sentinel: Option<Arc<Sentinel>>,
 }
 
 /// A readiness probe's process.
@@ -94,6 +101,7 @@ struct Driver {
     /// Inputs that carrying out actions produced, handled next.
     pending: VecDeque<Input>,
     my_pid: i32,
+    sentinel_restarts: u32,
 }
 
 /// What [`run`] returns.
@@ -147,6 +155,7 @@ pub async fn run(
             dump_dirs: plan.dump_dirs,
             on_ready: plan.on_ready,
             output: plan.output,
+            sentinel: plan.sentinel,
         },
         spawner,
         systemd: Systemd::new(systemd),
@@ -161,6 +170,7 @@ pub async fn run(
         next_client: 1,
         pending: VecDeque::new(),
         my_pid,
+        sentinel_restarts: 0,
     };
     driver.input(Input::Start);
     let mut commands_open = true;
@@ -199,6 +209,7 @@ pub async fn run(
     };
     if outcome != Outcome::Forced {
         driver.collect_orphans(&mut sigchld).await;
+        driver.finish_sentinel(&mut sigchld).await;
     }
     Ok(RunResult { outcome })
 }
@@ -308,6 +319,7 @@ impl Driver {
         match event {
             Event::Spawned { worker, result } => {
                 self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
+                self.check_sentinel_records();
                 self.spawned(worker, result);
                 // A worker may have exited before its pid was known.
                 self.reap();
@@ -366,7 +378,10 @@ impl Driver {
             }
             Err(err) => self.pending.push_back(Input::SpawnFailed {
                 worker,
-                error: format!("could not prepare its notify socket and pipes: {err}"),
+                error: format!(
+                    "could not prepare its notify socket and pipes: {}",
+                    explain(&err)
+                ),
             }),
         }
     }
@@ -378,7 +393,7 @@ impl Driver {
                 self.workers.remove(&worker);
                 return self.input(Input::SpawnFailed {
                     worker,
-                    error: err.to_string(),
+                    error: explain(&err),
                 });
             }
         };
@@ -401,14 +416,20 @@ impl Driver {
         self.read_stream(worker, Stream::Stdout);
     }
 
+    /// Reads a worker's notifications, at most [`NOTIFY_BUDGET`] at a time: a worker that
+    /// floods its socket waits behind other events instead of holding the loop.
     fn read_notifications(&mut self, worker: WorkerId) {
-        while let Some(input) = self
-            .workers
-            .get(&worker)
-            .and_then(|io| io.next_notification(worker))
-        {
+        for _ in 0..NOTIFY_BUDGET {
+            let Some(input) = self
+                .workers
+                .get(&worker)
+                .and_then(|io| io.next_notification(worker, self.my_pid))
+            else {
+                return;
+            };
             self.input(input);
         }
+        let _ = self.events.send(Event::NotifyReadable(worker));
     }
 
     fn read_stream(&mut self, worker: WorkerId, stream: Stream) {
@@ -439,25 +460,112 @@ impl Driver {
         });
     }
 
-    /// SIGUSR2: writes the state as JSON to the first dump directory that takes it.
+    /// Warns when records for the sentinel were lost (its pipe full, or it is gone).
+    fn check_sentinel_records(&self) {
+        let lost = self.settings.sentinel.as_ref().map_or(0, |s| s.take_lost());
+        if lost > 0 {
+            warn!(
+                "{lost} process group(s) could not be recorded with the sentinel: if handover \
+                 is killed now, their processes may outlive it"
+            );
+        }
+    }
+
+    /// SIGUSR2: writes the state as JSON to the first dump directory that takes it. The file
+    /// is new (never one that exists, never through a symlink), mode 0600, and never in a
+    /// world-writable directory unless that is sticky and owned by root or handover's user.
     fn write_dump(&self, status: &handover_proto::status::Status) {
         let snapshot = serde_json::to_string_pretty(status).unwrap_or_default();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let name = format!("handover-state-{}-{stamp}.json", self.my_pid);
         for dir in &self.settings.dump_dirs {
-            let path = dir.join(&name);
-            match std::fs::write(&path, &snapshot) {
-                Ok(()) => {
-                    info!("SIGUSR2: state written to {}", path.display());
-                    return;
+            if let Err(why) = dump_dir_is_safe(dir) {
+                debug!("SIGUSR2: not writing into {}: {why}", dir.display());
+                continue;
+            }
+            // A name already taken (by an earlier dump, or planted) is skipped, not replaced.
+            for attempt in 0..4 {
+                let suffix = if attempt == 0 {
+                    String::new()
+                } else {
+                    format!("-{attempt}")
+                };
+                let path = dir.join(format!(
+                    "handover-state-{}-{stamp}{suffix}.json",
+                    self.my_pid
+                ));
+                match write_new_private(&path, snapshot.as_bytes()) {
+                    Ok(()) => {
+                        info!("SIGUSR2: state written to {}", path.display());
+                        return;
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        warn!(
+                            "SIGUSR2: {} already exists; not touching it",
+                            path.display()
+                        )
+                    }
+                    Err(err) => {
+                        debug!("SIGUSR2: cannot write {}: {err}", path.display());
+                        break;
+                    }
                 }
-                Err(err) => debug!("SIGUSR2: cannot write {}: {err}", path.display()),
             }
         }
         warn!("SIGUSR2: no directory accepted the state dump; state: {snapshot}");
+    }
+}
+
+/// Whether a directory may hold a state dump: not world-writable, or sticky (so nobody can
+/// replace another's file) and owned by root or by handover's own user.
+fn dump_dir_is_safe(dir: &std::path::Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(|_| "cannot stat it")?;
+    if !meta.is_dir() {
+        return Err("not a directory");
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o002 == 0 {
+        return Ok(());
+    }
+    if mode & 0o1000 == 0 {
+        return Err("world-writable without the sticky bit");
+    }
+    if meta.uid() != 0 && meta.uid() != handover_sys::users::effective_uid() {
+        return Err("world-writable and owned by another user");
+    }
+    Ok(())
+}
+
+/// Creates `path` (it must not exist, and a symlink there is not followed), mode 0600, and
+/// writes `bytes`.
+fn write_new_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// An OS error, with what it means when it is a resource running out.
+fn explain(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) => format!(
+            "{err}: no more processes may be created now (the user's RLIMIT_NPROC or the \
+             cgroup's pids.max is reached)"
+        ),
+        Some(libc::EMFILE) => {
+            format!("{err}: handover's open-file limit (RLIMIT_NOFILE) is reached")
+        }
+        Some(libc::ENFILE) => format!("{err}: the system's open-file limit is reached"),
+        Some(libc::ENOMEM) => format!("{err}: out of memory"),
+        _ => err.to_string(),
     }
 }
 

@@ -8,7 +8,7 @@ use handover_sys::spawn::SpawnRequest;
 use tracing::{debug, info, warn};
 
 use super::io::WorkerIo;
-use super::{Driver, ORPHAN_GRACE};
+use super::{Driver, MAX_SENTINEL_RESTARTS, ORPHAN_GRACE};
 use crate::core::model::WorkerId;
 use crate::core::Input;
 use crate::output::Stream;
@@ -53,6 +53,9 @@ impl Driver {
                 self.collect_probe(pid, status);
             } else if let Some(&worker) = self.by_pid.get(&pid) {
                 self.collect_worker(pid, worker, status);
+            } else if self.is_sentinel(pid) {
+                let _ = process::reap(pid);
+                self.sentinel_exited(pid, status);
             } else {
                 let _ = process::reap(pid);
                 debug!(pid, "reaped an orphan: {status}");
@@ -69,6 +72,7 @@ impl Driver {
         self.read_stream(worker, Stream::Stderr);
         self.read_stream(worker, Stream::Stdout);
         let _ = process::signal_group(pid, libc::SIGKILL);
+        self.forget_group(pid);
         let _ = process::reap(pid);
         // Forgotten before the core hears of it: nothing can signal the reaped pid after this.
         let stderr_tail = self
@@ -88,6 +92,7 @@ impl Driver {
             return;
         };
         let _ = process::signal_group(pid, libc::SIGKILL);
+        self.forget_group(pid);
         let _ = process::reap(pid);
         self.input(Input::ProbeExited {
             worker: probe.worker,
@@ -95,10 +100,83 @@ impl Driver {
         });
     }
 
+    /// At the very end of a clean stop: closes the sentinel's pipe and reaps it, so that
+    /// nothing of handover is left for a service manager to kill.
+    pub(super) async fn finish_sentinel(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
+        let Some(pid) = self.settings.sentinel.as_ref().and_then(|s| s.close()) else {
+            return;
+        };
+        let deadline = Instant::now() + ORPHAN_GRACE;
+        loop {
+            if let Ok(Some(_)) = process::peek_exited_pid(pid) {
+                let _ = process::reap(pid);
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!("the sentinel (pid {pid}) did not exit after handover's stop");
+                return;
+            }
+            tokio::select! {
+                _ = sigchld.recv() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    /// The group of a leader about to be reaped is no longer the sentinel's to kill: after
+    /// the reap, its number may be reused.
+    fn forget_group(&self, pid: i32) {
+        if let Some(sentinel) = &self.settings.sentinel {
+            sentinel.forget(pid);
+        }
+    }
+
+    fn is_sentinel(&self, pid: i32) -> bool {
+        self.settings
+            .sentinel
+            .as_ref()
+            .is_some_and(|s| s.pid() == Some(pid))
+    }
+
+    /// The sentinel died (something killed it): start another, which learns every group
+    /// recorded so far. Only a few times: one that keeps dying is not worth a loop.
+    fn sentinel_exited(&mut self, pid: i32, status: ExitStatus) {
+        let Some(sentinel) = self.settings.sentinel.clone() else {
+            return;
+        };
+        sentinel.exited(pid);
+        if self.sentinel_restarts >= MAX_SENTINEL_RESTARTS {
+            tracing::error!(
+                "the sentinel (pid {pid}) {status}; not starting another after \
+                 {MAX_SENTINEL_RESTARTS}: if handover is killed, children of its workers may \
+                 outlive it"
+            );
+            return;
+        }
+        self.sentinel_restarts += 1;
+        match sentinel.restart() {
+            Ok(()) => warn!(
+                "the sentinel (pid {pid}) {status}; started another (pid {})",
+                sentinel.pid().unwrap_or(0)
+            ),
+            Err(err) => tracing::error!(
+                "the sentinel (pid {pid}) {status}, and another could not be started: {err}"
+            ),
+        }
+    }
+
     /// At the very end, with every worker gone: kill what their descendants left behind
     /// (they came to handover, the subreaper) and reap it, waiting at most [`ORPHAN_GRACE`].
+    /// The sentinel is not an orphan: it ends by itself when handover's end closes its pipe.
     pub(super) async fn collect_orphans(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
-        let orphans = process::children_of(self.my_pid);
+        let sentinel = self.settings.sentinel.as_ref().and_then(|s| s.pid());
+        let others = |me| -> Vec<i32> {
+            process::children_of(me)
+                .into_iter()
+                .filter(|&pid| Some(pid) != sentinel)
+                .collect()
+        };
+        let orphans = others(self.my_pid);
         if orphans.is_empty() {
             return;
         }
@@ -114,7 +192,7 @@ impl Driver {
         let deadline = Instant::now() + ORPHAN_GRACE;
         loop {
             self.reap();
-            let left = process::children_of(self.my_pid);
+            let left = others(self.my_pid);
             if left.is_empty() {
                 return;
             }

@@ -199,6 +199,39 @@ impl Output {
         }
     }
 
+    /// Queues a line of handover's own log (formatted, newline included) behind workers'
+    /// output on handover's stdout (`stdout`) or stderr, so the two keep their order. Returns
+    /// false when workers' output does not go there; the caller then writes it itself.
+    pub fn own_text(&self, stdout: bool, line: &[u8]) -> bool {
+        let Some(writer) = self.writer(if stdout { "stdout" } else { "stderr" }) else {
+            return false;
+        };
+        writer.push(|buf| buf.extend_from_slice(line));
+        true
+    }
+
+    /// Queues a native journal entry of handover's own behind workers' entries. Returns false
+    /// when workers' output does not go to the journal.
+    pub fn own_journal_entry(&self, entry: &[u8]) -> bool {
+        let Some(writer) = self.writer("journal") else {
+            return false;
+        };
+        writer.push(|buf| {
+            buf.extend_from_slice(&(entry.len() as u32).to_ne_bytes());
+            buf.extend_from_slice(entry);
+        });
+        true
+    }
+
+    /// The writer of a destination by name (`stdout`, `stderr`, `journal`; files by their
+    /// absolute path, so no file can take one of those names).
+    fn writer(&self, name: &str) -> Option<&Arc<Writer>> {
+        self.writers
+            .iter()
+            .map(|(writer, _)| writer)
+            .find(|writer| writer.name() == name)
+    }
+
     /// Opens every file again (SIGUSR1). Returns whether there is any file.
     pub fn reopen(&self) -> bool {
         let mut any = false;

@@ -321,8 +321,9 @@ fn run(name: &str, shared: &Shared, mut target: Target) {
                     let lost = target.count_lines(&pending) + target.count_lines(&state.buf);
                     state.dropped += lost;
                     let unreported = state.unreported + lost;
-                    finished(shared, state);
+                    // Said before `finish` may return: handover exits right after it.
                     warn!("{name}: {unreported} lines were dropped: {err}");
+                    finished(shared, state);
                     return;
                 }
                 let first = state.failure.is_none();
@@ -343,18 +344,16 @@ fn run(name: &str, shared: &Shared, mut target: Target) {
                 if pending.capacity() > KEEP_CAPACITY {
                     pending = Vec::new();
                 }
-                let done = finish && state.buf.is_empty();
-                if done {
-                    finished(shared, state);
-                } else {
-                    drop(state);
-                }
+                // Held through the last words only when finishing (handover exits as soon as
+                // `finish` returns); otherwise the loop must never wait on this log line.
+                let done = (finish && state.buf.is_empty()).then_some(state);
                 if unreported > 0 {
                     warn!("{name}: writing again; {unreported} lines were dropped");
                 } else if let Some(reason) = recovered {
                     info!("{name}: writing again after: {reason}");
                 }
-                if done {
+                if let Some(state) = done {
+                    finished(shared, state);
                     return;
                 }
             }

@@ -384,13 +384,14 @@ fn with_notify_access_main_only_the_worker_itself_may_say_ready() {
     spec.notify_main_only = true;
     let (mut sim, _) = Sim::start(spec, policy());
     sim.spawned(1);
-    let forged = sim.input(Input::Notify {
+    let child = sim.input(Input::Notify {
         worker: 1,
         sender_pid: 4242,
+        sender: Sender::Descendant,
         payload: b"READY=1".to_vec(),
     });
-    assert_eq!(forged, Vec::<String>::new());
-    assert!(sim.logged("ignored a notification from pid 4242"));
+    assert_eq!(child, Vec::<String>::new());
+    assert!(sim.logged("ignored a notification from pid 4242: only the worker's own pid"));
     assert_eq!(
         sim.ready(1),
         [
@@ -400,26 +401,75 @@ fn with_notify_access_main_only_the_worker_itself_may_say_ready() {
     );
 }
 
+/// Issue 13, item 2: with `notify_access = "all"`, the worker's own processes may notify,
+/// strangers (any process of the same uid) may not: a forged READY=1 would finish a reload
+/// with a generation that never serves, a forged STOPPING=1 retire a healthy worker.
 #[test]
-fn bad_datagrams_are_logged_and_change_nothing() {
+fn strangers_cannot_make_a_worker_ready_or_retire_it() {
+    let (mut sim, _) = Sim::start(spec(2), policy());
+    sim.spawned_all(&[1, 2]);
+    let forged = |sim: &mut Sim, worker, text: &str| {
+        sim.input(Input::Notify {
+            worker,
+            sender_pid: 666,
+            sender: Sender::Stranger,
+            payload: text.as_bytes().to_vec(),
+        })
+    };
+    assert_eq!(forged(&mut sim, 1, "READY=1"), Vec::<String>::new());
+    assert!(sim.logged("ignored a notification from pid 666: it is neither the worker"));
+    assert_eq!(sim.ready(1), Vec::<String>::new(), "1 of 2");
+    // A child of the worker may say it.
+    let by_child = sim.input(Input::Notify {
+        worker: 2,
+        sender_pid: 2002,
+        sender: Sender::Descendant,
+        payload: b"READY=1".to_vec(),
+    });
+    assert!(by_child.contains(&"started".to_string()), "{by_child:?}");
+    assert_eq!(forged(&mut sim, 2, "STOPPING=1"), Vec::<String>::new());
+    assert!(!sim.core.model.workers[&2].retiring);
+}
+
+/// Issue 13, item 4: a flood of bad datagrams logs its first one, then a count every 10 s,
+/// and a last count when the worker goes; the loop wakes only while there is a count to give.
+#[test]
+fn dropped_notifications_are_counted_not_logged_one_by_one() {
     let (mut sim, _) = Sim::start(spec(1), policy());
     sim.spawned(1);
-    assert_eq!(sim.notify(1, "READY=1\0"), Vec::<String>::new());
-    assert_eq!(
+    sim.ready(1);
+    assert_eq!(sim.next_in_ms(), None);
+    for _ in 0..100_000 {
+        sim.notify(1, "READY=1\0junk");
+    }
+    for _ in 0..5 {
         sim.input(Input::NotifyDropped {
             worker: 1,
             sender_pid: Some(1001),
             reason: "larger than 4096 bytes",
-            fds_closed: 3,
-        }),
-        Vec::<String>::new()
+            fds_closed: 0,
+        });
+    }
+    let warnings = sim.messages(Level::Warn);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("dropped a notification: "));
+    assert_eq!(sim.next_in_ms(), Some(10_000));
+    sim.after(ms(10_000));
+    assert_eq!(
+        sim.messages(Level::Warn).last().copied(),
+        Some(
+            "100004 more notifications dropped in the last 10.0s; the last: dropped a \
+             notification from pid 1001: larger than 4096 bytes"
+        )
     );
-    assert!(sim.logged("dropped a notification: "));
-    assert!(sim.logged(
-        "dropped a notification from pid 1001: larger than 4096 bytes (3 passed fds closed)"
-    ));
-    assert_eq!(sim.core.finished(), None);
-    assert_eq!(sim.ready(1).len(), 2, "still starts normally");
+    // Quiet for a window: the next drop is logged in full again, and nothing is due.
+    sim.after(ms(10_000));
+    assert_eq!(sim.next_in_ms(), None);
+    sim.notify(1, "");
+    assert_eq!(sim.messages(Level::Warn).len(), 3);
+    sim.notify(1, "");
+    sim.exited(1, 0);
+    assert!(sim.logged("1 more notifications dropped in the last 10.0s"));
 }
 
 #[test]

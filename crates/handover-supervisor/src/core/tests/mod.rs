@@ -16,7 +16,7 @@ use handover_sys::process::{signal_name, ExitStatus};
 use handover_sys::spawn::WorkerExec;
 
 use super::model::WorkerId;
-use super::{Action, Config, Core, Input, Level, Log, Notice};
+use super::{Action, Config, Core, Input, Level, Log, Notice, Sender};
 use crate::control::Outcome;
 use crate::plan::{GenerationSpec, ReadyMode, ReloadPolicy};
 
@@ -196,6 +196,7 @@ impl Sim {
         self.input(Input::Notify {
             worker,
             sender_pid: Sim::pid(worker),
+            sender: Sender::Worker,
             payload: payload.as_bytes().to_vec(),
         })
     }

@@ -369,14 +369,85 @@ fn a_control_reload_during_a_reload_is_busy_and_signals_coalesce_into_one_more()
 }
 
 #[test]
-fn signals_during_the_plan_coalesce_too() {
+fn signals_during_the_plan_coalesce_too_and_the_next_waits_a_second() {
     let mut sim = serving(spec(1), policy());
     sim.input(Input::Reload);
     sim.input(Input::Reload);
     sim.input(Input::Reload);
     sim.resolved(1, spec(1), policy());
     let lines = sim.up(&[2]);
+    assert!(!lines.iter().any(|l| l.starts_with("resolve")), "{lines:?}");
+    assert_eq!(sim.next_in_ms(), Some(1_000));
+    assert_eq!(sim.after(ms(999)), Vec::<String>::new());
+    let lines = sim.after(ms(1));
     assert_eq!(lines.last().map(String::as_str), Some("resolve r2 g3"));
+}
+
+/// Issue 13, item 7 (scenario 37): 10,000 SIGHUPs spread over one second cost at most two
+/// reloads, here with reloads that take 5 ms each.
+#[test]
+fn a_storm_of_sighups_costs_at_most_two_reloads() {
+    let mut sim = serving(spec(1), policy());
+    let mut reloads = 0u64;
+    let mut next_worker = 2;
+    // Reloads in progress: (when they finish, their new worker).
+    let mut running: Vec<(u128, u64)> = Vec::new();
+    let mut clock_ms = 0u128;
+    let mut handle = |sim: &mut Sim, lines: Vec<String>, running: &mut Vec<(u128, u64)>, at| {
+        for line in lines {
+            if let Some(rest) = line.strip_prefix("resolve r") {
+                let id: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+                reloads += 1;
+                sim.resolved(id, spec(1), policy());
+                sim.spawned(next_worker);
+                running.push((at + 5, next_worker));
+                next_worker += 1;
+            }
+        }
+    };
+    for step in 0..13_000u64 {
+        if step % 10 == 0 {
+            // One millisecond passes: finish what is due, then the clock's own deadlines.
+            clock_ms += 1;
+            let due: Vec<u64> = running
+                .iter()
+                .filter(|(at, _)| *at <= clock_ms)
+                .map(|(_, w)| *w)
+                .collect();
+            running.retain(|(at, _)| *at > clock_ms);
+            for worker in due {
+                let lines = sim.ready(worker);
+                handle(&mut sim, lines, &mut running, clock_ms);
+                sim.exited(worker - 1, 0);
+            }
+            let lines = sim.after(ms(1));
+            handle(&mut sim, lines, &mut running, clock_ms);
+        }
+        // 10 signals a millisecond for the first second.
+        if step < 10_000 {
+            let lines = sim.input(Input::Reload);
+            handle(&mut sim, lines, &mut running, clock_ms);
+        }
+    }
+    assert_eq!(reloads, 2);
+    assert!(running.is_empty() && sim.core.reload.is_none());
+    assert_eq!(sim.next_in_ms(), None, "nothing more is pending");
+}
+
+/// A SIGHUP while nothing runs or waits starts a reload at once, however soon after the last.
+#[test]
+fn spaced_sighups_each_reload_at_once() {
+    let mut sim = serving(spec(1), policy());
+    for reload in 1..=3u64 {
+        let lines = sim.input(Input::Reload);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("resolve r{reload} g{}", reload + 1).as_str())
+        );
+        sim.resolved(reload, spec(1), policy());
+        sim.up(&[reload + 1]);
+        sim.after(ms(10));
+    }
 }
 
 #[test]

@@ -1,0 +1,261 @@
+//! handover's own log: text on stderr (or stdout), or native journal entries.
+//!
+//! Workers' lines reach the same destinations through the writer threads of `[logs]`
+//! (`handover_supervisor::output`). Once those exist ([`Routing`]), handover's own lines
+//! for a shared destination are queued behind them in the same writer, so the lines a worker
+//! wrote before it exited always come before handover's "worker stopped", and the event
+//! loop never waits for a slow journal or terminal. Before that, and after the [`Routing`]
+//! guard is dropped, lines are written directly.
+
+use std::io::Write as _;
+use std::sync::{Arc, RwLock};
+
+use handover_supervisor::Output;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+use crate::env::Environment;
+use crate::journal_stream;
+
+/// Where lines go while the workers' writers run.
+static ROUTE: RwLock<Option<Arc<Output>>> = RwLock::new(None);
+
+/// While it lives, lines for a destination that workers' output shares go through that
+/// output's writers. Dropped, it writes directly again and lets the writers finish (at most
+/// 5 s), so every line queued so far, handover's and workers', is written.
+pub(crate) struct Routing(Arc<Output>);
+
+impl Routing {
+    pub(crate) fn start(output: Arc<Output>) -> Routing {
+        *ROUTE.write().unwrap_or_else(|p| p.into_inner()) = Some(output.clone());
+        Routing(output)
+    }
+}
+
+impl Drop for Routing {
+    fn drop(&mut self) {
+        // First: the writers' threads stop, and a line for them now would be lost.
+        *ROUTE.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.finish(std::time::Duration::from_secs(5));
+    }
+}
+
+fn routed(send: impl FnOnce(&Output) -> bool) -> bool {
+    // Cloned out of the lock: queueing a line can log (a full buffer says so), and that
+    // line must not take the lock again while it is held.
+    let output = ROUTE.read().unwrap_or_else(|p| p.into_inner()).clone();
+    output.is_some_and(|output| send(&output))
+}
+
+/// Sets up logging; returns whether it goes to the journal natively (then workers' output
+/// goes there too, as entries of their own).
+///
+/// Text lines that go to the journal stream anyway (`--log-to-stdout` under systemd, or a
+/// journal whose socket cannot be used) carry no time: the journal adds its own.
+pub(crate) fn init(environment: &Environment, log_to_stdout: bool) -> bool {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter =
+        || EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let output = if log_to_stdout {
+        journal_stream::Output::Stdout
+    } else {
+        journal_stream::Output::Stderr
+    };
+    let to_journal_stream = journal_stream::is_journal(environment, output);
+    if !log_to_stdout && to_journal_stream {
+        if let Ok(journal) = Journal::new() {
+            if tracing_subscriber::registry()
+                .with(filter())
+                .with(journal)
+                .try_init()
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+    let builder = fmt()
+        .with_env_filter(filter())
+        .with_target(false)
+        .with_ansi(false);
+    let writer = move || Text {
+        stdout: log_to_stdout,
+        line: Vec::new(),
+    };
+    let _ = if to_journal_stream {
+        builder.without_time().with_writer(writer).try_init()
+    } else {
+        builder.with_writer(writer).try_init()
+    };
+    false
+}
+
+/// One formatted event on its way to stderr or stdout, sent whole when dropped.
+struct Text {
+    stdout: bool,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for Text {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Text {
+    fn drop(&mut self) {
+        if self.line.is_empty() || routed(|o| o.own_text(self.stdout, &self.line)) {
+            return;
+        }
+        let _ = if self.stdout {
+            std::io::stdout().lock().write_all(&self.line)
+        } else {
+            std::io::stderr().lock().write_all(&self.line)
+        };
+    }
+}
+
+/// Where journald takes native-protocol entries.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Native journal entries for handover's own events: `MESSAGE`, `PRIORITY`,
+/// `SYSLOG_IDENTIFIER=handover`, the code location, and each field as `HANDOVER_<NAME>`.
+struct Journal {
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl Journal {
+    fn new() -> std::io::Result<Journal> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.connect(JOURNAL_SOCKET)?;
+        Ok(Journal { socket })
+    }
+
+    /// Sends an entry directly; one too large for a datagram goes through a sealed memfd.
+    fn send(&self, entry: &[u8]) {
+        match self.socket.send(entry) {
+            Err(err) if err.raw_os_error() == Some(libc::EMSGSIZE) => {
+                use std::os::fd::AsFd;
+                let _ = handover_sys::journal::send_sealed(
+                    self.socket.as_fd(),
+                    JOURNAL_SOCKET.as_ref(),
+                    entry,
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Journal {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let meta = event.metadata();
+        let priority = match *meta.level() {
+            Level::ERROR => "3",
+            Level::WARN => "4",
+            Level::INFO => "5",
+            Level::DEBUG => "6",
+            Level::TRACE => "7",
+        };
+        let mut entry = Vec::with_capacity(256);
+        field(&mut entry, "PRIORITY", priority.as_bytes());
+        field(&mut entry, "SYSLOG_IDENTIFIER", b"handover");
+        field(&mut entry, "TARGET", meta.target().as_bytes());
+        if let Some(file) = meta.file() {
+            field(&mut entry, "CODE_FILE", file.as_bytes());
+        }
+        if let Some(line) = meta.line() {
+            field(&mut entry, "CODE_LINE", line.to_string().as_bytes());
+        }
+        event.record(&mut Fields(&mut entry));
+        if !routed(|o| o.own_journal_entry(&entry)) {
+            self.send(&entry);
+        }
+    }
+}
+
+/// Appends `NAME=value`, or the binary form (`NAME`, newline, length, value) for a value
+/// with a newline, as the native protocol has it.
+fn field(entry: &mut Vec<u8>, name: &str, value: &[u8]) {
+    entry.extend_from_slice(name.as_bytes());
+    if value.contains(&b'\n') {
+        entry.push(b'\n');
+        entry.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        entry.push(b'=');
+    }
+    entry.extend_from_slice(value);
+    entry.push(b'\n');
+}
+
+/// Records an event's fields into a journal entry.
+struct Fields<'a>(&'a mut Vec<u8>);
+
+impl Fields<'_> {
+    fn put(&mut self, field_name: &str, value: &[u8]) {
+        if field_name == "message" {
+            field(self.0, "MESSAGE", value);
+            return;
+        }
+        // Journal field names: upper-case letters, digits and underscores.
+        let mut name = String::from("HANDOVER_");
+        name.extend(field_name.chars().map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        }));
+        field(self.0, &name, value);
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, f: &Field, value: &str) {
+        self.put(f.name(), value.as_bytes());
+    }
+
+    fn record_i64(&mut self, f: &Field, value: i64) {
+        self.put(f.name(), value.to_string().as_bytes());
+    }
+
+    fn record_u64(&mut self, f: &Field, value: u64) {
+        self.put(f.name(), value.to_string().as_bytes());
+    }
+
+    fn record_bool(&mut self, f: &Field, value: bool) {
+        self.put(f.name(), value.to_string().as_bytes());
+    }
+
+    fn record_debug(&mut self, f: &Field, value: &dyn std::fmt::Debug) {
+        self.put(f.name(), format!("{value:?}").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_native_protocol_lines_and_newlines_use_the_binary_form() {
+        let mut entry = Vec::new();
+        field(&mut entry, "MESSAGE", b"hello");
+        field(&mut entry, "HANDOVER_X", b"a\nb");
+        let mut expected = b"MESSAGE=hello\nHANDOVER_X\n".to_vec();
+        expected.extend_from_slice(&3u64.to_le_bytes());
+        expected.extend_from_slice(b"a\nb\n");
+        assert_eq!(entry, expected);
+        let mut fields = Fields(&mut entry);
+        fields.put("socket", b"http");
+        fields.put("worker.index", b"1");
+        assert!(entry.ends_with(b"HANDOVER_SOCKET=http\nHANDOVER_WORKER_INDEX=1\n"));
+    }
+}
