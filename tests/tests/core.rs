@@ -475,6 +475,13 @@ ready_timeout = "20s"
     );
     h.log.wait_for("all 2 workers ready");
     assert!(h.stop().success());
+    // Every datagram of systemd-notify is taken as the worker's, its BARRIER=1 too: the
+    // barrier fd closes only after handover has placed the sender, which waits until then.
+    assert!(
+        !h.log.text().contains("ignored a notification"),
+        "{}",
+        h.log.text()
+    );
 }
 
 /// With notify_access = "main", READY=1 sent by a child with its own pid is ignored; with the

@@ -19,6 +19,7 @@ pub mod process;
 pub mod sentinel;
 pub mod sockaddr;
 pub mod spawn;
+pub mod steer;
 pub mod stub;
 pub mod users;
 pub mod watch;

@@ -2,8 +2,11 @@
 //!
 //! The receive rules follow systemd's: a datagram larger than the buffer (`MSG_TRUNC`) or with
 //! truncated control data (`MSG_CTRUNC`) is dropped whole; fds passed with `SCM_RIGHTS` are
-//! closed at once (received close-on-exec, so none can leak into a concurrent spawn); a
-//! datagram without credentials is dropped.
+//! never used (received close-on-exec, so none can leak into a concurrent spawn): those of a
+//! dropped datagram are closed at once, those of a message handed back for the caller to
+//! close once it has dealt with the message (a sender waiting on `BARRIER=1` learns from
+//! their close that its earlier messages were read); a datagram without credentials is
+//! dropped.
 
 use std::io;
 use std::mem;
@@ -42,8 +45,9 @@ pub enum Received {
         payload: Vec<u8>,
         /// Who sent it.
         sender: Credentials,
-        /// How many fds came with it (all already closed).
-        fds_closed: usize,
+        /// The fds that came with it, for the caller to close (drop) once it has placed the
+        /// sender: with `BARRIER=1` the sender waits for exactly that.
+        fds: Vec<OwnedFd>,
     },
     /// A datagram dropped whole, and why.
     Dropped {
@@ -159,7 +163,6 @@ impl NotifySocket {
             }
         }
         let fds_closed = fds.len();
-        drop(fds);
         if msg.msg_flags & libc::MSG_CTRUNC != 0 {
             return Ok(Received::Dropped {
                 reason: "control data truncated",
@@ -185,7 +188,7 @@ impl NotifySocket {
         Ok(Received::Message {
             payload,
             sender,
-            fds_closed,
+            fds,
         })
     }
 }

@@ -50,17 +50,23 @@ impl Core {
         }
     }
 
-    /// SIGHUP. With no reload running or waiting, a reload starts at once. Signals during a
-    /// reload ask for one more after it, and any number of them coalesce into that one; it
-    /// starts once the running reload has ended and [`SIGNAL_RELOAD_INTERVAL`] has passed
-    /// since the previous signal reload began, and signals until then join it too. So signals
-    /// arriving during reloads (a storm) cost at most one reload per interval.
+    /// SIGHUP. A signal reload starts at once, unless a reload runs, one is waiting, or the
+    /// last signal reload started less than [`SIGNAL_RELOAD_INTERVAL`] ago: then one more
+    /// follows as soon as the running one has ended and the interval has passed, and any
+    /// number of further signals coalesce into it. A storm of any length therefore costs at
+    /// most one reload per interval (two for a storm within one). Reloads become idle again
+    /// quickly, so an exception for idle moments would let a storm through in its gaps.
     pub(super) fn signal_reload(&mut self, now: Instant) {
-        if self.phase == Phase::Running && (self.reload.is_some() || self.reload_pending) {
+        let too_soon = self
+            .last_signal_reload
+            .is_some_and(|at| now < at + SIGNAL_RELOAD_INTERVAL);
+        if self.phase == Phase::Running
+            && (self.reload.is_some() || self.reload_pending || too_soon)
+        {
             if !self.reload_pending {
                 self.log(
                     Level::Debug,
-                    "reload signal during a reload; one more will follow".into(),
+                    "reload signal during or right after a reload; one more will follow".into(),
                     Fields::none(),
                 );
             }

@@ -117,9 +117,14 @@ impl WorkerIo {
         self.pidfd.as_ref().map(Pidfd::pid)
     }
 
-    /// The next datagram on its notify socket, as an input; `None` when there is none (or
-    /// before the pid is known: a message cannot be attributed until then, so it waits).
-    pub(super) fn next_notification(&self, id: WorkerId, my_pid: i32) -> Option<Input> {
+    /// The next datagram on its notify socket, as an input, with the fds that came with it
+    /// (to be dropped once the input is handled); `None` when there is none (or before the
+    /// pid is known: a message cannot be attributed until then, so it waits).
+    pub(super) fn next_notification(
+        &self,
+        id: WorkerId,
+        my_pid: i32,
+    ) -> Option<(Input, Vec<std::os::fd::OwnedFd>)> {
         let pid = self.pid()?;
         match self.notify.recv() {
             Ok(Received::Empty) => None,
@@ -127,28 +132,37 @@ impl WorkerIo {
                 reason,
                 sender,
                 fds_closed,
-            }) => Some(Input::NotifyDropped {
-                worker: id,
-                sender_pid: sender.map(|s| s.pid),
-                reason,
-                fds_closed,
-            }),
-            Ok(Received::Message {
-                payload, sender, ..
-            }) => Some(Input::Notify {
-                worker: id,
-                sender_pid: sender.pid,
-                // Found now, while the sender most likely still exists; one that has
-                // already exited cannot be placed, and is a stranger.
-                sender: if sender.pid == pid {
-                    Sender::Worker
-                } else if handover_sys::process::descends_from(sender.pid, pid, my_pid) {
-                    Sender::Descendant
-                } else {
-                    Sender::Stranger
+            }) => Some((
+                Input::NotifyDropped {
+                    worker: id,
+                    sender_pid: sender.map(|s| s.pid),
+                    reason,
+                    fds_closed,
                 },
+                Vec::new(),
+            )),
+            Ok(Received::Message {
                 payload,
-            }),
+                sender,
+                fds,
+            }) => Some((
+                Input::Notify {
+                    worker: id,
+                    sender_pid: sender.pid,
+                    // Found now, while the sender still waits if it passed a barrier fd
+                    // (closed only after this); one that has already exited cannot be
+                    // placed, and is a stranger.
+                    sender: if sender.pid == pid {
+                        Sender::Worker
+                    } else if handover_sys::process::descends_from(sender.pid, pid, my_pid) {
+                        Sender::Descendant
+                    } else {
+                        Sender::Stranger
+                    },
+                    payload,
+                },
+                fds,
+            )),
             Err(err) => {
                 tracing::warn!(
                     generation = self.generation,

@@ -420,7 +420,7 @@ impl Driver {
     /// floods its socket waits behind other events instead of holding the loop.
     fn read_notifications(&mut self, worker: WorkerId) {
         for _ in 0..NOTIFY_BUDGET {
-            let Some(input) = self
+            let Some((input, fds)) = self
                 .workers
                 .get(&worker)
                 .and_then(|io| io.next_notification(worker, self.my_pid))
@@ -428,6 +428,9 @@ impl Driver {
                 return;
             };
             self.input(input);
+            // Closed only now: a sender waiting on BARRIER=1 goes on once it sees them close,
+            // and its message has been placed and handled by then.
+            drop(fds);
         }
         let _ = self.events.send(Event::NotifyReadable(worker));
     }

@@ -434,9 +434,9 @@ fn a_storm_of_sighups_costs_at_most_two_reloads() {
     assert_eq!(sim.next_in_ms(), None, "nothing more is pending");
 }
 
-/// A SIGHUP while nothing runs or waits starts a reload at once, however soon after the last.
+/// SIGHUPs a second or more apart each reload at once; one sooner waits out the second.
 #[test]
-fn spaced_sighups_each_reload_at_once() {
+fn signal_reloads_start_at_most_once_a_second() {
     let mut sim = serving(spec(1), policy());
     for reload in 1..=3u64 {
         let lines = sim.input(Input::Reload);
@@ -446,8 +446,21 @@ fn spaced_sighups_each_reload_at_once() {
         );
         sim.resolved(reload, spec(1), policy());
         sim.up(&[reload + 1]);
-        sim.after(ms(10));
+        sim.exited(reload, 0); // the old worker drains and goes
+        sim.after(ms(1_000));
     }
+    sim.input(Input::Reload);
+    sim.resolved(4, spec(1), policy());
+    sim.up(&[5]);
+    sim.exited(4, 0);
+    assert_eq!(
+        sim.input(Input::Reload),
+        Vec::<String>::new(),
+        "too soon: it waits"
+    );
+    assert_eq!(sim.next_in_ms(), Some(1_000));
+    let lines = sim.after(ms(1_000));
+    assert!(lines.contains(&"resolve r5 g6".to_string()), "{lines:?}");
 }
 
 #[test]
