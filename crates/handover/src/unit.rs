@@ -11,6 +11,7 @@
 //! configuration and prints the units or writes them into a folder.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -154,8 +155,21 @@ pub(crate) fn run(args: UnitArgs) -> ExitCode {
     match &args.output {
         None => {
             let texts: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
-            print!("{}", texts.join("\n"));
-            ExitCode::from(exit::OK)
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(texts.join("\n").as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                // A reader that stopped early (`| head`) is no failure.
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                    ExitCode::from(exit::OK)
+                }
+                Err(err) => {
+                    eprintln!("handover: cannot write the units to stdout: {err}");
+                    ExitCode::from(exit::IO)
+                }
+            }
         }
         Some(dir) => match write_units(dir, &units, args.force) {
             Ok(()) => {
