@@ -460,7 +460,8 @@ pub struct Options {
     /// `systemd-socket-activate` with handover) with its arguments, e.g. `unshare --mount sh
     /// -c 'mount ... && exec "$@"' sh`. It must exec that command in place, so that the pid
     /// the harness knows is handover's (or systemd-socket-activate's, as without a wrapper).
-    /// `{dir}` and the other placeholders of the config are replaced here too.
+    /// `{dir}` and the other placeholders of the config are replaced here too. The handover
+    /// it runs is [`reachable_bin`]'s, since a wrapper may change users.
     pub wrapper: Vec<String>,
     /// The test's directory must be reachable by every user (see [`TempDir::reachable`]),
     /// e.g. for a control socket that another uid connects to.
@@ -497,7 +498,13 @@ impl Handover {
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).expect("write config");
         let notify = options.notify.then(|| NotifyListener::new(dir.path()));
-        let handover = binary("handover");
+        // A wrapper may run handover as another user (setpriv): then it needs a copy every
+        // user can reach.
+        let handover = if options.wrapper.is_empty() {
+            binary("handover")
+        } else {
+            reachable_bin("handover")
+        };
         let wrapper: Vec<String> = options
             .wrapper
             .iter()
