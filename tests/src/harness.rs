@@ -58,12 +58,31 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates one under the target directory (never /tmp: systemd tests mount over it).
+    /// Creates one under the target directory (`test-tmp`), next to the build; under
+    /// [`reachable_dir`] when the build's path is not plain or short (see [`is_plain`] and
+    /// [`MAX_BASE`]), since tests splice their folder's path into scripts and configuration
+    /// files, and put unix sockets in it.
     pub fn new(label: &str) -> TempDir {
+        let build = bin_dir();
+        if is_plain(&build) && short_enough(&build.join("test-tmp")) {
+            TempDir::under(&build.join("test-tmp"), label)
+        } else {
+            TempDir::under(&reachable_dir().join("tmp"), label)
+        }
+    }
+
+    /// Creates one that every user can reach (see [`reachable_dir`]), mode 0755: for tests
+    /// whose workers or clients run as another user.
+    pub fn reachable(label: &str) -> TempDir {
+        let dir = TempDir::under(&reachable_dir().join("tmp"), label);
+        set_mode(dir.path(), 0o755);
+        dir
+    }
+
+    fn under(base: &Path, label: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let base = bin_dir().join("test-tmp");
-        std::fs::create_dir_all(&base).expect("create test-tmp");
+        std::fs::create_dir_all(base).unwrap_or_else(|e| panic!("create {}: {e}", base.display()));
         let dir = base.join(format!("{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
@@ -84,8 +103,201 @@ impl Drop for TempDir {
     }
 }
 
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// The first of `path` and its ancestors that other users cannot search (no `o+x`), with
+/// its mode; `None` when every user can reach `path`.
+pub fn blocking_ancestor(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut chain: Vec<&Path> = path.ancestors().collect();
+    chain.reverse();
+    for dir in chain {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() && meta.mode() & 0o001 == 0 => {
+                return Some((dir.to_path_buf(), meta.mode() & 0o7777));
+            }
+            Ok(_) => {}
+            Err(_) => return Some((dir.to_path_buf(), 0)),
+        }
+    }
+    None
+}
+
+/// Panics, naming the folder in the way, unless every user can reach `path`: a worker or
+/// client started as another user would otherwise fail with nothing but "permission
+/// denied", or not at all.
+pub fn assert_reachable_by_others(path: &Path) {
+    if let Some((dir, mode)) = blocking_ancestor(path) {
+        panic!(
+            "{} is not reachable by other users: {} has mode {mode:04o} (no search permission \
+             for others); use harness::reachable_bin and TempDir::reachable for what another \
+             user runs or writes",
+            path.display(),
+            dir.display()
+        );
+    }
+}
+
+/// The longest path a folder of test folders may have: a unix socket's path has at most 107
+/// bytes, and tests put `LABEL-PID-N/control.sock` (up to about 55 bytes) below it.
+pub const MAX_BASE: usize = 50;
+
+fn short_enough(base: &Path) -> bool {
+    base.as_os_str().len() <= MAX_BASE
+}
+
+/// Whether `path` can go into a shell script or a TOML string as it is: ASCII letters,
+/// digits and `/._-+,:=@` only. A checkout may be anywhere ("/home/me/My Projects"), and
+/// tests write `{worker}` into `sh -c` scripts.
+pub fn is_plain(path: &Path) -> bool {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"/._-+,:=@".contains(&b))
+}
+
+/// A folder every user can reach, with a plain and short path (see [`is_plain`] and
+/// [`MAX_BASE`]): for what tests run as another user (a worker with `user = "nobody"`, a
+/// client run through setpriv), and for the test folders and binaries that tests splice
+/// into scripts.
+///
+/// The target directory when it is all that. Otherwise (a checkout in a 0700 home such as
+/// /root, in a path with spaces, or deep in a tree) a folder of this user's own under the
+/// system's temporary folder (`$TMPDIR`, else /tmp), one per build: `handover-tests-UID/HASH`.
+/// It is checked to be a real folder owned by this user and writable by nobody else, since a
+/// name under /tmp could have been prepared by anyone.
+pub fn reachable_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let build = bin_dir();
+        let shared = build.join("test-tmp").join("reachable");
+        if blocking_ancestor(&build).is_none()
+            && is_plain(&build)
+            && short_enough(&shared.join("tmp"))
+        {
+            std::fs::create_dir_all(&shared).expect("create test-tmp/reachable");
+            set_mode(&shared, 0o755);
+            return shared;
+        }
+        let tmp = std::env::temp_dir();
+        let unfit = match blocking_ancestor(&tmp) {
+            Some((dir, mode)) => Some(format!("{} has mode {mode:04o}", dir.display())),
+            None if !is_plain(&tmp) => Some("its path is not plain".to_string()),
+            // handover-tests-UID/HASH/tmp adds about 40 bytes.
+            None if tmp.as_os_str().len() + 40 > MAX_BASE => {
+                Some(format!("its path is longer than {} bytes", MAX_BASE - 40))
+            }
+            None => None,
+        };
+        if let Some(why) = unfit {
+            panic!(
+                "the build {} is not a folder every user can reach with a plain and short \
+                 path, and neither is the temporary folder {} ({why}); set TMPDIR to such a \
+                 folder (/tmp is one), or build elsewhere (CARGO_TARGET_DIR)",
+                build.display(),
+                tmp.display()
+            );
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        build.hash(&mut hasher);
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let own = tmp.join(format!("handover-tests-{uid}"));
+        let dir = own.join(format!("{:016x}", hasher.finish()));
+        for folder in [&own, &dir] {
+            match std::fs::create_dir(folder) {
+                Ok(()) => set_mode(folder, 0o755),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("create {}: {e}", folder.display()),
+            }
+            check_own_folder(folder, uid);
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Panics unless `folder` is a real folder (not a symlink) owned by `uid` and writable by
+/// nobody else.
+fn check_own_folder(folder: &Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_dir() || meta.uid() != uid || mode & 0o022 != 0 {
+        panic!(
+            "{} is not a folder of uid {uid} that only it can write to (uid {}, mode \
+             {mode:04o}); remove it, or set TMPDIR elsewhere",
+            folder.display(),
+            meta.uid()
+        );
+    }
+}
+
+/// This build's binary `name`, where every user can execute it and with a plain path:
+/// itself when the build is both, else a copy in [`reachable_dir`] (made once per test
+/// process).
+pub fn reachable_bin(name: &str) -> PathBuf {
+    static COPIED: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let built = binary(name);
+    if blocking_ancestor(&built).is_none() && is_plain(&built) {
+        return built;
+    }
+    let copied = COPIED.get_or_init(Default::default);
+    let mut copied = copied.lock().expect("lock");
+    if let Some(path) = copied.get(name) {
+        return path.clone();
+    }
+    let bin = reachable_dir().join("bin");
+    match std::fs::create_dir(&bin) {
+        Ok(()) => set_mode(&bin, 0o755),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("create {}: {e}", bin.display()),
+    }
+    // Written aside and renamed, so a concurrent test run never executes half a copy.
+    let target = bin.join(name);
+    let aside = bin.join(format!(".{name}.{}", std::process::id()));
+    std::fs::copy(&built, &aside)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), aside.display()));
+    set_mode(&aside, 0o755);
+    std::fs::rename(&aside, &target).unwrap_or_else(|e| panic!("rename {}: {e}", aside.display()));
+    copied.insert(name.to_string(), target.clone());
+    target
+}
+
 /// A local TCP port that was free a moment ago.
+///
+/// Picked below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port the
+/// kernel hands out for port 0 is also one it hands out to outgoing connections, and the load
+/// tests open thousands of those a second, so such a port was often taken again before
+/// handover could bind it ("address already in use").
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1000 {
+        let span = u64::from(ephemeral_low - LOWEST);
+        for _ in 0..64 {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let port = LOWEST + (hasher.finish() % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }
@@ -248,8 +460,12 @@ pub struct Options {
     /// `systemd-socket-activate` with handover) with its arguments, e.g. `unshare --mount sh
     /// -c 'mount ... && exec "$@"' sh`. It must exec that command in place, so that the pid
     /// the harness knows is handover's (or systemd-socket-activate's, as without a wrapper).
-    /// `{dir}` and the other placeholders of the config are replaced here too.
+    /// `{dir}` and the other placeholders of the config are replaced here too. The handover
+    /// it runs is [`reachable_bin`]'s, since a wrapper may change users.
     pub wrapper: Vec<String>,
+    /// The test's directory must be reachable by every user (see [`TempDir::reachable`]),
+    /// e.g. for a control socket that another uid connects to.
+    pub reachable: bool,
 }
 
 /// A running `handover start`, killed (with its workers) when dropped.
@@ -272,13 +488,23 @@ impl Handover {
     /// Writes `config` (with `{dir}` replaced by the test directory and `{worker}` by the
     /// test worker's path) and starts handover on it.
     pub fn start(label: &str, config: &str, options: Options) -> Handover {
-        let dir = TempDir::new(label);
+        let dir = if options.reachable {
+            TempDir::reachable(label)
+        } else {
+            TempDir::new(label)
+        };
         let config = with_control(expand(config, dir.path()), dir.path());
         std::fs::create_dir_all(dir.path().join("reports")).expect("create reports dir");
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).expect("write config");
         let notify = options.notify.then(|| NotifyListener::new(dir.path()));
-        let handover = binary("handover");
+        // A wrapper may run handover as another user (setpriv): then it needs a copy every
+        // user can reach.
+        let handover = if options.wrapper.is_empty() {
+            binary("handover")
+        } else {
+            reachable_bin("handover")
+        };
         let wrapper: Vec<String> = options
             .wrapper
             .iter()
@@ -495,17 +721,26 @@ fn with_control(mut config: String, dir: &Path) -> String {
     config
 }
 
-/// Replaces `{dir}` and `{worker}` in a config template.
+/// Replaces `{dir}`, `{worker}` and `{http}` in a config template.
+///
+/// The paths go into TOML strings and `sh -c` scripts as they are, so they are plain (see
+/// [`is_plain`]): test folders and binaries move to [`reachable_dir`] when the checkout's
+/// path is not.
 pub fn expand(template: &str, dir: &Path) -> String {
+    assert!(
+        is_plain(dir),
+        "the test folder {} has a path that scripts cannot hold as it is",
+        dir.display()
+    );
     template
         .replace("{dir}", &dir.display().to_string())
         .replace(
             "{worker}",
-            &binary("handover-test-worker").display().to_string(),
+            &reachable_bin("handover-test-worker").display().to_string(),
         )
         .replace(
             "{http}",
-            &binary("handover-example-http").display().to_string(),
+            &reachable_bin("handover-example-http").display().to_string(),
         )
 }
 

@@ -5,3 +5,4 @@ pub mod harness;
 pub mod loadgen;
 pub mod recipes;
 pub mod systemd;
+pub mod transcript;

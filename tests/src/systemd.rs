@@ -20,10 +20,16 @@
 //!   [`Systemd::http_get`] and [`Systemd::start_load`], which open their sockets from a
 //!   thread that joined that namespace.
 //!
+//! - the test's folders (units, configurations) and this build's binaries are bind-mounted,
+//!   read-only, under [`INSIDE`] (`/run/handover-test`), with plain paths of their own. The
+//!   boot script holds each host folder by an fd before it covers /run, /tmp and /var/tmp, so
+//!   a checkout anywhere works: under /tmp, under a 0700 home, in a path with spaces or
+//!   colons. Units and configurations name the inside paths only.
+//!
 //! Everything is torn down on drop, also when the test panics: the manager (PID 1 inside) is
 //! SIGKILLed, which ends every process of its pid namespace, and the cgroup is killed and
 //! removed. The unit folder and the configuration live in a [`TempDir`] under the target
-//! directory, outside every path that is private inside.
+//! directory.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -36,7 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, binary, collect_output, Lines, TempDir, GUARD};
+use crate::harness::{binary, collect_output, Lines, TempDir, GUARD};
 use crate::loadgen::{self, LoadConfig, Summary};
 
 /// The manager binary booted as PID 1.
@@ -56,6 +62,17 @@ const SHIPPED_DIR: &str = "systemd";
 /// Where the shipped files expect handover's binaries and configurations.
 const SHIPPED_BIN_DIR: &str = "/usr/local/bin/";
 const SHIPPED_CONFIG_DIR: &str = "/etc/handover/";
+
+/// Where the test's folders and binaries appear inside the manager's namespaces: a fresh
+/// folder of the private /run, so nothing of the host's is in the way and the paths are plain
+/// whatever the checkout's path is.
+pub const INSIDE: &str = "/run/handover-test";
+/// The unit folder inside (`SYSTEMD_UNIT_PATH`).
+pub const INSIDE_UNITS: &str = "/run/handover-test/units";
+/// The folder that stands in for /etc/handover inside.
+pub const INSIDE_CONFIG: &str = "/run/handover-test/etc-handover";
+/// This build's binaries inside (the target directory's profile folder).
+pub const INSIDE_BIN: &str = "/run/handover-test/bin";
 
 /// Why a test cannot boot a manager here, or `None` when it can.
 ///
@@ -143,7 +160,14 @@ pub fn shipped(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-fn repo_root() -> PathBuf {
+/// The text of a file of the repository, such as `docs/systemd.md`.
+pub fn repo_file(path: &str) -> String {
+    let path = repo_root().join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate sits in the repository")
@@ -177,6 +201,8 @@ pub fn without_default_dependencies(unit: &str) -> String {
 pub struct Builder {
     label: String,
     dir: TempDir,
+    /// Further host folders to bind under [`INSIDE`]: (host path, name inside, writable).
+    binds: Vec<(PathBuf, String, bool)>,
 }
 
 impl Builder {
@@ -191,9 +217,39 @@ impl Builder {
     }
 
     /// Paths in shipped files, rewritten for this test: binaries from the target directory,
-    /// configurations from [`Builder::config_dir`].
+    /// configurations from [`Builder::config_dir`], as both appear inside.
     pub fn localize(&self, text: &str) -> String {
-        localize(text, &self.config_dir())
+        localize(text)
+    }
+
+    /// Makes the host folder `host` appear, read-only, at `INSIDE/name` (returned) in the
+    /// manager's namespaces, e.g. a package unpacked by the test.
+    pub fn bind(self, host: &Path, name: &str) -> (Builder, String) {
+        self.bind_with(host, name, false)
+    }
+
+    /// [`Builder::bind`], writable from inside: for what a command run inside writes.
+    pub fn bind_writable(self, host: &Path, name: &str) -> (Builder, String) {
+        self.bind_with(host, name, true)
+    }
+
+    fn bind_with(mut self, host: &Path, name: &str, writable: bool) -> (Builder, String) {
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !["units", "etc-handover", "bin"].contains(&name),
+            "bind name {name:?}: lowercase letters, digits and '-', and not a name of the harness"
+        );
+        assert!(
+            host.is_dir(),
+            "{} must be a folder to bind into the manager",
+            host.display()
+        );
+        self.binds
+            .push((host.to_path_buf(), name.to_string(), writable));
+        (self, format!("{INSIDE}/{name}"))
     }
 
     /// Adds a unit file as given, apart from `DefaultDependencies=no`.
@@ -256,15 +312,14 @@ impl Builder {
     }
 }
 
-fn localize(text: &str, config_dir: &Path) -> String {
-    let bin_dir = format!("{}/", harness::bin_dir().display());
-    text.replace(SHIPPED_BIN_DIR, &bin_dir)
-        .replace(SHIPPED_CONFIG_DIR, &format!("{}/", config_dir.display()))
+fn localize(text: &str) -> String {
+    text.replace(SHIPPED_BIN_DIR, &format!("{INSIDE_BIN}/"))
+        .replace(SHIPPED_CONFIG_DIR, &format!("{INSIDE_CONFIG}/"))
 }
 
 fn write_config(config_dir: &Path, instance: &str, text: &str) {
     let path = config_dir.join(format!("{instance}.toml"));
-    std::fs::write(&path, localize(text, config_dir))
+    std::fs::write(&path, localize(text))
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
@@ -298,6 +353,7 @@ impl Systemd {
         let builder = Builder {
             label: label.to_string(),
             dir,
+            binds: Vec::new(),
         };
         // The journal, and the target that wants it. journald runs from the start (not on
         // the first message), because the manager logs to it only once it runs.
@@ -316,20 +372,24 @@ impl Systemd {
     }
 
     fn boot(builder: Builder) -> Systemd {
-        let Builder { label, dir } = builder;
+        let Builder { label, dir, binds } = builder;
         let unit_dir = dir.path().join("units");
         let config_dir = dir.path().join("etc-handover");
-        for forbidden in ["/tmp", "/var/tmp", "/run"] {
-            for (what, path) in [("unit folder", &unit_dir), ("build", &harness::bin_dir())] {
-                assert!(
-                    !path.starts_with(forbidden),
-                    "the {what} ({}) must not be under {forbidden}, which is private inside",
-                    path.display()
-                );
-            }
-        }
+        // Every folder the manager needs, by the name it has under INSIDE. The binaries are
+        // built first, so that the folder holds them when it is bound.
+        let handover = binary("handover");
+        let bin_dir = handover
+            .parent()
+            .expect("a binary sits in a folder")
+            .to_path_buf();
+        let mut all_binds = vec![
+            (unit_dir.clone(), "units".to_string(), false),
+            (config_dir.clone(), "etc-handover".to_string(), false),
+            (bin_dir, "bin".to_string(), false),
+        ];
+        all_binds.extend(binds);
         let script = dir.path().join("boot.sh");
-        std::fs::write(&script, boot_script(&unit_dir)).expect("write boot script");
+        std::fs::write(&script, boot_script()).expect("write boot script");
         make_executable(&script);
 
         let cgroup = create_cgroup(&label);
@@ -353,8 +413,13 @@ impl Systemd {
             .arg(&cgroup)
             .arg("unshare")
             .args(NAMESPACES)
-            .arg(&script)
-            .env_clear()
+            .arg(&script);
+        for (host, name, writable) in &all_binds {
+            cmd.arg(host)
+                .arg(name)
+                .arg(if *writable { "rw" } else { "ro" });
+        }
+        cmd.env_clear()
             .env("PATH", SYSTEM_PATH)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -678,6 +743,111 @@ impl Systemd {
     }
 }
 
+/// A handover service for [`Systemd::serve_reload_stop`].
+pub struct Lifecycle<'a> {
+    /// The service unit, such as `handover@web.service`.
+    pub service: &'a str,
+    /// The socket unit whose first connection starts the service.
+    pub socket: &'a str,
+    /// The port that socket listens on (127.0.0.1 inside reaches it).
+    pub port: u16,
+    /// How many workers the configuration runs.
+    pub workers: usize,
+}
+
+impl Systemd {
+    /// The life of a handover service as a user sees it: the socket unit listens while the
+    /// service is not running; the first connection starts it, and every worker serves;
+    /// `systemctl reload` under load fails no request, and a new generation serves while the
+    /// old one is gone; `systemctl stop` ends the service cleanly (`Result=success`, exit 0,
+    /// nothing killed by systemd, nothing left in its cgroup). systemd must have accepted
+    /// every line of the units.
+    pub fn serve_reload_stop(&self, life: &Lifecycle<'_>) {
+        let service = life.service;
+        self.systemctl_ok(&["start", life.socket]);
+        assert_eq!(self.show(life.socket, "SubState"), "listening");
+        assert_eq!(self.show(service, "ActiveState"), "inactive");
+        let (status, body) = self
+            .http_get(life.port, "/")
+            .unwrap_or_else(|e| panic!("first request: {e}\n{}", self.diagnostics()));
+        assert_eq!(status, 200, "{body}");
+        self.wait_property(service, "ActiveState", "active");
+        let n = life.workers;
+        let ready = |generation: u64| format!("{n}/{n} workers ready, generation {generation}");
+        self.wait_property(service, "StatusText", &ready(1));
+        let main = self.main_pid(service);
+        let group = self.show(service, "ControlGroup");
+        // The workers: every process of the unit but handover and its sentinel.
+        let workers_now = || -> Vec<i32> {
+            self.cgroup_procs(&group)
+                .into_iter()
+                .filter(|&p| p != main && !self.is_sentinel(p))
+                .collect()
+        };
+        let old = workers_now();
+        assert_eq!(old.len(), n, "{n} workers: {old:?}");
+
+        let burst = LoadConfig {
+            addr: ([127, 0, 0, 1], life.port).into(),
+            concurrency: 4,
+            duration: Duration::from_millis(300),
+            max_requests: 400,
+            mode: loadgen::Mode::NewConnection,
+            request_timeout: Duration::from_secs(25),
+            path: "/".into(),
+        };
+        let load = self.start_load(burst, 400);
+        load.wait_bursts(1);
+        self.systemctl_ok(&["reload", service]);
+        assert_eq!(self.show(service, "StatusText"), ready(2));
+        self.wait_until("the old generation to drain", || {
+            old.iter().all(|&p| !self.alive(p))
+        });
+        let new = workers_now();
+        load.wait_bursts(2);
+        let summary = load.finish();
+        let describe = format!(
+            "{} requests, {} ok, failures {:?}, pids {:?}",
+            summary.requests, summary.ok, summary.failures, summary.pids
+        );
+        eprintln!("load: {describe}");
+        assert_eq!(summary.failed(), 0, "{describe}");
+        assert!(summary.ok > 0, "{describe}");
+        assert_eq!(new.len(), n, "{new:?}");
+        assert!(new.iter().all(|p| !old.contains(p)), "new workers: {new:?}");
+        for pids in [&old, &new] {
+            assert!(
+                summary.pids.keys().any(|&p| pids.contains(&(p as i32))),
+                "both generations served: {describe}"
+            );
+        }
+        assert_eq!(self.main_pid(service), main, "a reload keeps handover");
+
+        self.systemctl_ok(&["stop", service]);
+        assert_eq!(self.show(service, "ActiveState"), "inactive");
+        assert_eq!(self.show(service, "Result"), "success");
+        assert_eq!(self.show(service, "ExecMainStatus"), "0");
+        assert_eq!(self.cgroup_procs(&group), Vec::<i32>::new(), "cgroup empty");
+        for pid in old.iter().chain(&new).chain([&main]) {
+            assert!(!self.alive(*pid), "process {pid} survived the stop");
+        }
+        let journal = self.journalctl(&["-o", "cat", "-u", service]);
+        assert!(!journal.contains("Killing process"), "{journal}");
+        let manager_log = self.journalctl(&["-o", "cat", "_PID=1"]);
+        for complaint in [
+            "Unknown key",
+            "Unknown section",
+            "Failed to parse",
+            "Ignoring",
+        ] {
+            assert!(
+                !manager_log.contains(complaint),
+                "systemd complained about a unit:\n{manager_log}"
+            );
+        }
+    }
+}
+
 /// A load generator running inside a manager's network namespace.
 pub struct LoadRun {
     stop: Arc<AtomicBool>,
@@ -906,19 +1076,30 @@ fn make_executable(path: &Path) {
 }
 
 /// The script that runs as PID 1 until it execs the manager: it makes private everything the
-/// manager or the services could write to, then boots `TARGET` from `unit_dir` alone.
-fn boot_script(unit_dir: &Path) -> String {
-    let unit_dir = unit_dir.display().to_string();
-    assert!(
-        !unit_dir.contains(':') && !unit_dir.contains('\'') && !unit_dir.is_empty(),
-        "the unit folder must be a plain path: SYSTEMD_UNIT_PATH takes a colon-separated list"
-    );
+/// manager or the services could write to, brings in the test's folders, then boots `TARGET`
+/// from [`INSIDE_UNITS`] alone.
+///
+/// Its arguments are triples: a host folder, the name it gets under [`INSIDE`], and `ro` or
+/// `rw`. Host paths are only ever arguments (never part of the script's text), so they may
+/// hold any character.
+fn boot_script() -> String {
     format!(
         r#"#!/bin/sh
 # PID 1 of a throw-away namespace until it execs systemd. Written by handover's tests.
+# Arguments: triples of a host folder, the name it gets under {INSIDE}, and ro or rw.
 set -eu
 # Nothing mounted here may propagate to the host.
 mount --make-rprivate /
+# Hold every folder to bring in by an fd (3, 4, ...) before /run, /tmp and /var/tmp are
+# covered: the checkout may be under any of them.
+fd=3
+names=
+while [ $# -ge 3 ]; do
+    eval "exec $fd<\"\$1\""
+    names="$names $2:$3"
+    fd=$((fd + 1))
+    shift 3
+done
 # Private runtime and temporary folders: systemd and the services write there.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
@@ -929,6 +1110,19 @@ fi
 if [ -d /var/lib/systemd ]; then
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /var/lib/systemd
 fi
+# The held folders at plain paths of the private /run, read-only unless asked otherwise.
+mkdir -m 0755 {INSIDE}
+fd=3
+for entry in $names; do
+    name=${{entry%:*}}
+    mkdir "{INSIDE}/$name"
+    mount --bind "/proc/self/fd/$fd" "{INSIDE}/$name"
+    if [ "${{entry##*:}}" = ro ]; then
+        mount -o remount,bind,ro "{INSIDE}/$name"
+    fi
+    eval "exec $fd<&-"
+    fd=$((fd + 1))
+done
 # A private /dev: the journal's /dev/log symlink and /dev/shm stay inside.
 mount -t tmpfs -o mode=0755,nosuid,noexec tmpfs /dev
 for node in "null 1 3" "zero 1 5" "full 1 7" "random 1 8" "urandom 1 9" "tty 5 0"; do
@@ -944,7 +1138,7 @@ mount -o remount,bind,ro /proc/sys
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
 ip link set lo up
 # SYSTEMD_UNIT_PATH: exactly one folder, no trailing colon, so no host unit is ever loaded.
-exec env -i container=handover-tests SYSTEMD_UNIT_PATH='{unit_dir}' \
+exec env -i container=handover-tests SYSTEMD_UNIT_PATH='{INSIDE_UNITS}' \
     {SYSTEMD} --system --unit={TARGET} --log-target=journal-or-kmsg
 "#
     )
@@ -999,23 +1193,32 @@ mod tests {
 
     #[test]
     fn shipped_paths_are_localized() {
-        let config_dir = Path::new("/work/x/etc-handover");
-        let out = localize(
-            "ExecStart=/usr/local/bin/handover start --config /etc/handover/%i.toml\n",
-            config_dir,
-        );
-        let bin = harness::bin_dir().display().to_string();
+        let out =
+            localize("ExecStart=/usr/local/bin/handover start --config /etc/handover/%i.toml\n");
         assert_eq!(
             out,
-            format!("ExecStart={bin}/handover start --config /work/x/etc-handover/%i.toml\n")
+            "ExecStart=/run/handover-test/bin/handover start \
+             --config /run/handover-test/etc-handover/%i.toml\n"
         );
     }
 
     #[test]
     fn the_boot_script_never_widens_the_unit_path() {
-        let script = boot_script(Path::new("/work/x/units"));
-        assert!(script.contains("SYSTEMD_UNIT_PATH='/work/x/units' "));
+        let script = boot_script();
+        assert!(script.contains("SYSTEMD_UNIT_PATH='/run/handover-test/units' "));
         assert!(!script.contains("units:"), "no trailing colon");
+        // The host folders are held before /run, /tmp and /var/tmp are covered, and bound
+        // after /run is private again.
+        let held = script.find("exec $fd<").expect("folders are held");
+        let bound = script
+            .find("mount --bind \"/proc/self/fd/$fd\"")
+            .expect("and bound");
+        let run = script.find("tmpfs /run\n").expect("/run is covered");
+        for covered in ["tmpfs /run\n", "tmpfs /tmp\n", "tmpfs /var/tmp\n"] {
+            let at = script.find(covered).expect("covered");
+            assert!(held < at, "{covered} is covered after the folders are held");
+        }
+        assert!(run < bound, "binds land in the private /run");
         for private in ["/run", "/tmp", "/var/tmp", "/var/log/journal", "/dev"] {
             assert!(
                 script.contains(&format!("tmpfs {private}\n")),

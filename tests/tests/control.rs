@@ -45,6 +45,19 @@ fn start_ready(label: &str, template: &str, count: usize) -> Handover {
     h
 }
 
+/// [`start_ready`] in a directory every user can reach, for a control socket that another
+/// uid connects to: only the socket's own mode and credential check may refuse it then.
+fn start_ready_reachable(label: &str, template: &str, count: usize) -> Handover {
+    let options = Options {
+        reachable: true,
+        ..Options::default()
+    };
+    let h = Handover::start(label, template, options);
+    h.log.wait_for(&format!("all {count} workers ready"));
+    harness::assert_reachable_by_others(&h.control_socket());
+    h
+}
+
 /// Rewrites the running instance's config file (the next reload reads it), keeping the
 /// control socket the harness chose.
 fn rewrite_config(h: &Handover, template: &str) {
@@ -280,25 +293,9 @@ fn run_as(uid: u32, args: &[&str]) -> (ExitStatus, String, String) {
     cmd.arg(format!("--reuid={uid}"))
         .arg(format!("--regid={uid}"))
         .arg("--clear-groups")
-        .arg(binary("handover"))
+        .arg(harness::reachable_bin("handover"))
         .args(args);
     run(cmd)
-}
-
-/// Whether every ancestor of `path` is searchable by others (o+x).
-fn traversable_by_others(path: &Path) -> Result<(), PathBuf> {
-    for dir in path.ancestors().skip(1) {
-        if dir.as_os_str().is_empty() {
-            continue;
-        }
-        let mode = std::fs::metadata(dir)
-            .map_err(|_| dir.to_path_buf())?
-            .mode();
-        if mode & 0o001 == 0 {
-            return Err(dir.to_path_buf());
-        }
-    }
-    Ok(())
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -628,12 +625,8 @@ fn other_uids_cannot_connect_by_default() {
         return;
     }
     let port = free_port();
-    let mut h = start_ready("ctl-uid-default", &config(port, READY_NOW, ""), 1);
+    let mut h = start_ready_reachable("ctl-uid-default", &config(port, READY_NOW, ""), 1);
     let socket = h.control_socket();
-    if let Err(dir) = traversable_by_others(&socket) {
-        eprintln!("skipped: {} is not searchable by others", dir.display());
-        return;
-    }
     let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
     let path = socket.display().to_string();
@@ -651,20 +644,14 @@ fn other_uids_cannot_connect_by_default() {
     assert!(h.stop().success());
 }
 
-/// Starts an instance with `allow_uids = [65534]`; `None` (with a note) when the socket's
-/// directories are not searchable by others.
-fn start_allowing_65534(label: &str) -> Option<Handover> {
+/// Starts an instance with `allow_uids = [65534]`, its socket where every user can reach it.
+fn start_allowing_65534(label: &str) -> Handover {
     let port = free_port();
     let template = format!(
         "{}\n[control]\nsocket = \"{{dir}}/control.sock\"\nallow_uids = [65534]\n",
         config(port, READY_NOW, "")
     );
-    let h = start_ready(label, &template, 1);
-    if let Err(dir) = traversable_by_others(&h.control_socket()) {
-        eprintln!("skipped: {} is not searchable by others", dir.display());
-        return None;
-    }
-    Some(h)
+    start_ready_reachable(label, &template, 1)
 }
 
 /// With `allow_uids = [65534]` the socket is 0666: uid 65534 gets answers; uid 65533 can
@@ -675,9 +662,7 @@ fn allow_uids_admits_exactly_the_listed_uids() {
         eprintln!("skipped: needs root to run the CLI as another uid");
         return;
     }
-    let Some(mut h) = start_allowing_65534("ctl-uid-allowed") else {
-        return;
-    };
+    let mut h = start_allowing_65534("ctl-uid-allowed");
     let socket = h.control_socket();
     let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o666, "socket mode {mode:o}");
@@ -710,9 +695,7 @@ fn a_refused_uid_is_told_why() {
         eprintln!("skipped: needs root to run the CLI as another uid");
         return;
     }
-    let Some(mut h) = start_allowing_65534("ctl-uid-refused") else {
-        return;
-    };
+    let mut h = start_allowing_65534("ctl-uid-refused");
     let path = h.control_socket().display().to_string();
     for attempt in 0..20 {
         let (status, out, err) = run_as(65533, &["status", "--socket", &path]);

@@ -1,6 +1,7 @@
 //! Issue 2 (core): sockets in, workers out. Each test runs the real `handover` binary.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use handover_tests::harness::{
@@ -495,7 +496,7 @@ fn notify_access_main_ignores_children() {
         format!(
             r#"
 [worker]
-command = ["sh", "-c", "{{worker}} --notify-raw 52454144593d31 --exit-after 500 0; exec sleep 1000"]
+command = ["sh", "-c", "'{{worker}}' --notify-raw 52454144593d31 --exit-after 500 0; exec sleep 1000"]
 notify_access = "{access}"
 ready_timeout = "2s"
 "#
@@ -614,23 +615,24 @@ restart_backoff_max = "20ms"
 #[test]
 fn workers_run_as_the_configured_user() {
     if handover_sys_is_root() {
-        let dir_note = TempDir::new("user-reports");
-        // nobody must be able to write its report.
+        // nobody must be able to execute the worker and write its report, wherever the
+        // checkout is (a 0700 home would block both).
+        let dir_note = TempDir::reachable("user-reports");
+        let worker = harness::reachable_bin("handover-test-worker");
         let reports = dir_note.path().join("reports");
         std::fs::create_dir_all(&reports).unwrap();
-        std::process::Command::new("chmod")
-            .arg("777")
-            .arg(&reports)
-            .status()
-            .unwrap();
+        std::fs::set_permissions(&reports, std::fs::Permissions::from_mode(0o777)).unwrap();
+        harness::assert_reachable_by_others(&worker);
+        harness::assert_reachable_by_others(&reports);
         let mut h = Handover::start(
             "user",
             &format!(
                 r#"
 [worker]
-command = ["{{worker}}", "--report", "{}", "--ready-after", "0"]
+command = ["{}", "--report", "{}", "--ready-after", "0"]
 user = "nobody"
 "#,
+                worker.display(),
                 reports.display()
             ),
             Options::default(),
@@ -857,7 +859,7 @@ fn probe_readiness() {
 command = ["{worker}", "--report", "{dir}/reports"]
 count = 2
 ready = "probe"
-probe = ["sh", "-c", "test -e {dir}/reports/$HANDOVER_WORKER_PID.json"]
+probe = ["sh", "-c", "test -e '{dir}'/reports/$HANDOVER_WORKER_PID.json"]
 probe_interval = "20ms"
 "#,
         Options {
@@ -867,15 +869,15 @@ probe_interval = "20ms"
     );
     let ready = h.notify.as_mut().unwrap().wait_for("READY=1");
     assert!(ready.contains("2/2 workers ready"), "{ready}");
-    // systemd hears READY=1 at once; the log lines may still be in the writer's queue.
+    // The log comes through a pipe, and may be read after READY=1 arrived: wait for it.
     h.log.wait_for_count("worker ready (probe succeeded)", 2);
+    assert!(h.stop().success());
     assert_eq!(
         h.log.count("worker ready (probe succeeded)"),
         2,
         "{}",
         h.log.text()
     );
-    assert!(h.stop().success());
 }
 
 /// Scenario 19: a probe that hangs is killed at probe_timeout (nothing of it survives), one
@@ -939,7 +941,7 @@ fn probes_never_overlap() {
 [worker]
 command = ["{worker}"]
 ready = "probe"
-probe = ["sh", "-c", "echo start >> {dir}/probes; sleep 0.1; echo end >> {dir}/probes; exit 1"]
+probe = ["sh", "-c", "echo start >> '{dir}/probes'; sleep 0.1; echo end >> '{dir}/probes'; exit 1"]
 probe_interval = "1ms"
 probe_timeout = "5s"
 ready_timeout = "1500ms"

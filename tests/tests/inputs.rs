@@ -1,6 +1,7 @@
 //! Issue 2: bad input from outside gets a clear error naming what and where, and a documented
 //! exit code (3 config, 4 sockets, 1 start failed); nothing panics.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use handover_tests::harness::{self, output_guarded, run_handover, Handover, Options, TempDir};
@@ -239,13 +240,30 @@ fn config_errors_are_located() {
 /// Scenario 12: a process of another uid cannot make a worker ready.
 #[test]
 fn notifications_from_another_uid_do_not_count() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the sender as another uid");
+        return;
+    }
+    // The process of the other uid is the test worker run through setpriv: it must be able
+    // to execute, and its report shows that it ran (and sent READY=1 after writing it).
+    let shared = TempDir::reachable("other-uid-report");
+    let reports = shared.path().join("reports");
+    std::fs::create_dir(&reports).expect("create reports");
+    std::fs::set_permissions(&reports, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let worker = harness::reachable_bin("handover-test-worker");
+    harness::assert_reachable_by_others(&worker);
     let mut h = Handover::start(
         "other-uid",
-        r#"
+        &format!(
+            r#"
 [worker]
-command = ["sh", "-c", "setpriv --reuid=65534 --regid=65534 --clear-groups {worker} --notify-raw 52454144593d31 --exit-after 0 0; exec sleep 1000"]
+command = ["sh", "-c", "setpriv --reuid=65534 --regid=65534 --clear-groups '{}' --report '{}' --notify-raw 52454144593d31 --exit-after 0 0; exec sleep 1000"]
 ready_timeout = "1s"
 "#,
+            worker.display(),
+            reports.display()
+        ),
         Options::default(),
     );
     assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
@@ -253,6 +271,19 @@ ready_timeout = "1s"
         h.log.text().contains("not ready within"),
         "{}",
         h.log.text()
+    );
+    let found = harness::read_reports(&reports);
+    let report = found.values().next().unwrap_or_else(|| {
+        panic!(
+            "the worker of uid 65534 never ran (no report in {}); log:\n{}",
+            reports.display(),
+            h.log.text()
+        )
+    });
+    let uid = report["status"]["Uid"].as_str().unwrap_or_default();
+    assert!(
+        uid.split_whitespace().all(|u| u == "65534"),
+        "the sender ran as uid 65534: {uid}"
     );
 }
 
@@ -264,7 +295,7 @@ fn notify_flood_does_not_block_the_supervisor() {
         "flood",
         r#"
 [worker]
-command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 0 ]; then exec {worker} --ready-after 0 --notify-raw 5354415455533d666c6f6f64 --notify-raw-repeat 200000; else exec {worker} --ready-after 0; fi"]
+command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 0 ]; then exec '{worker}' --ready-after 0 --notify-raw 5354415455533d666c6f6f64 --notify-raw-repeat 200000; else exec '{worker}' --ready-after 0; fi"]
 count = 2
 "#,
         Options::default(),

@@ -97,7 +97,7 @@ fn aborted_rolling_reload_restores_the_old_generation() {
     // The second new worker fails: by then one old worker has been retired.
     let broken = ROLLING.replace(
         r#"command = ["{worker}", "--report", "{dir}/reports", "--ready-after", "100"]"#,
-        r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ]; then exit 9; fi; exec {worker} --ready-after 100"]"#,
+        r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ]; then exit 9; fi; exec '{worker}' --ready-after 100"]"#,
     );
     h.rewrite_config(&broken);
     let (st, _, err) = h.ctl(&["reload"]);

@@ -9,7 +9,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use handover_tests::loadgen::{LoadConfig, Mode, Summary};
-use handover_tests::systemd::{handover_has, shipped, Builder, Systemd};
+use handover_tests::systemd::{
+    handover_has, shipped, Builder, Lifecycle, Systemd, INSIDE_BIN, INSIDE_CONFIG,
+};
+use handover_tests::transcript;
 
 const INSTANCE: &str = "web";
 const SERVICE: &str = "handover@web.service";
@@ -134,7 +137,7 @@ fn the_test_manager_is_hermetic_and_leaves_nothing() {
         let unit_path = sd.systemctl_ok(&["show", "-p", "UnitPath", "--value"]);
         assert_eq!(
             unit_path.trim(),
-            sd.unit_dir().display().to_string(),
+            handover_tests::systemd::INSIDE_UNITS,
             "units are loaded from the test folder only"
         );
         let (_, listing, _) = sd.run(&["ls", "-A", "/tmp"]);
@@ -151,6 +154,10 @@ fn the_test_manager_is_hermetic_and_leaves_nothing() {
                 );
             }
         }
+        // The test's folders are bound in read-only: nothing inside writes to the host.
+        let (status, _, err) = sd.run(&["touch", "/run/handover-test/units/written-inside"]);
+        assert!(!status.success(), "the unit folder is read-only inside");
+        assert!(err.contains("Read-only file system"), "{err}");
         let (_, ip, _) = sd.run(&["ip", "-o", "addr", "show", "lo"]);
         assert!(ip.contains("127.0.0.1"), "lo is up inside: {ip}");
     }
@@ -758,6 +765,239 @@ max_line = "1MiB"
     );
     let own = sd.journalctl(&["-o", "cat", "-u", SERVICE, "SYSLOG_IDENTIFIER=handover"]);
     assert!(!own.contains("dropped"), "{own}");
+}
+
+/// Issue 17: under systemd every `systemctl reload` wrote its progress twice into the
+/// unit's journal: handover's own entries, and the same lines printed by `handover reload`
+/// from ExecReload=. The client now says nothing on success when its stdout is the journal
+/// (ExecStop='s `handover stop` neither), and still explains a failure.
+#[test]
+fn systemctl_reload_writes_its_progress_once() {
+    assert!(handover_has("reload"), "handover has no reload command");
+    let sd = boot!(builder("reload-once", &example_config()));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    sd.systemctl_ok(&["reload", SERVICE]);
+    sd.wait_journal(SERVICE, "Reloaded handover@web.service");
+
+    sd.write_config(
+        INSTANCE,
+        &example_config_with_worker_args(&["--crash-on-start", "3"]),
+    );
+    let (status, _, _) = sd.systemctl(&["reload", SERVICE]);
+    assert!(!status.success(), "the second reload fails");
+    sd.write_config(INSTANCE, &example_config());
+    // The failure is explained by the client, under its own pid, from its output stream.
+    let failure = "handover: reload failed: reload aborted, generation 2 keeps serving";
+    sd.wait_journal(SERVICE, failure);
+    sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
+    let journal = sd.wait_journal(SERVICE, "Stopped handover@web.service");
+
+    // What the clients (reload, stop) wrote: only the failure.
+    let clients = sd.journalctl(&[
+        "-o",
+        "cat",
+        "-u",
+        SERVICE,
+        "SYSLOG_IDENTIFIER=handover",
+        "_TRANSPORT=stdout",
+    ]);
+    let lines: Vec<&str> = clients.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l.starts_with(failure)),
+        "the clients wrote only the failure:\n{clients}\n--- whole journal:\n{journal}"
+    );
+    // handover's own progress, once each.
+    for line in [
+        "spawning generation 2 (2 workers)",
+        "2/2 ready in generation 2",
+        "draining generation 1",
+    ] {
+        assert_eq!(
+            journal.lines().filter(|l| *l == line).count(),
+            1,
+            "{line:?} once:\n{journal}"
+        );
+    }
+    assert_eq!(
+        journal.lines().filter(|l| *l == "stopping").count(),
+        0,
+        "`handover stop` said nothing:\n{journal}"
+    );
+    assert!(
+        !journal.contains("reload done: generation 2 serves"),
+        "{journal}"
+    );
+}
+
+/// Issue 17 (docs/cli.md, Logging): text lines that go to the journal stream anyway
+/// (`--log-to-stdout` under systemd) carry no time of their own, since the journal adds its
+/// own; the fields stay in the text.
+#[test]
+fn log_to_stdout_under_the_journal_leaves_the_time_out() {
+    let dropin = format!(
+        "[Service]\nExecStart=\nExecStart={INSIDE_BIN}/handover start --config \
+         {INSIDE_CONFIG}/%i.toml --log-to-stdout\n"
+    );
+    let sd = boot!(builder("log-to-stdout", &example_config()).dropin(
+        "handover@.service",
+        "log-to-stdout",
+        &dropin
+    ));
+    activate(&sd);
+    sd.wait_journal(SERVICE, "INFO all 2 workers ready");
+    let own = sd.journalctl(&[
+        "-o",
+        "cat",
+        "-u",
+        SERVICE,
+        "SYSLOG_IDENTIFIER=handover",
+        "_TRANSPORT=stdout",
+    ]);
+    let passed = own
+        .lines()
+        .find(|l| l.contains("using the socket systemd passed"))
+        .unwrap_or_else(|| panic!("{own}"));
+    assert!(
+        passed.starts_with(" INFO using the socket systemd passed ")
+            && passed.contains("socket=http"),
+        "{passed:?}"
+    );
+    // Every line of handover's own starts with its level; workers' lines are tagged (with
+    // the time they were read, `TIME gen=G worker=W pid=P STREAM: `).
+    let is_worker_line = |line: &str| {
+        line.split_once(' ')
+            .is_some_and(|(_, rest)| rest.starts_with("gen="))
+    };
+    let levels = [" INFO ", " WARN ", "ERROR ", "DEBUG ", "TRACE "];
+    for line in own.lines().filter(|l| !is_worker_line(l)) {
+        assert!(
+            levels.iter().any(|level| line.starts_with(level)),
+            "a level first, no time: {line:?}\n{own}"
+        );
+    }
+}
+
+/// Issue 17: docs/systemd.md shows what `journalctl -u handover@web.service -o cat` prints
+/// after the first connection, and it is what handover and systemd really write: every
+/// line's text, and the order of systemd's lines and of handover's; only pids, durations
+/// and ports are free, and how lines written at the same time interleave (see
+/// `handover_tests::transcript`).
+#[test]
+fn the_journal_transcript_in_the_docs_is_real_output() {
+    const COMMAND: &str = "journalctl -u handover@web.service -o cat";
+    let docs = handover_tests::systemd::repo_file("docs/systemd.md");
+    let expected = transcript::from_markdown(&docs, COMMAND)
+        .unwrap_or_else(|| panic!("docs/systemd.md has no `$ {COMMAND}` transcript"));
+    assert!(expected.len() > 3, "{expected:?}");
+    let sd = boot!(builder("docs-journal", &example_config()));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    // The workers' own lines reach the journal from another thread of handover's: wait for
+    // them rather than compare too early.
+    let compared = std::time::Instant::now();
+    loop {
+        let json = sd.journalctl(&["-o", "json", "-u", SERVICE]);
+        let entries = transcript::Entry::parse_json_lines(&json).expect("journal entries");
+        let Err(why) = transcript::compare(&expected, &entries) else {
+            break;
+        };
+        assert!(
+            compared.elapsed() < Duration::from_secs(10),
+            "docs/systemd.md's `$ {COMMAND}` is not what the journal holds: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 17: `handover unit` writes the units a user would write by hand, and they are what
+/// this manager boots: run inside, on the configuration at its real path, with `--output`,
+/// they serve, reload under load without a failed request, and stop cleanly. A second
+/// socket whose name needs escaping (a space, a `%`) reaches handover under its exact name:
+/// the configuration requires it from systemd.
+#[test]
+fn generated_units_serve_reload_and_stop() {
+    let config = example_config().replacen(
+        "from_systemd = true",
+        "from_systemd = true\nlisten = \"[::]:80\"",
+        1,
+    )
+        + "\n[[socket]]\nname = \"admin 100%\"\nlisten = \"127.0.0.1:8081\"\nfrom_systemd = true\n";
+    let out = handover_tests::harness::TempDir::new("unit-out");
+    let (builder, inside_out) = Systemd::builder("unit")
+        .config(INSTANCE, &config)
+        .bind_writable(out.path(), "out");
+    let sd = boot!(builder);
+    let handover = format!("{INSIDE_BIN}/handover");
+    let config_path = format!("{INSIDE_CONFIG}/{INSTANCE}.toml");
+    let (status, printed, err) = sd.run(&[&handover, "unit", "--config", &config_path]);
+    assert!(status.success(), "{err}");
+    let (status, wrote, err) = sd.run(&[
+        &handover,
+        "unit",
+        "--config",
+        &config_path,
+        "--output",
+        &inside_out,
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(wrote.contains("next: systemctl daemon-reload"), "{wrote}");
+    let names = [
+        "handover-web-http.socket",
+        "handover-web-admin\\x20100\\x25.socket",
+        "handover-web.service",
+    ];
+    let mut written = Vec::new();
+    for name in names {
+        assert!(
+            wrote.contains(&format!("wrote {inside_out}/{name}\n")),
+            "{wrote}"
+        );
+        let text = std::fs::read_to_string(out.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        written.push(text);
+    }
+    // (The harness reads output line by line: the last newline is not in `printed`.)
+    assert_eq!(
+        printed.trim_end(),
+        written.join("\n").trim_end(),
+        "printed as written"
+    );
+    // An existing unit is not replaced without --force.
+    let (status, _, err) = sd.run(&[
+        &handover,
+        "unit",
+        "--config",
+        &config_path,
+        "--output",
+        &inside_out,
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("exists; --force replaces it"), "{err}");
+
+    for (name, text) in names.iter().zip(&written) {
+        std::fs::write(
+            sd.unit_dir().join(name),
+            handover_tests::systemd::without_default_dependencies(text),
+        )
+        .expect("install unit");
+    }
+    sd.systemctl_ok(&["daemon-reload"]);
+    sd.serve_reload_stop(&Lifecycle {
+        service: "handover-web.service",
+        socket: "handover-web-http.socket",
+        port: HTTP_PORT,
+        workers: 2,
+    });
+    let fields = sd.journalctl(&[
+        "-o",
+        "verbose",
+        "-u",
+        "handover-web.service",
+        "MESSAGE=using the socket systemd passed",
+    ]);
+    assert!(fields.contains("HANDOVER_SOCKET=http\n"), "{fields}");
+    assert!(fields.contains("HANDOVER_SOCKET=admin 100%\n"), "{fields}");
 }
 
 /// Issue 13, item 9: in the unit's journal, the lines each worker wrote before it exited

@@ -56,6 +56,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         return build_and_reexec(args);
     }
     let paths = Paths::find()?;
+    // First, so every set of figures says what it measured.
+    println!("commit: {}", measured_commit(&paths.root));
     match what.as_str() {
         "reload" => bench_reload(&paths, &options),
         "logs" => bench_logs(&paths, &options),
@@ -206,6 +208,38 @@ fn build_and_reexec(args: &[String]) -> anyhow::Result<()> {
         bail!("the bench failed: {status}");
     }
     Ok(())
+}
+
+/// The commit the bench measures: `git rev-parse --short HEAD`, with `-dirty` when tracked
+/// files differ from it (untracked files are not looked at, as `git describe --dirty`
+/// does not); `unknown` with the reason outside a git checkout.
+fn measured_commit(root: &Path) -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout, or git is not installed)".into();
+    };
+    let changes = git(&["status", "--porcelain", "--untracked-files=no"]);
+    describe_commit(&head, changes.as_deref())
+}
+
+/// `head`, with `-dirty` when `git status --porcelain` printed something (or could not say).
+fn describe_commit(head: &str, changes: Option<&str>) -> String {
+    match changes {
+        Some("") => head.to_string(),
+        _ => format!("{head}-dirty"),
+    }
 }
 
 // ---- handover under observation ------------------------------------------------------------
@@ -984,6 +1018,31 @@ fn logged_duration(line: &str, prefix: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_commit_says_when_the_tree_is_dirty() {
+        assert_eq!(describe_commit("071d681", Some("")), "071d681");
+        assert_eq!(
+            describe_commit("071d681", Some(" M xtask/src/bench.rs")),
+            "071d681-dirty"
+        );
+        assert_eq!(describe_commit("071d681", None), "071d681-dirty");
+    }
+
+    #[test]
+    fn the_commit_of_this_checkout_is_found() {
+        let commit = measured_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
+        if Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.git")
+            .exists()
+        {
+            let head = commit.trim_end_matches("-dirty");
+            assert!(
+                head.len() >= 7 && head.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{commit}"
+            );
+        }
+    }
 
     #[test]
     fn durations_in_reload_lines_parse() {

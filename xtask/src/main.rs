@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod docs;
 mod workspace;
 
@@ -17,6 +18,7 @@ Tasks:
   demo          build handover and the example worker, and run examples/demo.toml
   bench reload  measure reloads under load (see docs/benchmarks.md)
   bench idle    measure handover while idle
+  dist          build target/dist/handover-VERSION-TARGET.tar.gz and the .deb
   man           write man pages to target/man
   completions   write bash, zsh and fish completions to target/completions";
 
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let result = match task {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "dist" => dist::run(rest),
         "man" => docs::run_man(rest),
         "completions" => docs::run_completions(rest),
         "-h" | "--help" | "help" => {

@@ -5,8 +5,9 @@ pub(crate) const OK: u8 = 0;
 /// The first generation never became ready (a worker exited, failed to start, or timed out),
 /// or a stop was forced by repeated signals.
 pub(crate) const START_FAILED: u8 = 1;
-/// `handover logs`: a log file could not be read, or stdout could not be written. The same
-/// value as [`START_FAILED`], which only `handover start` returns.
+/// `handover logs`: a log file could not be read, or stdout could not be written;
+/// `handover unit`: a unit file exists or could not be written. The same value as
+/// [`START_FAILED`], which only `handover start` returns.
 pub(crate) const IO: u8 = 1;
 /// The command line is wrong.
 pub(crate) const USAGE: u8 = 2;

@@ -169,10 +169,14 @@ fn top_level_sections() -> Roff {
         (
             exit::START_FAILED,
             "The first generation of workers never became ready, or the stop was forced \
-             by a fourth stop signal; for logs, a log file could not be read.",
+             by a fourth stop signal; for logs, a log file could not be read; for unit, a \
+             unit file exists or could not be written.",
         ),
         (exit::USAGE, "The command line is wrong."),
-        (exit::CONFIG, "The configuration file is invalid."),
+        (
+            exit::CONFIG,
+            "The configuration file is invalid (for unit: or cannot be written as units).",
+        ),
         (
             exit::SOCKETS,
             "A listening socket could not be set up: binding failed, or the sockets passed \
@@ -220,7 +224,11 @@ fn top_level_sections() -> Roff {
     entry(
         &mut roff,
         "JOURNAL_STREAM",
-        "When set, stderr goes to the journal, so log lines carry no timestamp.",
+        "When it names handover's stderr (as systemd sets it for a service), handover logs \
+         to the journal natively, with its fields as HANDOVER_* journal fields. Text lines \
+         that go to the journal stream anyway (--log-to-stdout under systemd) carry no time. \
+         When it names the stdout of reload, stop, abort or scale (ExecReload=, ExecStop=), \
+         they print nothing on success: handover's own log has the same progress.",
     );
 
     roff.control("SH", ["SEE ALSO"]);

@@ -17,6 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
 use crate::env::Environment;
+use crate::journal_stream;
 
 /// Where lines go while the workers' writers run.
 static ROUTE: RwLock<Option<Arc<Output>>> = RwLock::new(None);
@@ -48,30 +49,23 @@ fn routed(send: impl FnOnce(&Output) -> bool) -> bool {
     output.is_some_and(|output| send(&output))
 }
 
-/// Whether handover's stderr is the journal stream systemd set up (`JOURNAL_STREAM` names
-/// its device and inode), as sd_journal_stream_fd's users check it.
-fn stderr_is_journal(environment: &Environment) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(stream) = &environment.journal_stream else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.split_once(':') else {
-        return false;
-    };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
-}
-
 /// Sets up logging; returns whether it goes to the journal natively (then workers' output
 /// goes there too, as entries of their own).
+///
+/// Text lines that go to the journal stream anyway (`--log-to-stdout` under systemd, or a
+/// journal whose socket cannot be used) carry no time: the journal adds its own.
 pub(crate) fn init(environment: &Environment, log_to_stdout: bool) -> bool {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, EnvFilter};
     let filter =
         || EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if !log_to_stdout && stderr_is_journal(environment) {
+    let output = if log_to_stdout {
+        journal_stream::Output::Stdout
+    } else {
+        journal_stream::Output::Stderr
+    };
+    let to_journal_stream = journal_stream::is_journal(environment, output);
+    if !log_to_stdout && to_journal_stream {
         if let Ok(journal) = Journal::new() {
             if tracing_subscriber::registry()
                 .with(filter())
@@ -83,15 +77,19 @@ pub(crate) fn init(environment: &Environment, log_to_stdout: bool) -> bool {
             }
         }
     }
-    let _ = fmt()
+    let builder = fmt()
         .with_env_filter(filter())
         .with_target(false)
-        .with_ansi(false)
-        .with_writer(move || Text {
-            stdout: log_to_stdout,
-            line: Vec::new(),
-        })
-        .try_init();
+        .with_ansi(false);
+    let writer = move || Text {
+        stdout: log_to_stdout,
+        line: Vec::new(),
+    };
+    let _ = if to_journal_stream {
+        builder.without_time().with_writer(writer).try_init()
+    } else {
+        builder.with_writer(writer).try_init()
+    };
     false
 }
 

@@ -10,10 +10,12 @@ mod config;
 mod env;
 mod exit;
 mod gendocs;
+mod journal_stream;
 mod logging;
 mod logs;
 mod sockets;
 mod spec;
+mod unit;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -143,6 +145,12 @@ enum Commands {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print (or write into a folder) the systemd units that run a configuration.
+    ///
+    /// One .socket unit per [[socket]] (its listen address as ListenStream=, its name as
+    /// FileDescriptorName=) and a Type=notify .service running handover start, with
+    /// handover reload and handover stop as ExecReload= and ExecStop=.
+    Unit(unit::UnitArgs),
     /// Print the version.
     Version,
 }
@@ -220,6 +228,7 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::CONFIG)
             }
         },
+        Commands::Unit(args) => unit::run(args),
         Commands::Start {
             config,
             service_name,
@@ -398,6 +407,15 @@ fn control_command(
         Err(code) => return code,
     };
     let is_stop = request == Request::Stop;
+    // Under systemd (ExecReload=, ExecStop=) stdout is the unit's journal, which holds
+    // handover's own lines of the same progress already: say nothing on success. Failures
+    // go to stderr, always.
+    let quiet = journal_stream::is_journal(environment, journal_stream::Output::Stdout);
+    let say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
     // A reload's own timeout is enforced by handover; the client only guards against a
     // handover that stops answering altogether.
     let deadline = match &request {
@@ -410,17 +428,17 @@ fn control_command(
     };
     let started = std::time::Instant::now();
     let result = client::request(&path, &request, deadline, |response| match response {
-        Response::Progress { message } => println!("{message}"),
-        Response::Stopping => println!("stopping"),
+        Response::Progress { message } => say(message),
+        Response::Stopping => say("stopping"),
         _ => {}
     });
     match result {
         Ok((Some(Response::Done { generation }), _)) => {
-            println!("reload done: generation {generation} serves");
+            say(&format!("reload done: generation {generation} serves"));
             ExitCode::from(exit::OK)
         }
         Ok((Some(Response::Ok { message }), _)) => {
-            println!("{message}");
+            say(&message);
             ExitCode::from(exit::OK)
         }
         Ok((None, pid)) if is_stop => {
@@ -438,13 +456,13 @@ fn control_command(
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            println!("stopped");
+            say("stopped");
             ExitCode::from(exit::OK)
         }
         Ok((other, _)) => report_failure(other),
         Err(client::ClientError::NotRunning(message)) if is_stop => {
             // Nothing to stop is not a failure: systemd runs ExecStop= also after handover
-            // exited by itself.
+            // exited by itself. Said also under systemd: no line of handover's says it.
             println!("not running ({message})");
             ExitCode::from(exit::OK)
         }
