@@ -146,8 +146,10 @@ pub fn assert_reachable_by_others(path: &Path) {
 }
 
 /// The longest path a folder of test folders may have: a unix socket's path has at most 107
-/// bytes, and tests put `LABEL-PID-N/control.sock` (up to about 55 bytes) below it.
-pub const MAX_BASE: usize = 50;
+/// bytes, tests put `LABEL-PID-N/control.sock` (up to about 55 bytes) below it, and a test
+/// that makes its folder handover's `runtime_dir` must stay within the 64 bytes handover
+/// allows there (with a label of up to 6 bytes).
+pub const MAX_BASE: usize = 40;
 
 fn short_enough(base: &Path) -> bool {
     base.as_os_str().len() <= MAX_BASE
@@ -190,9 +192,9 @@ pub fn reachable_dir() -> PathBuf {
         let unfit = match blocking_ancestor(&tmp) {
             Some((dir, mode)) => Some(format!("{} has mode {mode:04o}", dir.display())),
             None if !is_plain(&tmp) => Some("its path is not plain".to_string()),
-            // handover-tests-UID/HASH/tmp adds about 40 bytes.
-            None if tmp.as_os_str().len() + 40 > MAX_BASE => {
-                Some(format!("its path is longer than {} bytes", MAX_BASE - 40))
+            // handover-tests-UID/HASH/tmp adds about 33 bytes.
+            None if tmp.as_os_str().len() + 33 > MAX_BASE => {
+                Some(format!("its path is longer than {} bytes", MAX_BASE - 33))
             }
             None => None,
         };
@@ -211,7 +213,7 @@ pub fn reachable_dir() -> PathBuf {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         let own = tmp.join(format!("handover-tests-{uid}"));
-        let dir = own.join(format!("{:016x}", hasher.finish()));
+        let dir = own.join(format!("{:08x}", hasher.finish() as u32));
         for folder in [&own, &dir] {
             match std::fs::create_dir(folder) {
                 Ok(()) => set_mode(folder, 0o755),

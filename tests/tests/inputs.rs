@@ -344,7 +344,7 @@ fn exec_failures_name_the_cause() {
 #[test]
 fn stale_notify_directories_are_swept_by_their_lock() {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = TempDir::new("stale-notify");
+    let dir = TempDir::new("stale");
     let live = dir.path().join("handover.999999998-1.notify");
     let dead = dir.path().join("handover.999999997-1.notify");
     let old = dir.path().join("handover.999999999.notify");
@@ -371,7 +371,7 @@ fn stale_notify_directories_are_swept_by_their_lock() {
         "[handover]\nruntime_dir = \"{}\"\n\n[worker]\ncommand = [\"{{worker}}\"]\nready_timeout = \"200ms\"\n",
         dir.path().display()
     );
-    let mut h = Handover::start("stale-notify-run", &config, Options::default());
+    let mut h = Handover::start("stale", &config, Options::default());
     assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
     let text = h.log.text();
     assert!(text.contains("removed 2 notify directories"), "{text}");

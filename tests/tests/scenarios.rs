@@ -1668,7 +1668,7 @@ fn scenario_44_planted_notify_directories_are_left_alone() {
     // A worker that never becomes ready ends the run by itself, after it has started.
     let config = "[handover]\nruntime_dir = \"{dir}\"\n\n[worker]\ncommand = [\"{worker}\"]\nready_timeout = \"300ms\"\n";
     let (code, text, dir) = sh(
-        "s44-link",
+        "s44a",
         config,
         r#"mkdir precious stale-target && echo keep > precious/file && echo keep > stale-target/file
 ln -s "$PWD/precious" "$PWD/handover.$$.notify"
@@ -1703,7 +1703,7 @@ exec "$H" start --config "$C""#,
         return;
     }
     let (code, text, dir) = sh(
-        "s44-foreign",
+        "s44b",
         config,
         r#"mkdir "handover.$$.notify" handover.999999998.notify && echo keep > "handover.$$.notify/file" && echo keep > handover.999999998.notify/file
 chown -R 65534:65534 "handover.$$.notify" handover.999999998.notify

@@ -224,6 +224,23 @@ impl NotifyDir {
 /// The name of the lock file in a notify directory.
 const LOCK_NAME: &str = ".lock";
 
+/// The longest name of a worker's notify socket in the directory: `w` and the worker's
+/// number in hex (eight digits cover four billion workers).
+pub const MAX_SOCKET_NAME: usize = 9;
+
+/// The longest name [`create_private_dir`] gives its directory: `handover.`, a pid of up to
+/// seven digits (the kernel's `pid_max` is at most 4194304), `-`, eight hex digits, `.notify`.
+const MAX_DIR_NAME: usize = 9 + 7 + 1 + 8 + 7;
+
+/// The longest base directory whose notify sockets still fit a unix socket address (107
+/// bytes of path): the limit for `runtime_dir` and what stands in for it.
+pub const MAX_BASE_LEN: usize = 107 - 1 - MAX_DIR_NAME - 1 - MAX_SOCKET_NAME;
+
+/// The name of worker `id`'s notify socket in its directory.
+pub fn socket_name(id: u64) -> String {
+    format!("w{id:x}")
+}
+
 /// Creates a private directory for notify sockets in `base`: mode 0711 (others may reach a
 /// socket whose name they know and whose file permits them, but cannot list or create
 /// entries), owned by the caller, named `handover.PID-UNIQUE.notify`, with a lock file held
@@ -231,10 +248,21 @@ const LOCK_NAME: &str = ".lock";
 /// renamed, so a concurrent sweep never sees it without its lock.
 pub fn create_private_dir(base: &Path) -> io::Result<NotifyDir> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let len = base.as_os_str().len();
+    if len > MAX_BASE_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "its path is {len} bytes; notify sockets fit a unix socket address only under a \
+                 directory of at most {MAX_BASE_LEN} (set [handover] runtime_dir to a shorter one)"
+            ),
+        ));
+    }
+    // Eight hex digits of the clock: with the pid, no name anyone can plant in advance.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let unique = format!("{}-{nanos:x}", std::process::id());
+        .map_or(0, |d| d.as_nanos()) as u32;
+    let unique = format!("{}-{nanos:08x}", std::process::id());
     let staging = base.join(format!(".handover.{unique}.tmp"));
     let path = base.join(format!("handover.{unique}.notify"));
     std::fs::DirBuilder::new().mode(0o711).create(&staging)?;

@@ -61,9 +61,7 @@ impl WorkerIo {
         plan: &super::Settings,
         events: &mpsc::UnboundedSender<Event>,
     ) -> io::Result<(WorkerIo, SpawnRequest)> {
-        let path = plan
-            .notify_dir
-            .join(format!("{generation}-{index}-{id}.sock"));
+        let path = plan.notify_dir.join(handover_sys::notify::socket_name(id));
         let _ = std::fs::remove_file(&path);
         let notify = Arc::new(NotifySocket::bind(&path, plan.notify_owner)?);
         let (stderr_read, stderr_write) = handover_sys::fd::pipe_cloexec()?;

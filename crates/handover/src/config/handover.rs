@@ -69,7 +69,18 @@ pub(super) fn validate(table: &Table<'_>) -> Res<HandoverSection> {
     };
     let runtime_dir = table
         .get("runtime_dir")
-        .map(|v| v.absolute_path())
+        .map(|v| {
+            let path = v.absolute_path()?;
+            let len = path.as_os_str().len();
+            let max = handover_sys::notify::MAX_BASE_LEN;
+            if len > max {
+                return Err(v.bad(format!(
+                    "the path is {len} bytes; the notify sockets handover makes in it would not \
+                     fit a unix socket address, so it may be at most {max}"
+                )));
+            }
+            Ok(path)
+        })
         .transpose()?;
     let watchdog_min_workers = table
         .get("watchdog_min_workers")

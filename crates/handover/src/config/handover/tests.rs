@@ -60,6 +60,15 @@ fn handover_errors() {
             &["handover.runtime_dir: \"run\" is not an absolute path"],
         ),
         (
+            "[handover]\nruntime_dir = \"/run/a-directory-whose-name-goes-on-and-on-and-on/and-on-and-on-x\"\n",
+            2,
+            15,
+            &[
+                "handover.runtime_dir: the path is 65 bytes",
+                "may be at most 64",
+            ],
+        ),
+        (
             "[handover]\nrundir = \"/run\"\n",
             2,
             1,
