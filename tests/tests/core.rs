@@ -844,7 +844,7 @@ restart_backoff_max = "30s"
     let pid = *h.reports(2).keys().next().unwrap();
     kill(pid, libc::SIGKILL);
     h.log
-        .wait_for("fewer than 2 workers ready: not sending WATCHDOG=1");
+        .wait_for("fewer than 2 workers ready and healthy: not sending WATCHDOG=1");
     assert!(h.stop().success());
 }
 

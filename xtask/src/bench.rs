@@ -1,4 +1,4 @@
-//! `cargo xtask bench reload|idle`: figures for docs/benchmarks.md.
+//! `cargo xtask bench reload|idle|logs|health`: figures for docs/benchmarks.md.
 //!
 //! Both benches build the workspace in release and run the release `handover` with the
 //! release example worker on a free 127.0.0.1 port. `cargo xtask` itself runs a debug build
@@ -36,16 +36,20 @@ usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
                                 [--mode new|keepalive] [--boot-ms 200]
                                 [--worker example|batching] [--steering on|off]
        cargo xtask bench idle [--workers 4] [--seconds 10]
-       cargo xtask bench logs [--workers 4] [--megabytes 200]";
+       cargo xtask bench logs [--workers 4] [--megabytes 200]
+       cargo xtask bench health [--workers 64] [--seconds 10]";
 
 /// Entry point for `cargo xtask bench ...`; `args` follow `bench`.
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(what) = args.first() else {
         bail!("{USAGE}");
     };
-    let options = Options::parse(&args[1..])?;
+    let mut options = Options::parse(&args[1..])?;
+    if what == "health" && !args.iter().any(|a| a == "--workers") {
+        options.workers = 64;
+    }
     match what.as_str() {
-        "reload" | "idle" | "logs" => {}
+        "reload" | "idle" | "logs" | "health" => {}
         "-h" | "--help" => {
             println!("{USAGE}");
             return Ok(());
@@ -61,6 +65,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     match what.as_str() {
         "reload" => bench_reload(&paths, &options),
         "logs" => bench_logs(&paths, &options),
+        "health" => bench_health(&paths, &options),
         _ => bench_idle(&paths, &options),
     }
 }
@@ -773,6 +778,58 @@ fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
     );
     print_memory(pid);
     handover.stop()?;
+    Ok(())
+}
+
+/// `cargo xtask bench health`: what checking every worker's health every second costs
+/// handover: its CPU time and its wakeups (voluntary context switches) over `--seconds`,
+/// with `[health] check = "http"` and without, `--workers` example workers, no load.
+fn bench_health(paths: &Paths, o: &Options) -> anyhow::Result<()> {
+    let bin = paths.bin("handover-example-http")?;
+    let command = format!(r#"[{bin:?}, "--idle-grace-ms", "200"]"#);
+    let window = Duration::from_secs(o.seconds);
+    println!(
+        "bench health: {} example workers, {} s without requests, HTTP check every 1 s",
+        o.workers, o.seconds
+    );
+    for (label, extra) in [
+        ("without [health]", ""),
+        (
+            "with [health]   ",
+            "\n[health]\ncheck = \"http\"\npath = \"/ok\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n",
+        ),
+    ] {
+        let mut handover = Running::start_with(paths, o.workers, &command, extra)?;
+        let pid = handover.pid();
+        // The first checks and the start's log lines are done by now.
+        std::thread::sleep(Duration::from_secs(2));
+        let (switches, cpu) = (context_switches(pid), cpu_seconds(pid));
+        std::thread::sleep(window);
+        let (switches_after, cpu_after) = (context_switches(pid), cpu_seconds(pid));
+        let failed = handover.log.count("health check failed");
+        let wakeups = switches_after.0 - switches.0;
+        let checks = if extra.is_empty() {
+            0
+        } else {
+            u64::from(o.workers) * o.seconds
+        };
+        println!(
+            "{label}: CPU {:.1} ms/s ({:.1}% of one core), {:.1} wakeups/s over {} threads, about {checks} checks, {failed} failed",
+            (cpu_after - cpu) * 1000.0 / window.as_secs_f64(),
+            (cpu_after - cpu) * 100.0 / window.as_secs_f64(),
+            wakeups as f64 / window.as_secs_f64(),
+            switches_after.2,
+        );
+        if checks > 0 {
+            println!(
+                "  per check: {:.1} us of CPU, {:.2} wakeups",
+                (cpu_after - cpu) * 1e6 / checks as f64,
+                wakeups as f64 / checks as f64
+            );
+        }
+        print_memory(pid);
+        handover.stop()?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 //! The worker takes its listening socket from systemd-style socket activation (`LISTEN_FDS`,
 //! `LISTEN_PID`, `LISTEN_FDNAMES`) or binds one itself, reports readiness with `READY=1` on
 //! `NOTIFY_SOCKET`, and answers every `GET`/`HEAD` with a line naming its pid, worker index and
-//! generation. On SIGTERM or SIGINT it stops accepting at once, finishes the requests it already
+//! generation. It answers the same on the socket named `health`, when it was given one (the
+//! private socket of handover's `[health] check = "http"`). On SIGTERM or SIGINT it stops
+//! accepting at once, finishes the requests it already
 //! has, gives idle keep-alive connections a grace period, and exits once no connection remains.
 
 use std::io;
@@ -173,6 +175,13 @@ fn run(opts: Options) -> i32 {
         }
     };
     log!("{PROG}: pid {} {how}", std::process::id());
+    let health = match health_listener(&opts) {
+        Ok(health) => health,
+        Err(e) => {
+            log!("{PROG}: {e}");
+            return 1;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -183,7 +192,30 @@ fn run(opts: Options) -> i32 {
             return 1;
         }
     };
-    rt.block_on(async_main(listener, opts))
+    rt.block_on(async_main(listener, health, opts))
+}
+
+/// The inherited socket named `health`, if there is one besides the socket served: handover
+/// passes it for its health checks, and checks are answered like any request.
+fn health_listener(opts: &Options) -> Result<Option<StdListener>, String> {
+    let Some(count) = activated_fd_count() else {
+        return Ok(None);
+    };
+    if opts.socket_name.as_deref() == Some("health") {
+        return Ok(None);
+    }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let Some(index) = names
+        .split(':')
+        .take(count as usize)
+        .position(|n| n == "health")
+    else {
+        return Ok(None);
+    };
+    if index == 0 && opts.socket_name.is_none() {
+        return Ok(None);
+    }
+    adopt_fd(3 + index as RawFd).map(Some)
 }
 
 /// A listening socket before it is handed to tokio.
@@ -440,10 +472,13 @@ impl Listener {
     }
 }
 
-async fn async_main(listener: StdListener, opts: Options) -> i32 {
-    let listener = match Listener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
+async fn async_main(listener: StdListener, health: Option<StdListener>, opts: Options) -> i32 {
+    let (listener, health) = match (
+        Listener::from_std(listener),
+        health.map(Listener::from_std).transpose(),
+    ) {
+        (Ok(l), Ok(h)) => (l, h),
+        (Err(e), _) | (_, Err(e)) => {
             log!("{PROG}: cannot register the listener: {e}");
             return 1;
         }
@@ -497,6 +532,15 @@ async fn async_main(listener: StdListener, opts: Options) -> i32 {
             _ = term.recv() => break,
             _ = int.recv() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = accept_health(&health), if conns.len() < MAX_CONNS => match accepted {
+                Ok(stream) => {
+                    conns.spawn(handle(stream, Arc::clone(&ctx), drain_rx.clone()));
+                }
+                Err(e) => {
+                    log!("{PROG}: accept on the health socket failed: {e}");
+                    sleep(Duration::from_millis(50)).await;
+                }
+            },
             accepted = listener.accept(), if conns.len() < MAX_CONNS => match accepted {
                 Ok(stream) => {
                     conns.spawn(handle(stream, Arc::clone(&ctx), drain_rx.clone()));
@@ -513,6 +557,7 @@ async fn async_main(listener: StdListener, opts: Options) -> i32 {
     // Closing our copy of the listening socket at once lets the supervisor's copy route new
     // connections to other workers.
     drop(listener);
+    drop(health);
     let _ = drain_tx.send(true);
     notify("STOPPING=1\nSTATUS=draining");
     log!(
@@ -542,6 +587,14 @@ async fn async_main(listener: StdListener, opts: Options) -> i32 {
                 return 0;
             }
         }
+    }
+}
+
+/// The next connection on the health socket; never, without one.
+async fn accept_health(health: &Option<Listener>) -> io::Result<Stream> {
+    match health {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,6 +36,8 @@ pub struct NotifyMessage {
     pub extend_timeout_usec: Option<u64>,
     /// `MONOTONIC_USEC=`.
     pub monotonic_usec: Option<u64>,
+    /// `WATCHDOG_USEC=`: a new watchdog interval for the sender (0 turns it off).
+    pub watchdog_usec: Option<u64>,
     /// `FDSTORE=1`.
     pub fdstore: bool,
     /// `FDNAME=`.
@@ -115,6 +117,7 @@ fn apply(msg: &mut NotifyMessage, key: &str, value: &str) {
             set_if_some(&mut msg.extend_timeout_usec, parse_decimal::<u64>(value));
         }
         "MONOTONIC_USEC" => set_if_some(&mut msg.monotonic_usec, parse_decimal::<u64>(value)),
+        "WATCHDOG_USEC" => set_if_some(&mut msg.watchdog_usec, parse_decimal::<u64>(value)),
         "FDNAME" if crate::listen::check_fdname(value).is_ok() => {
             msg.fdname = Some(value.to_owned());
         }
@@ -318,6 +321,11 @@ mod tests {
                 "{value:?}"
             );
         }
+        assert_eq!(ok("WATCHDOG_USEC=2500000").watchdog_usec, Some(2_500_000));
+        assert_eq!(ok("WATCHDOG_USEC=0").watchdog_usec, Some(0));
+        for value in ["", "-1", "+5", "1s", "99999999999999999999999"] {
+            assert_eq!(ok(&format!("WATCHDOG_USEC={value}")).watchdog_usec, None);
+        }
     }
 
     #[test]
@@ -502,7 +510,7 @@ mod tests {
         let msg = ok(
             "READY=1\nSTATUS=Up\nMAINPID=7\nERRNO=0\nEXTEND_TIMEOUT_USEC=1\n\
                       MONOTONIC_USEC=2\nFDSTORE=1\nFDNAME=s\nBARRIER=1\nRELOADING=1\n\
-                      STOPPING=1\nWATCHDOG=1\nWATCHDOG=trigger\n",
+                      STOPPING=1\nWATCHDOG=1\nWATCHDOG=trigger\nWATCHDOG_USEC=3\n",
         );
         assert_eq!(
             msg,
@@ -518,6 +526,7 @@ mod tests {
                 main_pid: Some(7),
                 extend_timeout_usec: Some(1),
                 monotonic_usec: Some(2),
+                watchdog_usec: Some(3),
                 fdstore: true,
                 fdname: Some("s".into()),
             }
@@ -542,25 +551,29 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
             proptest::option::of("[ -9;-~]{1,40}"),
+            proptest::option::of(any::<u64>()),
         );
-        (flags, values).prop_map(|(f, (status, errno, main_pid, extend, mono, fdname))| {
-            let flag = |i: usize| f.get(i).copied().unwrap_or(false);
-            NotifyMessage {
-                ready: flag(0),
-                reloading: flag(1),
-                stopping: flag(2),
-                watchdog: flag(3),
-                watchdog_trigger: flag(4),
-                barrier: flag(5),
-                fdstore: flag(6),
-                status,
-                errno,
-                main_pid,
-                extend_timeout_usec: extend,
-                monotonic_usec: mono,
-                fdname,
-            }
-        })
+        (flags, values).prop_map(
+            |(f, (status, errno, main_pid, extend, mono, fdname, watchdog_usec))| {
+                let flag = |i: usize| f.get(i).copied().unwrap_or(false);
+                NotifyMessage {
+                    ready: flag(0),
+                    reloading: flag(1),
+                    stopping: flag(2),
+                    watchdog: flag(3),
+                    watchdog_trigger: flag(4),
+                    barrier: flag(5),
+                    fdstore: flag(6),
+                    status,
+                    errno,
+                    main_pid,
+                    extend_timeout_usec: extend,
+                    monotonic_usec: mono,
+                    watchdog_usec,
+                    fdname,
+                }
+            },
+        )
     }
 
     /// Renders a message as the lines a sender would write.
@@ -596,6 +609,9 @@ mod tests {
         if let Some(v) = msg.monotonic_usec {
             lines.push(format!("MONOTONIC_USEC={v}"));
         }
+        if let Some(v) = msg.watchdog_usec {
+            lines.push(format!("WATCHDOG_USEC={v}"));
+        }
         if let Some(v) = &msg.fdname {
             lines.push(format!("FDNAME={v}"));
         }
@@ -616,6 +632,7 @@ mod tests {
             "MAINPID",
             "EXTEND_TIMEOUT_USEC",
             "MONOTONIC_USEC",
+            "WATCHDOG_USEC",
             "FDNAME",
         ];
         let key = prop_oneof![

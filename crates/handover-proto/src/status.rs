@@ -145,6 +145,26 @@ pub struct WorkerStatus {
     /// Its slot fails again and again: restarts wait out a long backoff.
     #[serde(default)]
     pub crash_looping: bool,
+    /// Its health, when it has a health check or a watchdog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthStatus>,
+}
+
+/// A worker's health (`[health]`, `[worker] watchdog`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// `healthy`, `unhealthy` (being replaced), or `unchecked` (no check has ended yet).
+    pub state: String,
+    /// Milliseconds since its last check ended, if one has.
+    pub last_check_ms_ago: Option<u64>,
+    /// Whether that check passed.
+    pub last_passed: Option<bool>,
+    /// Failed checks in a row.
+    pub failures_in_a_row: u32,
+    /// Why the last failed check failed, or why it is unhealthy.
+    pub reason: Option<String>,
+    /// Milliseconds left before its watchdog expires, while it is armed.
+    pub watchdog_left_ms: Option<u64>,
 }
 
 /// One listening socket.
@@ -211,6 +231,14 @@ mod tests {
                         status: Some("serving".into()),
                         failures_in_a_row: 0,
                         crash_looping: false,
+                        health: Some(HealthStatus {
+                            state: "unhealthy".into(),
+                            last_check_ms_ago: Some(300),
+                            last_passed: Some(false),
+                            failures_in_a_row: 3,
+                            reason: Some("timed out after 5.0s".into()),
+                            watchdog_left_ms: None,
+                        }),
                     },
                     WorkerStatus {
                         index: 1,
@@ -223,6 +251,7 @@ mod tests {
                         status: None,
                         failures_in_a_row: 6,
                         crash_looping: true,
+                        health: None,
                     },
                 ],
             }],
@@ -262,9 +291,13 @@ mod tests {
         assert_eq!(worker["state"], "ready");
         assert_eq!(worker["ready_for_ms"], 4000);
         assert_eq!(worker["last_exit"], "exited with code 3");
+        assert_eq!(worker["health"]["state"], "unhealthy");
+        assert_eq!(worker["health"]["failures_in_a_row"], 3);
+        assert_eq!(worker["health"]["reason"], "timed out after 5.0s");
         let waiting = &value["generations"][0]["workers"][1];
         assert!(waiting["pid"].is_null() && waiting["ready_for_ms"].is_null());
         assert_eq!(waiting["crash_looping"], true);
+        assert!(waiting.get("health").is_none(), "no health without a check");
         assert_eq!(waiting["failures_in_a_row"], 6);
         assert_eq!(value["sockets"][0]["fd"], 3);
         assert_eq!(value["logs"][0]["dropped"], 7);

@@ -26,7 +26,10 @@ use std::sync::Arc;
 pub use control::{AbortCause, Command, Outcome, ReloadError, ReloadOverrides};
 pub use driver::{run, RunResult};
 pub use output::{Output, OutputConfig, Rotation, Sink};
-pub use plan::{GenerationSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy, SocketMode};
+pub use plan::{
+    GenerationSpec, HealthCheck, HealthSpec, ListenSocket, Plan, ReadyMode, ReloadPolicy,
+    SocketMode,
+};
 pub use worker::is_reserved_var;
 
 /// Makes the plan of a reload's new generation (re-reading the configuration, binding new

@@ -120,6 +120,61 @@ pub struct GenerationSpec {
     pub backoff_max: Duration,
     /// Ready this long resets the restart delay.
     pub backoff_reset: Duration,
+    /// Each worker must send `WATCHDOG=1` within this once ready (`[worker] watchdog`).
+    pub watchdog: Option<Duration>,
+    /// The liveness check of each ready worker (`[health]`).
+    pub health: Option<HealthSpec>,
+}
+
+/// A liveness check, run on each ready worker one at a time, and what makes it unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// What is checked.
+    pub check: HealthCheck,
+    /// Pause between the end of one check and the start of the next.
+    pub interval: Duration,
+    /// A check still running after this is given up and counts as failed.
+    pub timeout: Duration,
+    /// This many failed checks in a row make the worker unhealthy.
+    pub failures: u32,
+    /// At most this many workers are replaced for their health at once.
+    pub max_replacing: u32,
+}
+
+/// How a worker's health is checked; each reaches that worker and no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// An HTTP request on the worker's private socket, answered with `status`.
+    Http {
+        /// The name the private socket is passed under (after the configured sockets).
+        socket: String,
+        /// `GET`, `HEAD`, ...
+        method: String,
+        /// The request target, like `/ok`.
+        path: String,
+        /// The status that passes.
+        status: u16,
+    },
+    /// A connection on the worker's private socket that the worker accepts.
+    Connect {
+        /// The name the private socket is passed under.
+        socket: String,
+    },
+    /// A command (with `HANDOVER_WORKER_PID`) that exits 0.
+    Command {
+        /// Its argv.
+        argv: Vec<OsString>,
+    },
+}
+
+impl HealthSpec {
+    /// The name of the private socket each worker gets for the check, if the check needs one.
+    pub fn private_socket(&self) -> Option<&str> {
+        match &self.check {
+            HealthCheck::Http { socket, .. } | HealthCheck::Connect { socket } => Some(socket),
+            HealthCheck::Command { .. } => None,
+        }
+    }
 }
 
 /// How reloads run.

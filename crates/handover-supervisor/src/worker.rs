@@ -41,14 +41,22 @@ pub fn is_reserved_var(key: &[u8]) -> bool {
         || key.starts_with(b"HANDOVER_")
 }
 
-/// The complete environment of a worker, except `LISTEN_PID` (the stub adds its own pid).
+/// The complete environment of a worker, except `LISTEN_PID` and `WATCHDOG_PID` (the stub
+/// adds its own pid). `private`: the name of the health check socket passed after the
+/// others.
 pub(crate) fn worker_env(
     spec: &GenerationSpec,
     generation: u64,
     index: u32,
     notify_path: &std::path::Path,
+    private: Option<&str>,
 ) -> Vec<CString> {
-    let names: Vec<&str> = spec.sockets.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = spec
+        .sockets
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(private)
+        .collect();
     let fds = handover_proto::fdmap::build(&names);
     let mut env: Vec<CString> = Vec::with_capacity(spec.env.len() + 8);
     let mut push = |key: &[u8], value: &[u8]| {
@@ -78,5 +86,11 @@ pub(crate) fn worker_env(
     push(b"HANDOVER_WORKER", index.to_string().as_bytes());
     push(b"HANDOVER_GENERATION", generation.to_string().as_bytes());
     push(b"NOTIFY_SOCKET", notify_path.as_os_str().as_encoded_bytes());
+    if let Some(watchdog) = spec.watchdog {
+        push(
+            b"WATCHDOG_USEC",
+            watchdog.as_micros().to_string().as_bytes(),
+        );
+    }
     env
 }

@@ -4,8 +4,8 @@
 //! staging fd range. It moves them to 3.., closes every other fd above the standard ones,
 //! drops privileges (supplementary groups, then gid, then uid), sets the parent-death signal
 //! *after* the uid change (which would clear it) and re-checks that handover is still its
-//! parent, adds `LISTEN_PID` with its own pid (which the worker keeps across exec), and execs
-//! the worker. Any failure is written to the status fd and the stub exits with 127.
+//! parent, adds `LISTEN_PID` (and `WATCHDOG_PID` with `WATCHDOG_USEC`) with its own pid
+//! (which the worker keeps across exec), and execs the worker. Any failure is written to the status fd and the stub exits with 127.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
@@ -272,10 +272,12 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
     let pid = nix::unistd::getpid().as_raw();
     let mut envp: Vec<CString> = Vec::with_capacity(env.len() + 1);
     let mut path_var: Option<OsString> = None;
+    let mut watchdog = false;
     for (key, value) in env {
-        if key.as_bytes() == b"LISTEN_PID" {
+        if key.as_bytes() == b"LISTEN_PID" || key.as_bytes() == b"WATCHDOG_PID" {
             continue;
         }
+        watchdog |= key.as_bytes() == b"WATCHDOG_USEC";
         if key.as_bytes() == b"PATH" {
             path_var = Some(value.clone());
         }
@@ -287,6 +289,10 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
         }
     }
     envp.push(CString::new(format!("LISTEN_PID={pid}")).expect("no NUL in a number"));
+    if watchdog {
+        // As systemd does: the watchdog is meant for this pid, not for its children.
+        envp.push(CString::new(format!("WATCHDOG_PID={pid}")).expect("no NUL in a number"));
+    }
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
 

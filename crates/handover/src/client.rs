@@ -212,6 +212,31 @@ pub(crate) fn render_status(status: &Status) -> String {
                 worker.index, worker.failures_in_a_row
             ));
         }
+        for worker in &generation.workers {
+            let Some(health) = &worker.health else {
+                continue;
+            };
+            let pid = worker
+                .pid
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default();
+            let mut line = format!("  worker {}{pid} is {}", worker.index, health.state);
+            if let (Some(ago), Some(passed)) = (health.last_check_ms_ago, health.last_passed) {
+                let how = if passed { "passed" } else { "failed" };
+                line.push_str(&format!(", last check {how} {} ago", ms(Some(ago))));
+            }
+            if health.failures_in_a_row > 0 {
+                line.push_str(&format!(", {} failed in a row", health.failures_in_a_row));
+            }
+            if let Some(left) = health.watchdog_left_ms {
+                line.push_str(&format!(", watchdog due in {}", ms(Some(left))));
+            }
+            if let Some(reason) = &health.reason {
+                line.push_str(&format!(": {reason}"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
     }
     out
 }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use handover_supervisor::{
-    is_reserved_var, GenerationSpec, ListenSocket, ReadyMode, ReloadOverrides, ReloadPolicy,
+    is_reserved_var, GenerationSpec, HealthCheck, HealthSpec, ListenSocket, ReadyMode,
+    ReloadOverrides, ReloadPolicy,
 };
 use handover_sys::spawn::WorkerExec;
 
@@ -140,6 +141,7 @@ impl SpecContext {
                 timeout: check.timeout,
             },
         };
+        let health = health_spec(config, &sockets)?;
         Ok(Arc::new(GenerationSpec {
             exec: WorkerExec {
                 argv: worker.command.iter().map(OsString::from).collect(),
@@ -160,8 +162,52 @@ impl SpecContext {
             backoff_initial: worker.backoff_initial,
             backoff_max: worker.backoff_max,
             backoff_reset: worker.backoff_reset,
+            watchdog: worker.watchdog,
+            health,
         }))
     }
+}
+
+/// The health check of `[health]`. Its private socket is passed after the others, under a
+/// name none of them has: an app finds it by name, and one name must mean one socket.
+fn health_spec(config: &Config, sockets: &[ListenSocket]) -> Result<Option<HealthSpec>, String> {
+    let Some(health) = &config.health else {
+        return Ok(None);
+    };
+    let check = match &health.check {
+        config::HealthCheckConfig::Http {
+            socket,
+            method,
+            path,
+            status,
+        } => HealthCheck::Http {
+            socket: socket.clone(),
+            method: method.clone(),
+            path: path.clone(),
+            status: *status,
+        },
+        config::HealthCheckConfig::Connect { socket } => HealthCheck::Connect {
+            socket: socket.clone(),
+        },
+        config::HealthCheckConfig::Command { argv } => HealthCheck::Command {
+            argv: argv.iter().map(OsString::from).collect(),
+        },
+    };
+    if let HealthCheck::Http { socket, .. } | HealthCheck::Connect { socket } = &check {
+        if sockets.iter().any(|s| &s.name == socket) {
+            return Err(format!(
+                "health.socket: {socket:?} is already the name of a listening socket; the \
+                 health check's private socket needs a name of its own (set health.socket)"
+            ));
+        }
+    }
+    Ok(Some(HealthSpec {
+        check,
+        interval: health.interval,
+        timeout: health.timeout,
+        failures: health.failures,
+        max_replacing: health.max_replacing,
+    }))
 }
 
 /// The socket a `ready = "http"` or `"connect"` check goes to: the one named, else the

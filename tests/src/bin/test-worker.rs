@@ -67,6 +67,11 @@ usage: handover-test-worker [OPTIONS]
                            frameworks that batch accepts: SIGTERM drops what is unread
   --answer-delay-ms MS     the delay before a batch is answered (default 20)
   --stop-flag              SIGTERM only sets a flag, seen after the next accept() returns
+  --drain                  with --serve: on SIGTERM stop accepting, finish the connections
+                           accepted, then exit 0 (a worker that drains politely)
+  --health-until PREFIX    answer HTTP on the socket named \"health\" until PREFIX.PID exists
+                           (PID: its own), then accept no more there (the socket stays open)
+  --watchdog-until PREFIX  send WATCHDOG=1 every WATCHDOG_USEC/4 until PREFIX.PID exists
                            (a server blocked in accept(), like Werkzeug's development one)
   --notify-raw HEX         send this hex-encoded datagram to NOTIFY_SOCKET (repeatable)
   --notify-raw-repeat N    send each raw datagram N times (1..=1000000)
@@ -169,6 +174,9 @@ struct Config {
     accept_batch: usize,
     answer_delay_ms: u64,
     stop_flag: bool,
+    health_until: Option<PathBuf>,
+    drain: bool,
+    watchdog_until: Option<PathBuf>,
     notify_raw: Vec<Vec<u8>>,
     notify_raw_repeat: u64,
     output: Output,
@@ -254,6 +262,9 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
                     .ok_or("--answer-delay-ms takes a number of milliseconds")?
             }
             "--stop-flag" => cfg.stop_flag = true,
+            "--drain" => cfg.drain = true,
+            "--health-until" => cfg.health_until = Some(PathBuf::from(value("a path")?)),
+            "--watchdog-until" => cfg.watchdog_until = Some(PathBuf::from(value("a path")?)),
             "--notify-raw" => {
                 let hex = value("hex bytes")?;
                 cfg.notify_raw.push(
@@ -409,7 +420,7 @@ fn run(cfg: &Config, start: Instant) -> c_int {
     if cfg.ignore_term {
         // SAFETY: setting a signal disposition to the constant SIG_IGN.
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
-    } else if cfg.stop_flag {
+    } else if cfg.stop_flag || cfg.drain {
         install_flag_handler();
     } else {
         install_term_handler();
@@ -421,7 +432,18 @@ fn run(cfg: &Config, start: Instant) -> c_int {
         send_raw_repeated(me, datagram, cfg.notify_raw_repeat);
     }
     if cfg.serve {
-        start_serving(me, cfg.accept_batch, cfg.answer_delay_ms);
+        start_serving(me, cfg.accept_batch, cfg.answer_delay_ms, cfg.drain);
+    }
+    let own = |prefix: &PathBuf| {
+        let mut path = prefix.clone().into_os_string();
+        path.push(format!(".{me}"));
+        PathBuf::from(path)
+    };
+    if let Some(prefix) = &cfg.health_until {
+        serve_health(me, own(prefix));
+    }
+    if let Some(prefix) = &cfg.watchdog_until {
+        ping_watchdog(me, own(prefix));
     }
     if cfg.output.any() {
         let output = cfg.output.clone();
@@ -1259,7 +1281,7 @@ enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-fn start_serving(me: u32, batch: usize, delay_ms: u64) {
+fn start_serving(me: u32, batch: usize, delay_ms: u64, drain: bool) {
     if !fd_is_open(3) {
         log!("test-worker {me}: --serve given but fd 3 is not open");
         return;
@@ -1290,6 +1312,8 @@ fn start_serving(me: u32, batch: usize, delay_ms: u64) {
         .spawn(move || {
             if batch > 0 {
                 batch_loop(me, listener, batch, Duration::from_millis(delay_ms))
+            } else if drain {
+                drain_loop(me, listener)
             } else {
                 accept_loop(me, listener)
             }
@@ -1300,6 +1324,72 @@ fn start_serving(me: u32, batch: usize, delay_ms: u64) {
 }
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The fd of the socket named `name` in `LISTEN_FDNAMES`.
+fn named_fd(name: &str) -> Option<RawFd> {
+    let names = std::env::var("LISTEN_FDNAMES").ok()?;
+    let index = names.split(':').position(|n| n == name)?;
+    Some(3 + index as RawFd)
+}
+
+/// `--health-until`: answers on the "health" socket, one connection at a time, until the
+/// file exists; then accepts no more, keeping the socket open.
+fn serve_health(me: u32, until: PathBuf) {
+    let Some(fd) = named_fd("health") else {
+        log!("test-worker {me}: --health-until given but no socket is named health");
+        return;
+    };
+    // SAFETY: the fd is a listening socket passed by the activation protocol under this
+    // name; nothing else in this process uses it, and it is wrapped exactly once.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let spawned = std::thread::Builder::new()
+        .name("health".to_owned())
+        .spawn(move || {
+            let mut errors = 0;
+            while errors < MAX_ACCEPT_ERRORS {
+                match listener.accept() {
+                    Ok(_) if until.exists() => {
+                        log!("test-worker {me}: no longer answering health checks");
+                        let _keep = listener;
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                    }
+                    Ok((conn, _)) => answer(me, Box::new(conn)),
+                    Err(_) => errors += 1,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log!("test-worker {me}: cannot start the health thread: {e}");
+    }
+}
+
+/// `--watchdog-until`: keeps the watchdog fed until the file exists.
+fn ping_watchdog(me: u32, until: PathBuf) {
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        log!("test-worker {me}: --watchdog-until given but WATCHDOG_USEC is not set");
+        return;
+    };
+    let pid_matches = std::env::var("WATCHDOG_PID").ok() == Some(me.to_string());
+    log!("test-worker {me}: WATCHDOG_USEC={usec}, WATCHDOG_PID is mine: {pid_matches}");
+    let spawned = std::thread::Builder::new()
+        .name("watchdog".to_owned())
+        .spawn(move || {
+            let deadline = Instant::now() + MAX_LIFETIME;
+            while !until.exists() && Instant::now() < deadline {
+                let _ = send_notify(b"WATCHDOG=1");
+                std::thread::sleep(Duration::from_micros(usec / 4));
+            }
+            log!("test-worker {me}: no longer sending WATCHDOG=1");
+        });
+    if let Err(e) = spawned {
+        log!("test-worker {me}: cannot start the watchdog thread: {e}");
+    }
+}
 
 fn accept_loop(me: u32, listener: Listener) {
     let mut errors = 0u32;
@@ -1341,6 +1431,78 @@ fn accept_loop(me: u32, listener: Listener) {
         }
     }
     log!("test-worker {me}: too many accept errors, no longer serving");
+}
+
+/// Milliseconds since start of the last accept, for `--drain`.
+static LAST_ACCEPT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `--drain`: serves every connection it accepts; once told to stop, accepts no more and
+/// exits when the last one is answered. It waits for the socket with poll() first, so a
+/// stop while no connection comes is seen at once (the socket's flags are shared with the
+/// supervisor and the other workers, so it stays blocking); a connection another worker took
+/// first leaves it in accept() until the next, which under load comes at once, and without
+/// load the exit below does not wait for it.
+fn drain_loop(me: u32, listener: Listener) {
+    let fd = match &listener {
+        Listener::Tcp(l) => std::os::fd::AsRawFd::as_raw_fd(l),
+        Listener::Unix(l) => std::os::fd::AsRawFd::as_raw_fd(l),
+    };
+    let start = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("drain".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(10));
+            let idle = (start.elapsed().as_millis() as u64)
+                .saturating_sub(LAST_ACCEPT_MS.load(Ordering::SeqCst));
+            if STOP.load(Ordering::SeqCst) && ACTIVE.load(Ordering::SeqCst) == 0 && idle > 300 {
+                log!("test-worker {me}: drained; exiting");
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = spawned {
+        log!("test-worker {me}: cannot start the drain thread: {e}");
+    }
+    let mut errors = 0u32;
+    while errors < MAX_ACCEPT_ERRORS && !STOP.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+            continue;
+        }
+        let accepted: io::Result<Box<dyn Conn>> = match &listener {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn Conn>),
+            Listener::Unix(l) => l.accept().map(|(s, _)| Box::new(s) as Box<dyn Conn>),
+        };
+        LAST_ACCEPT_MS.store(start.elapsed().as_millis() as u64, Ordering::SeqCst);
+        match accepted {
+            Ok(conn) => {
+                errors = 0;
+                ACTIVE.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    answer(me, conn);
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                });
+                if spawned.is_err() {
+                    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                log!("test-worker {me}: accept failed: {e}");
+            }
+        }
+    }
+    if STOP.load(Ordering::SeqCst) {
+        log!("test-worker {me}: told to stop; no longer accepting");
+    }
+    // The listener stays open (dropping it would close only our copy anyway) until exit.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// What `answer` needs from a TCP or unix stream.

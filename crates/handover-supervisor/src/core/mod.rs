@@ -17,6 +17,7 @@
 //! - `stop`: stop signals, stopping single workers, escalation to SIGKILL;
 //! - `snapshot`: what `status` and the SIGUSR2 dump show.
 
+mod health;
 pub(crate) mod model;
 mod ready;
 mod reload;
@@ -104,6 +105,12 @@ pub(crate) enum Input {
         worker: WorkerId,
         result: Result<(), String>,
     },
+    /// A health check that [`Action::StartHealth`] asked for ended (also when it was
+    /// killed, or could not start): passed, or why not.
+    HealthChecked {
+        worker: WorkerId,
+        result: Result<(), String>,
+    },
     /// A control request; answers go to `client`.
     Control { client: ClientId, request: Request },
     /// SIGHUP.
@@ -152,6 +159,11 @@ pub(crate) enum Action {
     StartProbe { worker: WorkerId },
     /// Kill the worker's running probe (its process group).
     KillProbe { worker: WorkerId },
+    /// Run one health check of the worker; report [`Input::HealthChecked`] exactly once.
+    StartHealth { worker: WorkerId },
+    /// Give up the worker's running health check (kill its process group); its
+    /// [`Input::HealthChecked`] still follows.
+    KillHealth { worker: WorkerId },
     /// Tell systemd.
     Notify(Notice),
     /// Answer a control client. A `status` answer's `logs` is for the driver to fill.
@@ -372,6 +384,7 @@ impl Core {
             Input::ProbeFailed { worker, error } => self.probe_failed(now, worker, error),
             Input::ProbeExited { worker, status } => self.probe_exited(now, worker, status),
             Input::ProbeChecked { worker, result } => self.probe_checked(now, worker, result),
+            Input::HealthChecked { worker, result } => self.health_checked(now, worker, result),
             Input::Control { client, request } => self.control(now, client, request),
             Input::Reload => self.signal_reload(now),
             Input::Stop(name) => self.stop_signal(now, name),
@@ -401,6 +414,11 @@ impl Core {
                 _ => None,
             };
             let drops = w.drops.as_ref().map(|d| d.until);
+            let health = match w.health.check {
+                model::Check::Due(at) => Some(at),
+                model::Check::Running { deadline } => Some(deadline),
+                _ => None,
+            };
             let probe = match w.probe {
                 model::Probe::Due(at) if w.is_starting() => Some(at),
                 model::Probe::Running {
@@ -409,7 +427,12 @@ impl Core {
                 } => Some(deadline),
                 _ => None,
             };
-            state.into_iter().chain(probe).chain(drops)
+            state
+                .into_iter()
+                .chain(probe)
+                .chain(drops)
+                .chain(health)
+                .chain(w.health.watchdog_deadline)
         });
         let generations = self.model.generations.values().flat_map(|g| {
             g.handover
@@ -534,6 +557,7 @@ impl Core {
 
     fn deadlines(&mut self, now: Instant) {
         self.probe_deadlines(now);
+        self.health_deadlines(now);
         let summaries: Vec<WorkerId> = self
             .model
             .workers
@@ -589,7 +613,7 @@ impl Core {
     }
 
     /// Sends `WATCHDOG=1` if handover is healthy: its loop runs (this is it) and, when
-    /// `watchdog_min_workers` is set, enough serving workers are ready.
+    /// `watchdog_min_workers` is set, enough serving workers are ready and healthy.
     fn watchdog_tick(&mut self) {
         let min = self.watchdog_min_workers as usize;
         let healthy = self.phase != Phase::Running
@@ -597,13 +621,13 @@ impl Core {
             || self
                 .model
                 .current()
-                .is_some_and(|g| self.model.ready_count(g.id) >= min);
+                .is_some_and(|g| self.model.healthy_count(g.id) >= min);
         if healthy {
             self.notify(Notice::Watchdog);
         } else {
             self.log(
                 Level::Warn,
-                format!("fewer than {min} workers ready: not sending WATCHDOG=1"),
+                format!("fewer than {min} workers ready and healthy: not sending WATCHDOG=1"),
                 Fields::none(),
             );
         }
@@ -616,8 +640,18 @@ impl Core {
         let Some(gen) = self.model.current() else {
             return "no workers".into();
         };
+        let unhealthy = self
+            .model
+            .workers_of(gen.id)
+            .filter(|w| w.health.unhealthy.is_some() && w.pid.is_some())
+            .count();
+        let unhealthy = if unhealthy > 0 {
+            format!(", {unhealthy} unhealthy")
+        } else {
+            String::new()
+        };
         format!(
-            "{}/{} workers ready, generation {}",
+            "{}/{} workers ready{unhealthy}, generation {}",
             self.model.ready_count(gen.id),
             gen.slots.len(),
             gen.id

@@ -77,6 +77,41 @@ pub(crate) enum Probe {
     Running { deadline: Instant, killed: bool },
 }
 
+/// A health check's progress (`[health]`); at most one runs per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Check {
+    /// None scheduled (no `[health]`, not checked yet, or no longer checked).
+    #[default]
+    Idle,
+    /// The next check starts at this moment.
+    Due(Instant),
+    /// Asked of the driver; it has failed (timed out) at `deadline`.
+    Running { deadline: Instant },
+    /// Timed out and killed: its failure is counted, its end is awaited before the next.
+    Killed,
+}
+
+/// A worker's health: its liveness check and its watchdog.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Health {
+    pub check: Check,
+    /// Failed checks in a row.
+    pub failures: u32,
+    /// When the last check ended, and how.
+    pub last: Option<(Instant, Result<(), String>)>,
+    /// Ready by its own means, it waits for its first check to pass before it counts as
+    /// ready: how it became ready, for the log line.
+    pub awaiting: Option<String>,
+    /// Its first check passed.
+    pub passed: bool,
+    /// Why it is unhealthy, once it is.
+    pub unhealthy: Option<String>,
+    /// The watchdog interval in force (`WATCHDOG_USEC=` changes it).
+    pub watchdog: Option<std::time::Duration>,
+    /// When the watchdog expires, while it is armed (from ready on).
+    pub watchdog_deadline: Option<Instant>,
+}
+
 /// One worker: a process, or the plan of one.
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -99,6 +134,7 @@ pub(crate) struct Worker {
     pub last_probe: Option<String>,
     /// Notifications dropped lately: the first one is logged, the rest counted.
     pub drops: Option<Drops>,
+    pub health: Health,
 }
 
 /// Dropped notifications of one worker since the last line about them.
@@ -226,6 +262,19 @@ impl Model {
             .iter()
             .filter_map(|slot| slot.worker.and_then(|id| self.workers.get(&id)))
             .filter(|w| w.is_ready())
+            .count()
+    }
+
+    /// How many of the workers filling a generation's slots are ready and not unhealthy:
+    /// what the watchdog fan-in to systemd counts.
+    pub(crate) fn healthy_count(&self, generation: u64) -> usize {
+        let Some(gen) = self.generations.get(&generation) else {
+            return 0;
+        };
+        gen.slots
+            .iter()
+            .filter_map(|slot| slot.worker.and_then(|id| self.workers.get(&id)))
+            .filter(|w| w.is_ready() && w.health.unhealthy.is_none())
             .count()
     }
 

@@ -142,6 +142,15 @@ impl Core {
         if let Some(status) = message.status {
             worker.status = Some(status);
         }
+        if message.watchdog || message.watchdog_trigger || message.watchdog_usec.is_some() {
+            self.watchdog_notified(
+                now,
+                id,
+                message.watchdog,
+                message.watchdog_trigger,
+                message.watchdog_usec,
+            );
+        }
         if message.ready {
             self.mark_ready(now, id, "worker ready");
         }
@@ -204,8 +213,15 @@ impl Core {
         if !worker.is_starting() {
             return;
         }
+        if self.health_gate(now, id, how) {
+            return;
+        }
+        let Some(worker) = self.model.workers.get_mut(&id) else {
+            return;
+        };
         worker.state = WorkerState::Ready { since: now };
         let (generation, index) = (worker.generation, worker.index);
+        self.arm_watchdog(now, id);
         let fields = self.fields_of(id);
         self.log(Level::Info, how.to_string(), fields);
         // Workers that went offline from this slot may stop now that it serves again.
@@ -216,8 +232,13 @@ impl Core {
                 .map(|slot| std::mem::take(&mut slot.offline))
                 .unwrap_or_default();
             let drain = self.policy.drain_timeout;
+            let replaced = !offline.is_empty();
             for old in offline {
                 self.ask_to_stop(now, old, Some(drain));
+            }
+            if replaced {
+                // Room for the next unhealthy worker's replacement.
+                self.replace_unhealthy(now);
             }
         }
         self.on_worker_ready(now, generation);

@@ -4,10 +4,11 @@
 use std::time::Instant;
 
 use handover_proto::status::{
-    GenerationStatus, Phase as PublicPhase, SocketStatus, Status, WorkerStatus, STATUS_VERSION,
+    GenerationStatus, HealthStatus, Phase as PublicPhase, SocketStatus, Status, WorkerStatus,
+    STATUS_VERSION,
 };
 
-use super::model::{GenState, Phase, Slot, WorkerState};
+use super::model::{GenState, Phase, Slot, Worker, WorkerState};
 use super::{Core, Fields, Level, Notice, CRASH_LOOP_FAILURES};
 
 impl Core {
@@ -52,6 +53,7 @@ impl Core {
                             status: w.status.clone(),
                             failures_in_a_row: failures,
                             crash_looping: failures >= CRASH_LOOP_FAILURES,
+                            health: health_status(w, now),
                         }
                     })
                     .collect(),
@@ -141,4 +143,35 @@ impl Core {
         self.notify(Notice::Status(status));
         Ok(())
     }
+}
+
+/// A worker's health as status shows it; `None` without a check or a watchdog.
+fn health_status(w: &Worker, now: Instant) -> Option<HealthStatus> {
+    if w.spec.health.is_none() && w.health.watchdog.is_none() && w.spec.watchdog.is_none() {
+        return None;
+    }
+    let last = w.health.last.as_ref();
+    let state = if w.health.unhealthy.is_some() {
+        "unhealthy"
+    } else if last.is_some() || w.is_ready() {
+        "healthy"
+    } else {
+        "unchecked"
+    };
+    let reason = w.health.unhealthy.clone().or_else(|| match last {
+        Some((_, Err(why))) => Some(why.clone()),
+        _ => None,
+    });
+    Some(HealthStatus {
+        state: state.into(),
+        last_check_ms_ago: last
+            .map(|(at, _)| now.saturating_duration_since(*at).as_millis() as u64),
+        last_passed: last.map(|(_, result)| result.is_ok()),
+        failures_in_a_row: w.health.failures,
+        reason,
+        watchdog_left_ms: w
+            .health
+            .watchdog_deadline
+            .map(|at| at.saturating_duration_since(now).as_millis() as u64),
+    })
 }

@@ -57,6 +57,7 @@ impl Core {
         let id = self.model.next_worker;
         self.model.next_worker += 1;
         let spec = gen.spec.clone();
+        let spec_watchdog = spec.watchdog;
         if let Some(slot) = gen.slots.get_mut(index as usize) {
             slot.worker = Some(id);
         }
@@ -79,6 +80,10 @@ impl Core {
                 probe: Probe::Idle,
                 last_probe: None,
                 drops: None,
+                health: super::model::Health {
+                    watchdog: spec_watchdog,
+                    ..Default::default()
+                },
             },
         );
         if state == WorkerState::Spawning {
@@ -335,11 +340,15 @@ impl Core {
         }
     }
 
-    /// Forgets a worker (its process is gone or never existed), and kills its probe.
+    /// Forgets a worker (its process is gone or never existed), and kills its probe and its
+    /// health check.
     pub(super) fn drop_worker(&mut self, id: WorkerId) {
         if let Some(worker) = self.model.workers.remove(&id) {
             if matches!(worker.probe, Probe::Running { killed: false, .. }) {
                 self.actions.push(Action::KillProbe { worker: id });
+            }
+            if matches!(worker.health.check, super::model::Check::Running { .. }) {
+                self.actions.push(Action::KillHealth { worker: id });
             }
         }
     }

@@ -4,8 +4,11 @@
 //!
 //! A check reaches the generation, not one particular worker: a generation's workers share
 //! its socket. Each worker counts as ready once a check started after it did has passed.
+//!
+//! Health checks (`[health] check = "http"` or `"connect"`) go the same way to the one
+//! worker that has the private socket handover made for it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +21,8 @@ const STATUS_LINE_MAX: usize = 4096;
 /// How often the `connect` check looks whether its connection was accepted.
 const ACCEPT_POLL: Duration = Duration::from_millis(10);
 
-/// One check; the caller bounds it in time (the probe timeout). `Ok` when it passed.
+/// One readiness check; the caller bounds it in time (the probe timeout). `Ok` when it
+/// passed.
 pub(super) async fn check(
     steering: Arc<Steering>,
     member: Arc<OwnedFd>,
@@ -27,8 +31,38 @@ pub(super) async fn check(
     let stream = steering
         .connect_to(&member)
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let mut stream =
+    let stream =
         tokio::net::TcpStream::from_std(stream).map_err(|e| format!("cannot connect: {e}"))?;
+    let http = http.map(|(path, status)| ("GET".to_owned(), path, status));
+    exchange(stream, http, || {
+        steering.queued(std::slice::from_ref(&member))
+    })
+    .await
+}
+
+/// One health check of the worker listening on `private`; the core bounds it in time.
+pub(super) async fn health(
+    private: super::io::PrivateSocket,
+    http: Option<(String, String, u16)>,
+) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(private.addr)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", private.addr))?;
+    exchange(stream, http, || {
+        handover_sys::steer::queue_len(private.fd.as_fd()).unwrap_or(u32::MAX)
+    })
+    .await
+}
+
+/// Over a connection being made to a listener: with `http` (method, path, status), asks and
+/// reads the status line (at most [`STATUS_LINE_MAX`] bytes, whatever the answer's size);
+/// without, waits until the listener's queue (`queued`) is empty, that is, the connection
+/// was accepted.
+async fn exchange(
+    mut stream: tokio::net::TcpStream,
+    http: Option<(String, String, u16)>,
+    queued: impl Fn() -> u32,
+) -> Result<(), String> {
     // Established (or refused) once writable.
     stream
         .writable()
@@ -37,18 +71,18 @@ pub(super) async fn check(
     if let Some(err) = stream.take_error().ok().flatten() {
         return Err(format!("cannot connect: {err}"));
     }
-    let Some((path, expected)) = http else {
-        // Accepted once nothing waits in the generation's queue: before its promotion, only
-        // handover's own connections go there.
+    let Some((method, path, expected)) = http else {
+        // Accepted once nothing waits in the queue: only handover's own connections go
+        // there (a generation's socket before its promotion, a worker's private socket).
         loop {
-            if steering.queued(std::slice::from_ref(&member)) == 0 {
+            if queued() == 0 {
                 return Ok(());
             }
             tokio::time::sleep(ACCEPT_POLL).await;
         }
     };
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: handover\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: handover\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
@@ -67,6 +101,9 @@ pub(super) async fn check(
         answer.extend_from_slice(&chunk[..n]);
     }
     let status = status_of(&answer).ok_or_else(|| {
+        if answer.is_empty() {
+            return "the connection closed without an answer".to_string();
+        }
         let shown: String = String::from_utf8_lossy(&answer[..answer.len().min(80)]).into();
         format!("not an HTTP answer: {shown:?}")
     })?;

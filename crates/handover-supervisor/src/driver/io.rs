@@ -22,6 +22,26 @@ use crate::worker::{remember, worker_env};
 /// A worker's pipe is read at most this much at a time before other events get their turn.
 pub(super) const READ_BUDGET: usize = 64 * 1024;
 
+/// The listening socket handover made for one worker's health checks (127.0.0.1, a port
+/// of the kernel's choosing), passed to that worker only.
+#[derive(Debug, Clone)]
+pub(super) struct PrivateSocket {
+    pub fd: Arc<std::os::fd::OwnedFd>,
+    pub addr: std::net::SocketAddr,
+}
+
+impl PrivateSocket {
+    fn bind() -> io::Result<PrivateSocket> {
+        // std's sockets are CLOEXEC; the worker gets its own copy at its fd.
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let addr = listener.local_addr()?;
+        Ok(PrivateSocket {
+            fd: Arc::new(listener.into()),
+            addr,
+        })
+    }
+}
+
 /// One worker's descriptors and buffers.
 #[derive(Debug)]
 pub(super) struct WorkerIo {
@@ -40,6 +60,8 @@ pub(super) struct WorkerIo {
     pub stderr_tail: VecDeque<String>,
     /// Tasks watching its fds; aborted when it is dropped.
     watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Its health check socket, with `[health] check = "http"` or `"connect"`.
+    private: Option<PrivateSocket>,
 }
 
 impl Drop for WorkerIo {
@@ -87,11 +109,15 @@ impl WorkerIo {
             })?);
             (Some(read), write)
         };
-        let env = worker_env(&spec, generation, index, notify.path());
+        let private_name = spec.health.as_ref().and_then(|h| h.private_socket());
+        let private = private_name.map(|_| PrivateSocket::bind()).transpose()?;
+        let env = worker_env(&spec, generation, index, notify.path(), private_name);
+        let mut sockets: Vec<_> = spec.sockets.iter().map(|s| s.fd.clone()).collect();
+        sockets.extend(private.as_ref().map(|p| p.fd.clone()));
         let request = SpawnRequest {
             exec: spec.exec.clone(),
             env,
-            sockets: spec.sockets.iter().map(|s| s.fd.clone()).collect(),
+            sockets,
             stdout: Some(stdout_write),
             stderr: Some(stderr_write),
         };
@@ -107,8 +133,14 @@ impl WorkerIo {
             stdout_lines: Lines::default(),
             stderr_tail: VecDeque::new(),
             watchers,
+            private,
         };
         Ok((io, request))
+    }
+
+    /// Its health check socket, if it has one.
+    pub(super) fn private_socket(&self) -> Option<PrivateSocket> {
+        self.private.clone()
     }
 
     pub(super) fn pid(&self) -> Option<i32> {

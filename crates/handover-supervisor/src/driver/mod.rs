@@ -57,6 +57,8 @@ enum Event {
     Readable(WorkerId, Stream),
     ProbeSpawned {
         worker: WorkerId,
+        /// A health check's command, not a readiness probe.
+        health: bool,
         result: std::io::Result<Spawned>,
     },
     Resolved {
@@ -65,6 +67,11 @@ enum Event {
     },
     /// A readiness check ended.
     Checked {
+        worker: WorkerId,
+        result: Result<(), String>,
+    },
+    /// A health check over the worker's private socket ended.
+    HealthChecked {
         worker: WorkerId,
         result: Result<(), String>,
     },
@@ -82,11 +89,15 @@ struct Settings {
     steering: Option<Arc<crate::steering::Steering>>,
 }
 
-/// A readiness probe's process.
+/// A readiness probe's or a health check command's process.
 #[derive(Debug)]
 struct ProbeIo {
     worker: WorkerId,
     pidfd: Pidfd,
+    /// A health check: its end is reported as [`Input::HealthChecked`].
+    health: bool,
+    /// Why the stub could not exec it.
+    exec_error: Option<String>,
 }
 
 /// A reload's plan, made on the planning thread.
@@ -124,6 +135,10 @@ struct Driver {
     probe_spawns_in_flight: usize,
     /// Readiness checks running, by worker.
     checks: BTreeMap<WorkerId, tokio::task::JoinHandle<()>>,
+    /// Health checks over private sockets running, by worker.
+    health_tasks: BTreeMap<WorkerId, tokio::task::JoinHandle<()>>,
+    /// Health check commands given up while their spawn was under way: killed once known.
+    health_kills: std::collections::BTreeSet<WorkerId>,
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Response>>,
     next_client: ClientId,
     /// Inputs that carrying out actions produced, handled next.
@@ -202,6 +217,8 @@ pub async fn run(
         spawns_in_flight: 0,
         probes: BTreeMap::new(),
         probe_spawns_in_flight: 0,
+        health_tasks: BTreeMap::new(),
+        health_kills: std::collections::BTreeSet::new(),
         checks: BTreeMap::new(),
         clients: BTreeMap::new(),
         next_client: 1,
@@ -290,6 +307,28 @@ impl Driver {
                 }
             }
             Action::StartProbe { worker } => self.start_probe(worker),
+            Action::StartHealth { worker } => self.start_health(worker),
+            Action::KillHealth { worker } => {
+                if let Some(task) = self.health_tasks.remove(&worker) {
+                    task.abort();
+                    self.pending.push_back(Input::HealthChecked {
+                        worker,
+                        result: Err("given up".into()),
+                    });
+                }
+                let mut running = false;
+                for (pid, probe) in self.probes.iter().filter(|(_, p)| p.worker == worker) {
+                    if probe.health {
+                        running = true;
+                        let _ = probe.pidfd.send_signal(libc::SIGKILL);
+                        let _ = process::signal_group(*pid, libc::SIGKILL);
+                    }
+                }
+                if !running {
+                    // Its spawn is still under way (or it has ended meanwhile).
+                    self.health_kills.insert(worker);
+                }
+            }
             Action::KillProbe { worker } => {
                 if let Some(task) = self.checks.remove(&worker) {
                     task.abort();
@@ -424,7 +463,41 @@ impl Driver {
             }
             Event::NotifyReadable(worker) => self.read_notifications(worker),
             Event::Readable(worker, stream) => self.read_stream(worker, stream),
-            Event::ProbeSpawned { worker, result } => {
+            Event::ProbeSpawned {
+                worker,
+                health: true,
+                result,
+            } => {
+                self.probe_spawns_in_flight = self.probe_spawns_in_flight.saturating_sub(1);
+                let killed = self.health_kills.remove(&worker);
+                match result {
+                    Ok(spawned) => {
+                        if killed {
+                            let _ = spawned.pidfd.send_signal(libc::SIGKILL);
+                            let _ = process::signal_group(spawned.pid, libc::SIGKILL);
+                        }
+                        self.probes.insert(
+                            spawned.pid,
+                            ProbeIo {
+                                worker,
+                                pidfd: spawned.pidfd,
+                                health: true,
+                                exec_error: spawned.exec_error,
+                            },
+                        );
+                    }
+                    Err(err) => self.input(Input::HealthChecked {
+                        worker,
+                        result: Err(format!("could not start: {err}")),
+                    }),
+                }
+                self.reap();
+            }
+            Event::ProbeSpawned {
+                worker,
+                health: false,
+                result,
+            } => {
                 self.probe_spawns_in_flight = self.probe_spawns_in_flight.saturating_sub(1);
                 match result {
                     Ok(spawned) => {
@@ -433,6 +506,8 @@ impl Driver {
                             ProbeIo {
                                 worker,
                                 pidfd: spawned.pidfd,
+                                health: false,
+                                exec_error: None,
                             },
                         );
                         self.input(Input::ProbeStarted {
@@ -451,6 +526,11 @@ impl Driver {
             Event::Checked { worker, result } => {
                 if self.checks.remove(&worker).is_some() {
                     self.input(Input::ProbeChecked { worker, result });
+                }
+            }
+            Event::HealthChecked { worker, result } => {
+                if self.health_tasks.remove(&worker).is_some() {
+                    self.input(Input::HealthChecked { worker, result });
                 }
             }
         }
@@ -572,7 +652,13 @@ impl Driver {
                 exec_error: None,
             });
         }
-        let request = match reaper::probe_request(io) {
+        let crate::plan::ReadyMode::Probe { argv, .. } = &io.spec.ready else {
+            return self.pending.push_back(Input::ProbeFailed {
+                worker,
+                error: "not in probe mode".into(),
+            });
+        };
+        let request = match reaper::probe_request(io, argv) {
             Ok(request) => request,
             Err(error) => {
                 return self.pending.push_back(Input::ProbeFailed { worker, error });
@@ -581,8 +667,90 @@ impl Driver {
         self.probe_spawns_in_flight += 1;
         let events = self.events.clone();
         self.spawner.spawn(request, move |result| {
-            let _ = events.send(Event::ProbeSpawned { worker, result });
+            let _ = events.send(Event::ProbeSpawned {
+                worker,
+                health: false,
+                result,
+            });
         });
+    }
+
+    /// One health check of `worker`: a request or connection to its private socket, or its
+    /// command. Whatever happens, one [`Input::HealthChecked`] follows.
+    fn start_health(&mut self, worker: WorkerId) {
+        use crate::plan::HealthCheck;
+        let Some(io) = self.workers.get(&worker) else {
+            return self.pending.push_back(Input::HealthChecked {
+                worker,
+                result: Err("the worker is gone".into()),
+            });
+        };
+        let Some(health) = io.spec.health.as_ref() else {
+            return self.pending.push_back(Input::HealthChecked {
+                worker,
+                result: Err("no health check is configured".into()),
+            });
+        };
+        match &health.check {
+            HealthCheck::Command { argv } => {
+                let request = match reaper::probe_request(io, argv) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        return self.pending.push_back(Input::HealthChecked {
+                            worker,
+                            result: Err(error),
+                        })
+                    }
+                };
+                self.probe_spawns_in_flight += 1;
+                let events = self.events.clone();
+                self.spawner.spawn(request, move |result| {
+                    let _ = events.send(Event::ProbeSpawned {
+                        worker,
+                        health: true,
+                        result,
+                    });
+                });
+            }
+            HealthCheck::Http {
+                method,
+                path,
+                status,
+                ..
+            } => {
+                let Some(private) = io.private_socket() else {
+                    return self.pending.push_back(Input::HealthChecked {
+                        worker,
+                        result: Err("the worker has no private socket".into()),
+                    });
+                };
+                let http = Some((method.clone(), path.clone(), *status));
+                self.spawn_health_task(worker, private, http);
+            }
+            HealthCheck::Connect { .. } => {
+                let Some(private) = io.private_socket() else {
+                    return self.pending.push_back(Input::HealthChecked {
+                        worker,
+                        result: Err("the worker has no private socket".into()),
+                    });
+                };
+                self.spawn_health_task(worker, private, None);
+            }
+        }
+    }
+
+    fn spawn_health_task(
+        &mut self,
+        worker: WorkerId,
+        private: io::PrivateSocket,
+        http: Option<(String, String, u16)>,
+    ) {
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            let result = check::health(private, http).await;
+            let _ = events.send(Event::HealthChecked { worker, result });
+        });
+        self.health_tasks.insert(worker, task);
     }
 
     /// Warns when records for the sentinel were lost (its pipe full, or it is gone).

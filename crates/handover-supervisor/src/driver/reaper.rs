@@ -12,7 +12,6 @@ use super::{Driver, MAX_SENTINEL_RESTARTS, ORPHAN_GRACE};
 use crate::core::model::WorkerId;
 use crate::core::Input;
 use crate::output::Stream;
-use crate::plan::ReadyMode;
 use crate::worker::is_reserved_var;
 
 impl Driver {
@@ -94,10 +93,22 @@ impl Driver {
         let _ = process::signal_group(pid, libc::SIGKILL);
         self.forget_group(pid);
         let _ = process::reap(pid);
-        self.input(Input::ProbeExited {
-            worker: probe.worker,
-            status,
-        });
+        if probe.health {
+            let result = match probe.exec_error {
+                Some(err) => Err(format!("could not start: {err}")),
+                None if status.success() => Ok(()),
+                None => Err(status.to_string()),
+            };
+            self.input(Input::HealthChecked {
+                worker: probe.worker,
+                result,
+            });
+        } else {
+            self.input(Input::ProbeExited {
+                worker: probe.worker,
+                status,
+            });
+        }
     }
 
     /// At the very end of a clean stop: closes the sentinel's pipe and reaps it, so that
@@ -208,13 +219,13 @@ impl Driver {
     }
 }
 
-/// The spawn request of one readiness probe: its command, as the worker's user, in its
-/// directory, with its environment (minus the socket variables) and `HANDOVER_WORKER_PID`;
-/// output discarded, so a chatty probe costs no memory.
-pub(super) fn probe_request(io: &WorkerIo) -> Result<SpawnRequest, String> {
-    let ReadyMode::Probe { argv, .. } = &io.spec.ready else {
-        return Err("not in probe mode".into());
-    };
+/// The spawn request of one readiness probe or health check command (`argv`): as the
+/// worker's user, in its directory, with its environment (minus the socket variables) and
+/// `HANDOVER_WORKER_PID`; output discarded, so a chatty probe costs no memory.
+pub(super) fn probe_request(
+    io: &WorkerIo,
+    argv: &[std::ffi::OsString],
+) -> Result<SpawnRequest, String> {
     let Some(pid) = io.pid() else {
         return Err("the worker has no pid yet".into());
     };
@@ -242,7 +253,7 @@ pub(super) fn probe_request(io: &WorkerIo) -> Result<SpawnRequest, String> {
         (Err(e), _) | (_, Err(e)) => return Err(format!("could not start: {e}")),
     };
     let mut exec = io.spec.exec.clone();
-    exec.argv = argv.clone();
+    exec.argv = argv.to_vec();
     Ok(SpawnRequest {
         exec,
         env,

@@ -13,6 +13,7 @@ mod control;
 mod document;
 mod grammar;
 mod handover;
+mod health;
 mod logs;
 mod reload;
 mod sockets;
@@ -29,6 +30,7 @@ pub(crate) use control::ControlConfig;
 pub(crate) use document::ConfigError;
 pub(crate) use grammar::parse_cli_duration;
 pub(crate) use handover::HandoverSection;
+pub(crate) use health::{HealthCheckConfig, HealthConfig};
 pub(crate) use logs::{LogSink, LogsConfig};
 pub(crate) use reload::{ReloadConfig, Strategy};
 pub(crate) use sockets::{ListenAddress, SocketConfig};
@@ -47,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) sockets: Vec<SocketConfig>,
     /// `[worker]`.
     pub(crate) worker: WorkerConfig,
+    /// `[health]`, if the file has one.
+    pub(crate) health: Option<HealthConfig>,
     /// `[reload]`.
     pub(crate) reload: ReloadConfig,
     /// `[control]`.
@@ -56,7 +60,9 @@ pub(crate) struct Config {
 }
 
 /// The top-level tables, in the order the documentation lists them.
-const SECTIONS: &[&str] = &["handover", "socket", "worker", "reload", "control", "logs"];
+const SECTIONS: &[&str] = &[
+    "handover", "socket", "worker", "health", "reload", "control", "logs",
+];
 
 impl Config {
     /// Reads and validates a configuration file. No side effects besides reading `path`.
@@ -85,6 +91,7 @@ impl Config {
             ));
         };
         let worker = worker::validate(worker, &handover.fds_env)?;
+        let health = sections.health.as_ref().map(health::validate).transpose()?;
         let reload = reload::validate(&sections.reload.unwrap_or_else(|| absent("reload")))?;
         let control = control::validate(&sections.control.unwrap_or_else(|| absent("control")))?;
         let logs = logs::validate(&sections.logs.unwrap_or_else(|| absent("logs")))?;
@@ -93,6 +100,7 @@ impl Config {
             handover,
             sockets,
             worker,
+            health,
             reload,
             control,
             logs,
@@ -106,6 +114,7 @@ struct Sections<'d> {
     handover: Option<Table<'d>>,
     sockets: Vec<Table<'d>>,
     worker: Option<Table<'d>>,
+    health: Option<Table<'d>>,
     reload: Option<Table<'d>>,
     control: Option<Table<'d>>,
     logs: Option<Table<'d>>,
@@ -119,6 +128,7 @@ impl<'d> Sections<'d> {
             handover: None,
             sockets: Vec::new(),
             worker: None,
+            health: None,
             reload: None,
             control: None,
             logs: None,
@@ -138,6 +148,7 @@ impl<'d> Sections<'d> {
             let (slot, keys) = match name {
                 "handover" => (&mut sections.handover, handover::KEYS),
                 "worker" => (&mut sections.worker, worker::KEYS),
+                "health" => (&mut sections.health, health::KEYS),
                 "reload" => (&mut sections.reload, reload::KEYS),
                 "control" => (&mut sections.control, control::KEYS),
                 _ => (&mut sections.logs, logs::KEYS),

@@ -85,7 +85,7 @@ pub(super) fn validate(tables: &[Table<'_>]) -> Res<Vec<SocketConfig>> {
 }
 
 /// Checks a socket name the way systemd's `fdname_is_valid()` does.
-fn check_socket_name(name: &str) -> Result<(), String> {
+pub(super) fn check_socket_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }

@@ -104,6 +104,7 @@ fn minimal_config_gets_the_defaults() {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             backoff_reset: Duration::from_secs(10),
+            watchdog: None,
             user: None,
             group: None,
         }
@@ -171,6 +172,7 @@ notify_access = "main"
 restart_backoff_initial = "1s"
 restart_backoff_max = "1h"
 restart_backoff_reset = "30s"
+watchdog = "20s"
 user = "www-data"
 group = "1000"
 
@@ -266,6 +268,7 @@ fn full_config() {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(3600),
             backoff_reset: Duration::from_secs(30),
+            watchdog: Some(Duration::from_secs(20)),
             user: Some("www-data".into()),
             group: Some("1000".into()),
         }
@@ -722,8 +725,24 @@ fn full_example_uses_every_key() {
                 "restart_backoff_initial",
                 "restart_backoff_max",
                 "restart_backoff_reset",
+                "watchdog",
                 "user",
                 "group",
+            ],
+        ),
+        (
+            "health",
+            &[
+                "check",
+                "interval",
+                "timeout",
+                "failures",
+                "socket",
+                "method",
+                "path",
+                "status",
+                "command",
+                "max_replacing",
             ],
         ),
         (
@@ -765,6 +784,7 @@ fn full_example_uses_every_key() {
             "handover" => handover::KEYS,
             "socket" => sockets::KEYS,
             "worker" => worker::KEYS,
+            "health" => health::KEYS,
             "reload" => reload::KEYS,
             "control" => control::KEYS,
             _ => logs::KEYS,
@@ -780,7 +800,8 @@ fn full_example_uses_every_key() {
                 "ready_path",
                 "ready_status",
             ]
-            .contains(name);
+            .contains(name)
+                || (*section == "health" && *name == "command");
             assert!(
                 alternative || tables.iter().any(|t| t.keys().any(|k| k.get_ref() == name)),
                 "examples/handover.toml does not set {section}.{name}"

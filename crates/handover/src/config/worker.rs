@@ -31,6 +31,7 @@ pub(super) const KEYS: &[&str] = &[
     "restart_backoff_initial",
     "restart_backoff_max",
     "restart_backoff_reset",
+    "watchdog",
     "user",
     "group",
 ];
@@ -127,6 +128,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) backoff_max: Duration,
     /// `restart_backoff_reset`: a worker ready this long resets its backoff. Default 10s.
     pub(crate) backoff_reset: Duration,
+    /// `watchdog`: once ready, a worker sends `WATCHDOG=1` at least this often. Default: none.
+    pub(crate) watchdog: Option<Duration>,
     /// `user`: name or numeric uid to run as (only when handover runs as root).
     pub(crate) user: Option<String>,
     /// `group`: name or numeric gid (default: the user's primary group).
@@ -172,6 +175,10 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
     };
     let (backoff_initial, backoff_max) = backoff(table)?;
     let backoff_reset = duration(table, "restart_backoff_reset", Duration::from_secs(10))?;
+    let watchdog = table
+        .get("watchdog")
+        .map(|v| v.positive_duration())
+        .transpose()?;
     let user = match table.get("user") {
         None => None,
         Some(v) => {
@@ -202,6 +209,7 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
         backoff_initial,
         backoff_max,
         backoff_reset,
+        watchdog,
         user,
         group,
     })
@@ -220,7 +228,7 @@ fn positive_duration(table: &Table<'_>, key: &str, default: Duration) -> Res<Dur
 }
 
 /// `command` or `probe`: a non-empty array of strings whose first one is not empty.
-fn argv(v: &Item<'_>) -> Res<Vec<String>> {
+pub(super) fn argv(v: &Item<'_>) -> Res<Vec<String>> {
     let Some(items) = v.items() else {
         return Err(v.expected("an array of strings like [\"/usr/bin/myapp\", \"--flag\"]"));
     };

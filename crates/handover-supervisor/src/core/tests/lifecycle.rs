@@ -594,7 +594,7 @@ fn watchdog_pings_only_while_enough_serving_workers_are_ready() {
     assert_eq!(sim.next_in_ms(), Some(100), "the restart comes first");
     sim.after(ms(100));
     assert_eq!(sim.after(ms(4_900)), Vec::<String>::new(), "1 of 2 ready");
-    assert!(sim.logged("fewer than 2 workers ready: not sending WATCHDOG=1"));
+    assert!(sim.logged("fewer than 2 workers ready and healthy: not sending WATCHDOG=1"));
     sim.spawned(3);
     sim.ready(3);
     assert_eq!(sim.after(ms(5_000)), ["systemd WATCHDOG=1"]);

@@ -3,6 +3,7 @@
 //! as short lines (`spawn w3 g2/0`, `signal w1 SIGTERM`, `systemd READY=1 ...`); log lines are
 //! kept apart and checked where they are the point.
 
+mod health;
 mod lifecycle;
 mod reload;
 mod steer;
@@ -45,6 +46,8 @@ pub(super) fn spec(count: u32) -> GenerationSpec {
         backoff_initial: ms(100),
         backoff_max: ms(30_000),
         backoff_reset: ms(10_000),
+        watchdog: None,
+        health: None,
     }
 }
 
@@ -133,6 +136,8 @@ impl Sim {
             Action::Kill { worker } => format!("kill w{worker}"),
             Action::StartProbe { worker } => format!("probe w{worker}"),
             Action::KillProbe { worker } => format!("kill probe w{worker}"),
+            Action::StartHealth { worker } => format!("health w{worker}"),
+            Action::KillHealth { worker } => format!("kill health w{worker}"),
             Action::Notify(notice) => match notice {
                 Notice::Ready(status) => format!("systemd READY=1 STATUS={status}"),
                 Notice::Reloading(status) => format!("systemd RELOADING=1 STATUS={status}"),
@@ -237,6 +242,14 @@ impl Sim {
             worker,
             status: ExitStatus::Exited(code),
             stderr_tail: Vec::new(),
+        })
+    }
+
+    /// A health check of `worker` ended: `Ok` or why not.
+    pub(super) fn checked(&mut self, worker: WorkerId, result: Result<(), &str>) -> Vec<String> {
+        self.input(Input::HealthChecked {
+            worker,
+            result: result.map_err(str::to_owned),
         })
     }
 
