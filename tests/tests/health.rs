@@ -358,3 +358,41 @@ interval = "100ms"
     assert!(out.contains("is healthy, last check passed"), "{out}");
     assert!(h.stop().success());
 }
+
+/// A check command past its timeout is killed with its whole process group, and checks of
+/// one worker never overlap: however long the hang lasts, at most one check's processes
+/// exist at a time.
+#[test]
+fn hanging_check_commands_are_killed_with_their_group_and_never_overlap() {
+    let (mut h, _) = start(
+        "health-hang",
+        r#""--marker", "x""#,
+        "\n[health]\ncheck = \"command\"\ncommand = [\"sh\", \"-c\", \"if [ -e {dir}/hang ]; then sleep 31.7 & sleep 31.7; fi\"]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nfailures = 100\n",
+        1,
+    );
+    std::fs::write(h.dir.path().join("hang"), "").unwrap();
+    h.log.wait_for_count("timed out after 200ms", 3);
+    let sleepers = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0031.7\x00")
+            })
+            .count()
+    };
+    let mut most = 0;
+    for _ in 0..40 {
+        most = most.max(sleepers());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each check starts two sleeps; killed checks that left theirs behind would pile up.
+    assert!(most <= 2, "{most} sleeps of check commands at once");
+    assert!(
+        h.log.count("timed out after 200ms") >= 6,
+        "{}",
+        h.log.text()
+    );
+    assert!(h.stop().success());
+    assert_eq!(sleepers(), 0, "a check's process outlived handover");
+}
