@@ -1972,9 +1972,9 @@ user = "nobody"
 }
 
 /// Scenario 48: workers run with `NO_NEW_PRIVS`, so no setuid program can give back what
-/// the privilege drop took.
+/// the privilege drop took; `no_new_privileges = false` turns it off, and the umask and
+/// open-file limit of `[worker]` reach the worker.
 #[test]
-#[ignore = "scenario 48: handover does not set PR_SET_NO_NEW_PRIVS for its workers (NoNewPrivs: 0), see report"]
 fn scenario_48_workers_have_no_new_privileges() {
     if skip(needs_root("to switch users")) {
         return;
@@ -1996,6 +1996,34 @@ fn scenario_48_workers_have_no_new_privileges() {
         report["status"]["NoNewPrivs"].as_str().map(str::trim),
         Some("1")
     );
+    assert!(h.stop().success());
+
+    // Turned off, and the per-process settings.
+    let reports = TempDir::new("s48-off-reports");
+    std::fs::set_permissions(reports.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut h = Handover::start(
+        "s48-off",
+        &format!(
+            "[worker]\ncommand = [\"{{worker}}\", \"--report\", \"{}\", \"--ready-after\", \"0\"]\nuser = \"nobody\"\nno_new_privileges = false\numask = \"0027\"\nlimit_nofile = 4096\n",
+            reports.path().display()
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let found = harness::wait_reports(reports.path(), 1);
+    let report = found.values().next().unwrap();
+    let status = &report["status"];
+    assert_eq!(
+        status["NoNewPrivs"].as_str().map(str::trim),
+        Some("0"),
+        "{status}"
+    );
+    assert_eq!(
+        status["Umask"].as_str().map(str::trim),
+        Some("0027"),
+        "{status}"
+    );
+    assert_eq!(status["nofile"].as_str(), Some("4096 4096"), "{status}");
     assert!(h.stop().success());
 }
 

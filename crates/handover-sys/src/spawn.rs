@@ -30,7 +30,7 @@ use crate::sentinel::Sentinel;
 use crate::stub::StubArgs;
 
 /// Who a worker runs as, where, and what it runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerExec {
     /// argv; `argv[0]` is searched in the worker's `PATH` when it has no `/`.
     pub argv: Vec<OsString>,
@@ -42,6 +42,15 @@ pub struct WorkerExec {
     pub gid: Option<u32>,
     /// Set these supplementary groups (applied first).
     pub groups: Option<Vec<u32>>,
+    /// `PR_SET_NO_NEW_PRIVS`: neither the worker nor anything it runs gains privileges
+    /// through exec (setuid binaries, file capabilities).
+    pub no_new_privileges: bool,
+    /// The worker's umask; `None` keeps handover's.
+    pub umask: Option<u32>,
+    /// `RLIMIT_NOFILE`, soft and hard; `None` keeps handover's.
+    pub nofile: Option<u64>,
+    /// The cgroup (a directory of the cgroup2 file system) the stub joins before it execs.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Everything needed to start one worker.

@@ -2,10 +2,11 @@
 //!
 //! It is handover's own binary, started by [`crate::spawn`] with the worker's sockets in a
 //! staging fd range. It moves them to 3.., closes every other fd above the standard ones,
-//! drops privileges (supplementary groups, then gid, then uid), sets the parent-death signal
+//! joins the worker's cgroup, sets its open-file limit and umask, drops privileges (supplementary groups, then gid, then uid), sets the parent-death signal
 //! *after* the uid change (which would clear it) and re-checks that handover is still its
 //! parent, adds `LISTEN_PID` (and `WATCHDOG_PID` with `WATCHDOG_USEC`) with its own pid
-//! (which the worker keeps across exec), and execs the worker. Any failure is written to the status fd and the stub exits with 127.
+//! (which the worker keeps across exec), sets `NO_NEW_PRIVS` when asked, and execs the
+//! worker. Any failure is written to the status fd and the stub exits with 127.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
@@ -36,6 +37,30 @@ pub struct StubArgs {
     pub exec: WorkerExec,
 }
 
+/// `-`, or `=` and the path.
+fn opt_path(path: Option<&std::path::Path>) -> OsString {
+    match path {
+        None => "-".into(),
+        Some(path) => {
+            let mut s = OsString::from("=");
+            s.push(path.as_os_str());
+            s
+        }
+    }
+}
+
+/// The inverse of [`opt_path`].
+fn parse_path(arg: Option<&OsString>, what: &str) -> Result<Option<PathBuf>, String> {
+    let arg = arg.ok_or_else(|| format!("stub {what} missing"))?;
+    if arg.as_bytes() == b"-" {
+        return Ok(None);
+    }
+    match arg.as_bytes().strip_prefix(b"=") {
+        Some(path) => Ok(Some(PathBuf::from(OsStr::from_bytes(path)))),
+        None => Err(format!("bad stub {what}")),
+    }
+}
+
 fn opt_num(value: Option<u32>) -> OsString {
     value
         .map(|v| v.to_string())
@@ -44,14 +69,14 @@ fn opt_num(value: Option<u32>) -> OsString {
 }
 
 impl StubArgs {
-    /// Renders the stub's argv: `handover __exec-worker v1 PPID N BASE STATUS UID GID GROUPS
-    /// CWD -- ARGV...`, with `-` for absent values and the cwd prefixed by `=` so any path
-    /// (including one that is just `-`) round-trips.
+    /// Renders the stub's argv: `handover __exec-worker v2 PPID N BASE STATUS UID GID GROUPS
+    /// CWD NNP UMASK NOFILE CGROUP -- ARGV...`, with `-` for absent values and paths prefixed
+    /// by `=` so any path (including one that is just `-`) round-trips.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut argv: Vec<OsString> = vec![
             "handover".into(),
             STUB_COMMAND.into(),
-            "v1".into(),
+            "v2".into(),
             self.expected_parent.to_string().into(),
             self.n_sockets.to_string().into(),
             self.staging_base.to_string().into(),
@@ -67,14 +92,24 @@ impl StubArgs {
                     .join(",")
                     .into(),
             },
-            match &self.exec.cwd {
-                None => "-".into(),
-                Some(cwd) => {
-                    let mut s = OsString::from("=");
-                    s.push(cwd.as_os_str());
-                    s
-                }
-            },
+            opt_path(self.exec.cwd.as_deref()),
+            if self.exec.no_new_privileges {
+                "1"
+            } else {
+                "0"
+            }
+            .into(),
+            self.exec
+                .umask
+                .map(|m| format!("{m:o}"))
+                .unwrap_or_else(|| "-".into())
+                .into(),
+            self.exec
+                .nofile
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into())
+                .into(),
+            opt_path(self.exec.cgroup.as_deref()),
             "--".into(),
         ];
         argv.extend(self.exec.argv.iter().cloned());
@@ -88,7 +123,7 @@ impl StubArgs {
                 .and_then(|a| a.to_str())
                 .ok_or_else(|| format!("stub argument {i} missing or not UTF-8"))
         };
-        if text(0)? != "v1" {
+        if text(0)? != "v2" {
             return Err("unknown stub protocol version".into());
         }
         let num = |i: usize| -> Result<i64, String> {
@@ -114,20 +149,25 @@ impl StubArgs {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        let cwd_arg = args.get(8).ok_or("stub cwd missing")?;
-        let cwd = if cwd_arg.as_bytes() == b"-" {
-            None
-        } else {
-            let bytes = cwd_arg.as_bytes();
-            if bytes.first() != Some(&b'=') {
-                return Err("bad stub cwd".into());
-            }
-            Some(PathBuf::from(OsStr::from_bytes(&bytes[1..])))
+        let cwd = parse_path(args.get(8), "cwd")?;
+        let no_new_privileges = match text(9)? {
+            "0" => false,
+            "1" => true,
+            _ => return Err("bad stub no_new_privileges".into()),
         };
-        if args.get(9).map(|a| a.as_bytes()) != Some(b"--") {
+        let umask = match text(10)? {
+            "-" => None,
+            m => Some(u32::from_str_radix(m, 8).map_err(|_| "bad stub umask")?),
+        };
+        let nofile = match text(11)? {
+            "-" => None,
+            n => Some(n.parse::<u64>().map_err(|_| "bad stub nofile")?),
+        };
+        let cgroup = parse_path(args.get(12), "cgroup")?;
+        if args.get(13).map(|a| a.as_bytes()) != Some(b"--") {
             return Err("stub separator missing".into());
         }
-        let argv: Vec<OsString> = args[10..].to_vec();
+        let argv: Vec<OsString> = args[14..].to_vec();
         if argv.is_empty() {
             return Err("no worker command".into());
         }
@@ -142,6 +182,10 @@ impl StubArgs {
                 uid: opt(5)?,
                 gid: opt(6)?,
                 groups,
+                no_new_privileges,
+                umask,
+                nofile,
+                cgroup,
             },
         })
     }
@@ -220,6 +264,37 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
             );
         }
         libc::syscall(libc::SYS_close_range, (status + 1) as u32, u32::MAX, 0u32);
+    }
+    // Into the worker's cgroup first, so that everything after, the worker included, is
+    // accounted and killed there; while still root (a delegated cgroup may be writable by
+    // handover's user only).
+    if let Some(cgroup) = &args.exec.cgroup {
+        if let Err(err) = std::fs::write(cgroup.join("cgroup.procs"), b"0") {
+            fail(
+                status,
+                &format!("joining the cgroup {}", cgroup.display()),
+                err,
+            );
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        if let Some(limit) = args.exec.nofile {
+            let rlim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) < 0 {
+                fail(
+                    status,
+                    &format!("setrlimit(RLIMIT_NOFILE, {limit})"),
+                    last_error(),
+                );
+            }
+        }
+        if let Some(mask) = args.exec.umask {
+            libc::umask(mask as libc::mode_t);
+        }
 
         if let Some(groups) = &args.exec.groups {
             let groups: Vec<libc::gid_t> = groups.clone();
@@ -255,6 +330,11 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
                 "checking the parent",
                 std::io::Error::other("handover exited before the worker started"),
             );
+        }
+        if args.exec.no_new_privileges
+            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0
+        {
+            fail(status, "prctl(PR_SET_NO_NEW_PRIVS)", last_error());
         }
         reset_signal_dispositions();
     }
@@ -358,4 +438,43 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
         &format!("executing {}", String::from_utf8_lossy(program)),
         error,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stub_arguments_round_trip() {
+        for exec in [
+            WorkerExec {
+                argv: vec!["/bin/app".into(), "--".into(), "-".into()],
+                ..WorkerExec::default()
+            },
+            WorkerExec {
+                argv: vec!["app".into()],
+                cwd: Some("-".into()),
+                uid: Some(65534),
+                gid: Some(65534),
+                groups: Some(vec![]),
+                no_new_privileges: true,
+                umask: Some(0o027),
+                nofile: Some(4096),
+                cgroup: Some("/sys/fs/cgroup/a b/w1".into()),
+            },
+        ] {
+            let args = StubArgs {
+                expected_parent: 42,
+                n_sockets: 2,
+                staging_base: 10,
+                status_fd: 12,
+                exec: exec.clone(),
+            };
+            let argv = args.to_argv();
+            let parsed = StubArgs::parse(&argv[2..]).unwrap();
+            assert_eq!(parsed.exec, exec);
+            assert_eq!(parsed.expected_parent, 42);
+        }
+        assert!(StubArgs::parse(&["v1".into()]).is_err());
+    }
 }

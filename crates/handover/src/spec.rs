@@ -149,6 +149,13 @@ impl SpecContext {
                 uid,
                 gid,
                 groups,
+                // As part of a privilege drop unless told otherwise (scenario 48).
+                no_new_privileges: worker
+                    .no_new_privileges
+                    .unwrap_or(worker.user.is_some() || worker.group.is_some()),
+                umask: worker.umask,
+                nofile: worker.limit_nofile,
+                cgroup: None,
             },
             env: base_env(&self.inherited_env, worker, overrides),
             count: overrides.workers.unwrap_or(worker.count),

@@ -1020,7 +1020,8 @@ fn try_open_dev_fd3() -> String {
 }
 
 fn status_lines() -> Value {
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 9] = [
+        "Umask",
         "Uid",
         "Gid",
         "Groups",
@@ -1040,6 +1041,17 @@ fn status_lines() -> Value {
             .unwrap_or(Value::Null);
         out.insert(key.to_owned(), value);
     }
+    // "Max open files  SOFT  HARD  files" from /proc/self/limits, as "SOFT HARD".
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let nofile = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .map(|rest| {
+            let v: Vec<&str> = rest.split_whitespace().take(2).collect();
+            Value::String(v.join(" "))
+        })
+        .unwrap_or(Value::Null);
+    out.insert("nofile".to_owned(), nofile);
     Value::Object(out)
 }
 

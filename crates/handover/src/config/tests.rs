@@ -107,6 +107,9 @@ fn minimal_config_gets_the_defaults() {
             watchdog: None,
             user: None,
             group: None,
+            no_new_privileges: None,
+            umask: None,
+            limit_nofile: None,
         }
     );
     assert_eq!(
@@ -175,6 +178,9 @@ restart_backoff_reset = "30s"
 watchdog = "20s"
 user = "www-data"
 group = "1000"
+no_new_privileges = true
+umask = "0027"
+limit_nofile = 65536
 
 [reload]
 timeout = "10m"
@@ -271,6 +277,9 @@ fn full_config() {
             watchdog: Some(Duration::from_secs(20)),
             user: Some("www-data".into()),
             group: Some("1000".into()),
+            no_new_privileges: Some(true),
+            umask: Some(0o027),
+            limit_nofile: Some(65536),
         }
     );
     assert_eq!(
@@ -728,6 +737,9 @@ fn full_example_uses_every_key() {
                 "watchdog",
                 "user",
                 "group",
+                "no_new_privileges",
+                "umask",
+                "limit_nofile",
             ],
         ),
         (

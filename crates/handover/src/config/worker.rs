@@ -34,6 +34,9 @@ pub(super) const KEYS: &[&str] = &[
     "watchdog",
     "user",
     "group",
+    "no_new_privileges",
+    "umask",
+    "limit_nofile",
 ];
 
 /// Largest `worker.count` (and `reload.batch_size`, `reload.max_extra`).
@@ -134,6 +137,13 @@ pub(crate) struct WorkerConfig {
     pub(crate) user: Option<String>,
     /// `group`: name or numeric gid (default: the user's primary group).
     pub(crate) group: Option<String>,
+    /// `no_new_privileges`: `PR_SET_NO_NEW_PRIVS` for the workers. Default: on when handover
+    /// drops privileges for them (`user` or `group`), else off.
+    pub(crate) no_new_privileges: Option<bool>,
+    /// `umask`: an octal string like "0027". Default: handover's.
+    pub(crate) umask: Option<u32>,
+    /// `limit_nofile`: `RLIMIT_NOFILE` (soft and hard). Default: handover's.
+    pub(crate) limit_nofile: Option<u64>,
 }
 
 /// Validates `[worker]`; `fds_env` is the variable `[handover]` reserved for the fd map.
@@ -195,6 +205,29 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
         .get("group")
         .map(|v| v.non_empty_string().map(str::to_owned))
         .transpose()?;
+    let no_new_privileges = table
+        .get("no_new_privileges")
+        .map(|v| v.boolean())
+        .transpose()?;
+    let umask = match table.get("umask") {
+        None => None,
+        Some(v) => {
+            let text = v.string()?;
+            match u32::from_str_radix(text, 8) {
+                Ok(mask) if !text.is_empty() && text.len() <= 4 && mask <= 0o777 => Some(mask),
+                _ => {
+                    return Err(v.bad(format!(
+                        "{text:?} is not a umask; give octal digits as a string, like \"0027\""
+                    )))
+                }
+            }
+        }
+    };
+    let limit_nofile = table
+        .get("limit_nofile")
+        .map(|v| v.integer(1, 1 << 30))
+        .transpose()?
+        .map(|n| n as u64);
     Ok(WorkerConfig {
         command,
         env,
@@ -212,6 +245,9 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
         watchdog,
         user,
         group,
+        no_new_privileges,
+        umask,
+        limit_nofile,
     })
 }
 
