@@ -1035,3 +1035,65 @@ fn the_journal_has_each_workers_last_lines_before_its_exit() {
     }
     assert_eq!(checked, 2, "{journal}");
 }
+
+/// Issue 14 under systemd: with the shipped unit's `Delegate=yes`, handover sits in the
+/// unit's `supervisor` leaf and each worker in `gen-1/worker-I-ID`; a worker's setsid
+/// grandchild (out of reach of its process group) dies with its worker's cgroup when the
+/// worker is stopped, so `systemctl stop` finds nothing left to kill.
+#[test]
+fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
+    let worker = format!("{INSIDE_BIN}/handover-test-worker");
+    let config = example_config().replace(
+        r#"command = ["/usr/local/bin/handover-example-http", "--socket", "http"]"#,
+        &format!(
+            r#"command = ["{worker}", "--ready-after", "0", "--serve", "--grandchild", "--marker", "cg"]"#
+        ),
+    );
+    assert!(
+        config.contains("--grandchild"),
+        "example.toml's command changed"
+    );
+    let sd = boot!(builder("cgroups", &config));
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    let group = sd.show(SERVICE, "ControlGroup");
+    let main = sd.main_pid(SERVICE);
+    let cgroup_of = |pid: i32| -> String {
+        let (_, out, _) = sd.run(&["cat", &format!("/proc/{pid}/cgroup")]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(cgroup_of(main), format!("{group}/supervisor"));
+    let procs = sd.cgroup_procs(&group);
+    let in_workers: Vec<String> = procs
+        .iter()
+        .map(|&p| cgroup_of(p))
+        .filter(|c| c.contains("/gen-1/"))
+        .collect();
+    // Two workers and their two grandchildren, two per worker cgroup.
+    assert_eq!(in_workers.len(), 4, "{procs:?}: {in_workers:?}");
+    let distinct: BTreeSet<&String> = in_workers.iter().collect();
+    assert_eq!(distinct.len(), 2, "{in_workers:?}");
+    for cgroup in distinct {
+        let rest = cgroup
+            .strip_prefix(&format!("{group}/gen-1/worker-"))
+            .unwrap_or_else(|| panic!("{cgroup} is not a worker's cgroup of {group}"));
+        assert!(
+            rest.split('-').all(|n| n.parse::<u32>().is_ok()),
+            "{cgroup}"
+        );
+    }
+    let journal = sd.wait_journal(SERVICE, "a cgroup for each worker");
+    assert!(journal.contains("(delegated by systemd)"), "{journal}");
+
+    sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
+    assert_eq!(sd.show(SERVICE, "Result"), "success");
+    let journal = sd.journalctl(&["-u", SERVICE, "-o", "cat"]);
+    assert!(
+        !journal.contains("Killing process"),
+        "systemd had to kill what handover left:\n{journal}"
+    );
+    assert_eq!(sd.cgroup_procs(&group), Vec::<i32>::new(), "cgroup empty");
+}

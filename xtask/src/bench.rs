@@ -35,7 +35,8 @@ const USAGE: &str = "\
 usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
                                 [--mode new|keepalive] [--boot-ms 200]
                                 [--worker example|batching] [--steering on|off]
-       cargo xtask bench idle [--workers 4] [--seconds 10]
+                                [--cgroups on|off]
+       cargo xtask bench idle [--workers 4] [--seconds 10] [--cgroups on|off]
        cargo xtask bench logs [--workers 4] [--megabytes 200]
        cargo xtask bench health [--workers 64] [--seconds 10]";
 
@@ -81,6 +82,7 @@ struct Options {
     megabytes: u64,
     worker: Worker,
     steering: bool,
+    cgroups: bool,
 }
 
 /// The program the reload bench runs.
@@ -105,6 +107,7 @@ impl Options {
             megabytes: 200,
             worker: Worker::Example,
             steering: true,
+            cgroups: true,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -143,6 +146,13 @@ impl Options {
                         "on" => true,
                         "off" => false,
                         _ => bail!("--steering must be on or off, not {value:?}"),
+                    }
+                }
+                "--cgroups" => {
+                    o.cgroups = match value.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => bail!("--cgroups must be on or off, not {value:?}"),
                     }
                 }
                 _ => bail!("unknown argument {flag:?}\n{USAGE}"),
@@ -318,10 +328,6 @@ struct Running {
 }
 
 impl Running {
-    fn start(paths: &Paths, workers: u32, boot_ms: u64) -> anyhow::Result<Running> {
-        Running::start_worker(paths, workers, boot_ms, Worker::Example, true)
-    }
-
     /// handover with `workers` of `worker` on a socket with steering on or off.
     fn start_worker(
         paths: &Paths,
@@ -329,6 +335,7 @@ impl Running {
         boot_ms: u64,
         worker: Worker,
         steering: bool,
+        extra: &str,
     ) -> anyhow::Result<Running> {
         let command = match worker {
             Worker::Example => {
@@ -342,7 +349,7 @@ impl Running {
                 )
             }
         };
-        Running::start_with_socket(paths, workers, &command, "", steering)
+        Running::start_with_socket(paths, workers, &command, extra, steering)
     }
 
     /// handover running `count` workers of `command` (a TOML array), with `extra` appended to
@@ -628,7 +635,14 @@ impl BackgroundLoad {
 // ---- the benches ------------------------------------------------------------------------
 
 fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
-    let mut handover = Running::start_worker(paths, o.workers, o.boot_ms, o.worker, o.steering)?;
+    let mut handover = Running::start_worker(
+        paths,
+        o.workers,
+        o.boot_ms,
+        o.worker,
+        o.steering,
+        cgroups_extra(o),
+    )?;
     let pid = handover.pid();
     let load = BackgroundLoad::start(handover.port, o.mode, o.concurrency);
     let mut reported = Vec::with_capacity(o.reloads);
@@ -674,13 +688,21 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         Worker::Batching => "batching",
     };
     println!(
-        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}, mode {mode}, concurrency {}, steering {}",
+        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}, mode {mode}, concurrency {}, steering {}, cgroups {}",
         o.reloads,
         o.workers,
         o.boot_ms,
         o.concurrency,
-        if o.steering { "on" } else { "off" }
+        if o.steering { "on" } else { "off" },
+        if o.cgroups { "on" } else { "off" }
     );
+    let cgroups = handover.log.lines_with("cgroup");
+    if let Some(line) = cgroups.first() {
+        println!(
+            "handover says: {}",
+            line.split("  INFO ").last().unwrap_or(line)
+        );
+    }
     println!("reloading took: {:.1} s", reloading.as_secs_f64());
     println!("requests: {}", summary.requests);
     println!("ok: {}", summary.ok);
@@ -745,7 +767,8 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
 }
 
 fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
-    let mut handover = Running::start(paths, o.workers, 0)?;
+    let mut handover =
+        Running::start_worker(paths, o.workers, 0, Worker::Example, true, cgroups_extra(o))?;
     let pid = handover.pid();
     // The log lines of the start are flushed by now; idleness starts here.
     std::thread::sleep(Duration::from_millis(500));
@@ -759,8 +782,10 @@ fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         main_after.get(k).copied().unwrap_or(0) - main_before.get(k).copied().unwrap_or(0)
     };
     println!(
-        "bench idle: {} workers, {} s without requests or signals",
-        o.workers, o.seconds
+        "bench idle: {} workers, {} s without requests or signals, cgroups {}",
+        o.workers,
+        o.seconds,
+        if o.cgroups { "on" } else { "off" }
     );
     println!(
         "voluntary context switches, main thread (/proc/PID/status): {}",
@@ -779,6 +804,15 @@ fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
     print_memory(pid);
     handover.stop()?;
     Ok(())
+}
+
+/// The configuration that turns cgroups off, for `--cgroups off`.
+fn cgroups_extra(o: &Options) -> &'static str {
+    if o.cgroups {
+        ""
+    } else {
+        "\n[handover]\ncgroups = \"off\"\n"
+    }
 }
 
 /// `cargo xtask bench health`: what checking every worker's health every second costs

@@ -103,6 +103,9 @@ pub struct Status {
     /// Workers' log files.
     #[serde(default)]
     pub logs: Vec<LogFileStatus>,
+    /// Whether workers have cgroups of their own: `on: PATH`, or `off: WHY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<String>,
 }
 
 /// One generation.
@@ -148,6 +151,22 @@ pub struct WorkerStatus {
     /// Its health, when it has a health check or a watchdog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthStatus>,
+    /// Its cgroup, and what it used, with `[handover] cgroups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupUsage>,
+}
+
+/// A worker's cgroup and its accounting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupUsage {
+    /// Its path in the cgroup file system.
+    pub path: String,
+    /// CPU time used, in microseconds (`cpu.stat`).
+    pub cpu_usec: Option<u64>,
+    /// Memory in use, in bytes (`memory.current`), where the memory controller is enabled.
+    pub memory_bytes: Option<u64>,
+    /// Processes in it (`pids.current`), where the pids controller is enabled.
+    pub pids: Option<u64>,
 }
 
 /// A worker's health (`[health]`, `[worker] watchdog`).
@@ -239,6 +258,12 @@ mod tests {
                             reason: Some("timed out after 5.0s".into()),
                             watchdog_left_ms: None,
                         }),
+                        cgroup: Some(CgroupUsage {
+                            path: "/sys/fs/cgroup/x.service/gen-2/worker-0-7".into(),
+                            cpu_usec: Some(1500),
+                            memory_bytes: None,
+                            pids: Some(3),
+                        }),
                     },
                     WorkerStatus {
                         index: 1,
@@ -252,6 +277,7 @@ mod tests {
                         failures_in_a_row: 6,
                         crash_looping: true,
                         health: None,
+                        cgroup: None,
                     },
                 ],
             }],
@@ -268,6 +294,7 @@ mod tests {
                 dropped: 7,
                 rotations: 2,
             }],
+            cgroups: Some("on: /sys/fs/cgroup/x.service".into()),
         }
     }
 
@@ -294,6 +321,8 @@ mod tests {
         assert_eq!(worker["health"]["state"], "unhealthy");
         assert_eq!(worker["health"]["failures_in_a_row"], 3);
         assert_eq!(worker["health"]["reason"], "timed out after 5.0s");
+        assert_eq!(worker["cgroup"]["cpu_usec"], 1500);
+        assert!(worker["cgroup"]["memory_bytes"].is_null());
         let waiting = &value["generations"][0]["workers"][1];
         assert!(waiting["pid"].is_null() && waiting["ready_for_ms"].is_null());
         assert_eq!(waiting["crash_looping"], true);

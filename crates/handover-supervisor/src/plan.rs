@@ -223,4 +223,8 @@ pub struct Plan {
     /// Kills workers' process groups if handover dies; the spawner records them, the
     /// supervisor forgets each before reaping its leader.
     pub sentinel: Option<Arc<handover_sys::sentinel::Sentinel>>,
+    /// The cgroup subtree workers get their cgroups in; none without `[handover] cgroups`.
+    pub cgroups: Option<Arc<handover_sys::cgroup::CgroupRoot>>,
+    /// What status says of cgroups (`on: PATH` or `off: WHY`).
+    pub cgroups_status: String,
 }

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod bind;
+pub mod cgroup;
 pub mod control;
 pub mod daemon;
 pub mod fd;

@@ -155,6 +155,9 @@ pub(crate) fn render_status(status: &Status) -> String {
     if let Some(generation) = status.reloading {
         out.push_str(&format!("reload in progress: generation {generation}\n"));
     }
+    if let Some(cgroups) = &status.cgroups {
+        out.push_str(&format!("cgroups: {cgroups}\n"));
+    }
     out.push_str("\nSOCKET       FD  ADDRESS                         FROM      MODE\n");
     for socket in &status.sockets {
         let mode = match &socket.shared_because {
@@ -211,6 +214,23 @@ pub(crate) fn render_status(status: &Status) -> String {
                 "  worker {} is crash-looping: {} failures in a row\n",
                 worker.index, worker.failures_in_a_row
             ));
+        }
+        for worker in &generation.workers {
+            let Some(cgroup) = &worker.cgroup else {
+                continue;
+            };
+            let mut line = format!("  worker {} cgroup {}", worker.index, cgroup.path);
+            if let Some(usec) = cgroup.cpu_usec {
+                line.push_str(&format!(", CPU {:.2}s", usec as f64 / 1e6));
+            }
+            if let Some(bytes) = cgroup.memory_bytes {
+                line.push_str(&format!(", memory {} KiB", bytes / 1024));
+            }
+            if let Some(pids) = cgroup.pids {
+                line.push_str(&format!(", {pids} processes"));
+            }
+            out.push_str(&line);
+            out.push('\n');
         }
         for worker in &generation.workers {
             let Some(health) = &worker.health else {

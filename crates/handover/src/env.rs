@@ -24,6 +24,8 @@ pub(crate) struct Environment {
     pub xdg_runtime_dir: Option<PathBuf>,
     /// The watchdog interval from `WATCHDOG_USEC`, when `WATCHDOG_PID` is unset or ours.
     pub watchdog: Option<std::time::Duration>,
+    /// `INVOCATION_ID` is set: handover runs as a systemd service.
+    pub systemd_service: bool,
 }
 
 impl Environment {
@@ -55,6 +57,7 @@ impl Environment {
                     text("WATCHDOG_PID").is_none_or(|pid| pid == std::process::id().to_string())
                 })
                 .map(std::time::Duration::from_micros),
+            systemd_service: get("INVOCATION_ID").is_some_and(|v| !v.is_empty()),
             vars,
         }
     }

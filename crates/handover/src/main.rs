@@ -567,6 +567,47 @@ fn dump_dirs(environment: &Environment) -> Vec<PathBuf> {
     dirs
 }
 
+/// The cgroup subtree of `[handover] cgroups`, and what status says of it; an error when
+/// cgroups are required and the host has none to give.
+#[allow(clippy::type_complexity)]
+fn cgroups(
+    config: &Config,
+    environment: &Environment,
+) -> Result<
+    (
+        Option<std::sync::Arc<handover_sys::cgroup::CgroupRoot>>,
+        String,
+    ),
+    String,
+> {
+    use config::CgroupMode;
+    if config.handover.cgroups == CgroupMode::Off {
+        return Ok((None, "off: [handover] cgroups = \"off\"".into()));
+    }
+    match handover_sys::cgroup::setup(environment.systemd_service) {
+        Ok((root, origin)) => {
+            let how = match origin {
+                handover_sys::cgroup::Origin::Delegated => "delegated by systemd",
+                handover_sys::cgroup::Origin::Created => "created for this run",
+            };
+            tracing::info!(
+                "a cgroup for each worker, below {} ({how})",
+                root.path().display()
+            );
+            let status = format!("on: {}", root.path().display());
+            Ok((Some(std::sync::Arc::new(root)), status))
+        }
+        Err(why) if config.handover.cgroups == CgroupMode::Required => Err(format!(
+            "{}: handover.cgroups is \"required\", but {why}",
+            config.path.display()
+        )),
+        Err(why) => {
+            tracing::info!("workers get no cgroups of their own: {why}");
+            Ok((None, format!("off: {why}")))
+        }
+    }
+}
+
 /// The directory for per-worker notify sockets: private, unique to this run.
 /// Where the directory for per-worker notify sockets goes (it gets a unique name there).
 fn notify_base(config: &Config, environment: &Environment) -> PathBuf {
@@ -724,6 +765,10 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         .uid
         .map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
     let ready_pipe = ready_pipe.map(std::sync::Arc::new);
+    let (cgroups, cgroups_status) = match cgroups(&config, &environment) {
+        Ok(found) => found,
+        Err(message) => return fail(exit::CONFIG, message),
+    };
     // Started before any worker, so that every one is recorded.
     let sentinel = match handover_sys::sentinel::Sentinel::start() {
         Ok(sentinel) => Some(std::sync::Arc::new(sentinel)),
@@ -747,6 +792,8 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         watchdog: environment.watchdog,
         watchdog_min_workers: config.handover.watchdog_min_workers,
         output: output.clone(),
+        cgroups,
+        cgroups_status,
     };
 
     let spawner = match handover_sys::spawn::Spawner::start_with(sentinel) {

@@ -54,6 +54,7 @@ impl Core {
                             failures_in_a_row: failures,
                             crash_looping: failures >= CRASH_LOOP_FAILURES,
                             health: health_status(w, now),
+                            cgroup: None,
                         }
                     })
                     .collect(),
@@ -95,6 +96,7 @@ impl Core {
             generations,
             sockets,
             logs: Vec::new(),
+            cgroups: None,
         }
     }
 

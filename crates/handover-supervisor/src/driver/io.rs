@@ -62,6 +62,8 @@ pub(super) struct WorkerIo {
     watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Its health check socket, with `[health] check = "http"` or `"connect"`.
     private: Option<PrivateSocket>,
+    /// Its cgroup, with `[handover] cgroups`.
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 impl Drop for WorkerIo {
@@ -114,8 +116,17 @@ impl WorkerIo {
         let env = worker_env(&spec, generation, index, notify.path(), private_name);
         let mut sockets: Vec<_> = spec.sockets.iter().map(|s| s.fd.clone()).collect();
         sockets.extend(private.as_ref().map(|p| p.fd.clone()));
+        // Last, so that nothing after it can fail and leave it behind.
+        let cgroup = match &plan.cgroups {
+            Some(root) => Some(root.create_worker(generation, index, id).map_err(|e| {
+                io::Error::new(e.kind(), format!("could not create its cgroup: {e}"))
+            })?),
+            None => None,
+        };
+        let mut exec = spec.exec.clone();
+        exec.cgroup = cgroup.clone();
         let request = SpawnRequest {
-            exec: spec.exec.clone(),
+            exec,
             env,
             sockets,
             stdout: Some(stdout_write),
@@ -134,6 +145,7 @@ impl WorkerIo {
             stderr_tail: VecDeque::new(),
             watchers,
             private,
+            cgroup,
         };
         Ok((io, request))
     }
@@ -184,7 +196,14 @@ impl WorkerIo {
                     // placed, and is a stranger.
                     sender: if sender.pid == pid {
                         Sender::Worker
-                    } else if handover_sys::process::descends_from(sender.pid, pid, my_pid) {
+                    } else if handover_sys::process::descends_from(sender.pid, pid, my_pid)
+                        || self
+                            .cgroup
+                            .as_deref()
+                            .is_some_and(|cg| handover_sys::cgroup::contains(cg, sender.pid))
+                    {
+                        // With cgroups, as systemd's NotifyAccess=all: any process of the
+                        // worker's cgroup, however it detached.
                         Sender::Descendant
                     } else {
                         Sender::Stranger

@@ -87,6 +87,8 @@ struct Settings {
     output: Arc<Output>,
     sentinel: Option<Arc<Sentinel>>,
     steering: Option<Arc<crate::steering::Steering>>,
+    cgroups: Option<Arc<handover_sys::cgroup::CgroupRoot>>,
+    cgroups_status: String,
 }
 
 /// A readiness probe's or a health check command's process.
@@ -139,6 +141,8 @@ struct Driver {
     health_tasks: BTreeMap<WorkerId, tokio::task::JoinHandle<()>>,
     /// Health check commands given up while their spawn was under way: killed once known.
     health_kills: std::collections::BTreeSet<WorkerId>,
+    /// Cgroups of workers that are gone, killed, to be removed once their last process is.
+    dead_cgroups: Vec<PathBuf>,
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Response>>,
     next_client: ClientId,
     /// Inputs that carrying out actions produced, handled next.
@@ -207,7 +211,10 @@ pub async fn run(
             output: plan.output,
             sentinel: plan.sentinel,
             steering: plan.steering,
+            cgroups: plan.cgroups,
+            cgroups_status: plan.cgroups_status,
         },
+        dead_cgroups: Vec::new(),
         spawner,
         systemd: Systemd::new(systemd),
         reloader,
@@ -265,6 +272,9 @@ pub async fn run(
         driver.collect_orphans(&mut sigchld).await;
         driver.finish_sentinel(&mut sigchld).await;
     }
+    if let Some(cgroups) = &driver.settings.cgroups {
+        cgroups.finish();
+    }
     Ok(RunResult { outcome })
 }
 
@@ -302,8 +312,14 @@ impl Driver {
                 }
             }
             Action::Kill { worker } => {
-                if let Some(pid) = self.workers.get(&worker).and_then(WorkerIo::pid) {
-                    let _ = process::signal_group(pid, libc::SIGKILL);
+                if let Some(io) = self.workers.get(&worker) {
+                    if let Some(pid) = io.pid() {
+                        let _ = process::signal_group(pid, libc::SIGKILL);
+                    }
+                    // The whole tree, whatever left the process group.
+                    if let Some(cgroup) = &io.cgroup {
+                        handover_sys::cgroup::kill(cgroup);
+                    }
                 }
             }
             Action::StartProbe { worker } => self.start_probe(worker),
@@ -349,6 +365,7 @@ impl Driver {
             } => {
                 if let Response::Status { status } = &mut response {
                     status.logs = self.settings.output.status();
+                    self.fill_cgroups(status);
                 }
                 let last = response.is_final() || response == Response::Stopping;
                 let delivered = self
@@ -423,6 +440,12 @@ impl Driver {
                 });
             }
             Action::Released { generation } => {
+                // Its cgroup goes with its last worker's.
+                if let Some(cgroups) = &self.settings.cgroups {
+                    let dir = cgroups.generation_dir(generation);
+                    self.dead_cgroups.push(dir);
+                    self.bury_cgroup(None);
+                }
                 // A socket a reload removed closes once the last generation using it is gone.
                 if let Some(steering) = &self.settings.steering {
                     steering.prune();
@@ -573,7 +596,11 @@ impl Driver {
         let spawned = match result {
             Ok(spawned) => spawned,
             Err(err) => {
-                self.workers.remove(&worker);
+                let cgroup = self
+                    .workers
+                    .remove(&worker)
+                    .and_then(|io| io.cgroup.clone());
+                self.bury_cgroup(cgroup);
                 return self.input(Input::SpawnFailed {
                     worker,
                     error: explain(&err),
@@ -751,6 +778,40 @@ impl Driver {
             let _ = events.send(Event::HealthChecked { worker, result });
         });
         self.health_tasks.insert(worker, task);
+    }
+
+    /// Adds what the driver knows of cgroups to a status: whether they are on, and each
+    /// worker's cgroup and usage.
+    fn fill_cgroups(&self, status: &mut handover_proto::status::Status) {
+        status.cgroups = Some(self.settings.cgroups_status.clone());
+        let by_pid: BTreeMap<i32, &std::path::Path> = self
+            .workers
+            .values()
+            .filter_map(|io| Some((io.pid()?, io.cgroup.as_deref()?)))
+            .collect();
+        for worker in status.generations.iter_mut().flat_map(|g| &mut g.workers) {
+            let Some(path) = worker.pid.and_then(|pid| by_pid.get(&pid)) else {
+                continue;
+            };
+            let usage = handover_sys::cgroup::usage(path);
+            worker.cgroup = Some(handover_proto::status::CgroupUsage {
+                path: path.display().to_string(),
+                cpu_usec: usage.cpu_usec,
+                memory_bytes: usage.memory_bytes,
+                pids: usage.pids,
+            });
+        }
+    }
+
+    /// A worker is gone: whatever is left in its cgroup is killed, and the cgroup removed
+    /// once empty (now, or after a later exit).
+    fn bury_cgroup(&mut self, cgroup: Option<PathBuf>) {
+        if let Some(cgroup) = cgroup {
+            handover_sys::cgroup::kill(&cgroup);
+            self.dead_cgroups.push(cgroup);
+        }
+        self.dead_cgroups
+            .retain(|dir| handover_sys::cgroup::remove_tree(dir).is_err());
     }
 
     /// Warns when records for the sentinel were lost (its pipe full, or it is gone).

@@ -58,6 +58,8 @@ impl Driver {
             } else {
                 let _ = process::reap(pid);
                 debug!(pid, "reaped an orphan: {status}");
+                // Perhaps the last process of a worker's cgroup.
+                self.bury_cgroup(None);
             }
         }
     }
@@ -74,11 +76,13 @@ impl Driver {
         self.forget_group(pid);
         let _ = process::reap(pid);
         // Forgotten before the core hears of it: nothing can signal the reaped pid after this.
-        let stderr_tail = self
+        let (stderr_tail, cgroup) = self
             .workers
             .remove(&worker)
-            .map(|io| io.stderr_tail.iter().cloned().collect())
+            .map(|io| (io.stderr_tail.iter().cloned().collect(), io.cgroup.clone()))
             .unwrap_or_default();
+        // What it left behind, however it detached, ends with it.
+        self.bury_cgroup(cgroup);
         self.input(Input::Exited {
             worker,
             status,

@@ -5,7 +5,24 @@ use std::path::PathBuf;
 use super::document::{Res, Table};
 
 /// The keys of `[handover]`.
-pub(super) const KEYS: &[&str] = &["fds_env", "runtime_dir", "watchdog_min_workers", "fd_store"];
+pub(super) const KEYS: &[&str] = &[
+    "fds_env",
+    "runtime_dir",
+    "watchdog_min_workers",
+    "fd_store",
+    "cgroups",
+];
+
+/// `[handover] cgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CgroupMode {
+    /// A cgroup per worker where the host allows; else as without, said once.
+    Auto,
+    /// A cgroup per worker, or no start.
+    Required,
+    /// No cgroups.
+    Off,
+}
 
 /// Default of `[handover] fds_env`.
 pub(crate) const DEFAULT_FDS_ENV: &str = "HANDOVER_FDS";
@@ -32,6 +49,8 @@ pub(crate) struct HandoverSection {
     /// Under systemd, hand sockets handover bound itself to systemd's fd store (`FDSTORE=1`),
     /// so a restart gets them back. Default true.
     pub(crate) fd_store: bool,
+    /// `cgroups`: a cgroup per worker. Default auto.
+    pub(crate) cgroups: CgroupMode,
 }
 
 /// Validates `[handover]`.
@@ -86,11 +105,25 @@ pub(super) fn validate(table: &Table<'_>) -> Res<HandoverSection> {
         .get("watchdog_min_workers")
         .map_or(Ok(0), |v| v.integer(0, 1024))? as u32;
     let fd_store = table.get("fd_store").map_or(Ok(true), |v| v.boolean())?;
+    let cgroups = match table.get("cgroups") {
+        None => CgroupMode::Auto,
+        Some(v) => match v.string()? {
+            "auto" => CgroupMode::Auto,
+            "required" => CgroupMode::Required,
+            "off" => CgroupMode::Off,
+            other => {
+                return Err(v.bad(format!(
+                    "expected \"auto\", \"required\" or \"off\", got {other:?}"
+                )))
+            }
+        },
+    };
     Ok(HandoverSection {
         fds_env,
         runtime_dir,
         watchdog_min_workers,
         fd_store,
+        cgroups,
     })
 }
 

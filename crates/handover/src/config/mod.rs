@@ -29,7 +29,7 @@ use toml::de::{DeTable, DeValue};
 pub(crate) use control::ControlConfig;
 pub(crate) use document::ConfigError;
 pub(crate) use grammar::parse_cli_duration;
-pub(crate) use handover::HandoverSection;
+pub(crate) use handover::{CgroupMode, HandoverSection};
 pub(crate) use health::{HealthCheckConfig, HealthConfig};
 pub(crate) use logs::{LogSink, LogsConfig};
 pub(crate) use reload::{ReloadConfig, Strategy};

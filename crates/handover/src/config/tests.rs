@@ -85,6 +85,7 @@ fn minimal_config_gets_the_defaults() {
             runtime_dir: None,
             watchdog_min_workers: 0,
             fd_store: true,
+            cgroups: CgroupMode::Auto,
         }
     );
     assert!(config.sockets.is_empty());
@@ -138,6 +139,7 @@ fds_env = "LACTOSERV_FDS"
 runtime_dir = "/run/myapp"
 watchdog_min_workers = 1
 fd_store = false
+cgroups = "required"
 
 [[socket]]
 name = "http"
@@ -207,6 +209,7 @@ fn full_config() {
             runtime_dir: Some("/run/myapp".into()),
             watchdog_min_workers: 1,
             fd_store: false,
+            cgroups: CgroupMode::Required,
         }
     );
     assert_eq!(
@@ -696,7 +699,13 @@ fn full_example_uses_every_key() {
     let keys: &[(&str, &[&str])] = &[
         (
             "handover",
-            &["fds_env", "runtime_dir", "watchdog_min_workers", "fd_store"],
+            &[
+                "fds_env",
+                "runtime_dir",
+                "watchdog_min_workers",
+                "fd_store",
+                "cgroups",
+            ],
         ),
         (
             "socket",

@@ -69,6 +69,12 @@ fn handover_errors() {
             ],
         ),
         (
+            "[handover]\ncgroups = \"yes\"\n",
+            2,
+            11,
+            &["handover.cgroups: expected \"auto\", \"required\" or \"off\", got \"yes\""],
+        ),
+        (
             "[handover]\nrundir = \"/run\"\n",
             2,
             1,

@@ -1,0 +1,266 @@
+//! Issue 14, as root without systemd: each worker runs in a cgroup of its own below
+//! `handover.PID` (which handover creates below the test's own cgroup, and removes); what a
+//! worker leaves behind, however it detached, dies with it; status shows each worker's cgroup
+//! and CPU time; nothing is left after a stop, a crash or a thousand reloads.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use handover_tests::harness::{marked_processes, unique_marker, Handover, Options, GUARD};
+use serde_json::Value;
+
+/// `Some(reason)` unless this runs as root with a cgroup2 tree that has `cgroup.kill`.
+fn missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root to create cgroups".into());
+    }
+    match own_cgroup() {
+        None => Some("needs a cgroup2 file system".into()),
+        Some(_) => None,
+    }
+}
+
+fn skip(missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
+        return false;
+    };
+    if std::env::var_os("HANDOVER_REQUIRE_SYSTEMD").is_some() {
+        panic!("{reason}, and HANDOVER_REQUIRE_SYSTEMD is set");
+    }
+    eprintln!("skipped: {reason}");
+    true
+}
+
+/// The test's own cgroup, as a directory of the cgroup2 mount.
+fn own_cgroup() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2")
+            .then(|| left.split(' ').nth(4).map(str::to_owned))?
+    })?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(Path::new(&mount).join(own.trim_start_matches('/')))
+}
+
+/// The cgroup `pid` is in, as a path below the mount.
+fn cgroup_of(pid: i64) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn status(h: &Handover) -> Value {
+    let (status, out, err) = h.ctl(&["status", "--json"]);
+    assert!(status.success(), "{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn workers(h: &Handover) -> Vec<Value> {
+    status(h)["generations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["state"] == "serving")
+        .flat_map(|g| g["workers"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + GUARD;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn each_worker_runs_in_a_cgroup_of_its_own_and_nothing_is_left_after_stop() {
+    if skip(missing()) {
+        return;
+    }
+    let mut h = Handover::start(
+        "cg-own",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\ncount = 2\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 2 workers ready");
+    let root = own_cgroup().unwrap().join(format!("handover.{}", h.pid()));
+    assert!(
+        h.log.text().contains(&format!(
+            "a cgroup for each worker, below {} (created for this run)",
+            root.display()
+        )),
+        "{}",
+        h.log.text()
+    );
+    let status = status(&h);
+    assert_eq!(
+        status["cgroups"].as_str(),
+        Some(format!("on: {}", root.display()).as_str())
+    );
+    let ws = workers(&h);
+    assert_eq!(ws.len(), 2);
+    for w in &ws {
+        let pid = w["pid"].as_i64().unwrap();
+        let path = w["cgroup"]["path"].as_str().unwrap().to_owned();
+        assert!(
+            path.starts_with(&root.display().to_string())
+                && path.contains(&format!("/gen-1/worker-{}-", w["index"])),
+            "{path}"
+        );
+        assert!(
+            path.ends_with(&cgroup_of(pid)),
+            "{path} vs {}",
+            cgroup_of(pid)
+        );
+        assert!(w["cgroup"]["cpu_usec"].as_u64().is_some(), "{w:#}");
+    }
+    let (code, out, _) = h.ctl(&["status"]);
+    assert!(code.success());
+    assert!(
+        out.contains(&format!("cgroups: on: {}", root.display())),
+        "{out}"
+    );
+    assert!(out.contains("cgroup ") && out.contains(", CPU "), "{out}");
+    assert!(h.stop().success());
+    assert!(!root.exists(), "{} is left after the stop", root.display());
+}
+
+/// A crashed worker's setsid grandchild (which its process group's SIGKILL cannot reach)
+/// dies with it; the restarted worker's lives.
+#[test]
+fn what_a_crashed_worker_left_behind_dies_with_it() {
+    if skip(missing()) {
+        return;
+    }
+    let marker = unique_marker("cg-crash");
+    let mut h = Handover::start(
+        "cg-crash",
+        &format!(
+            "[worker]\ncommand = [\"{{worker}}\", \"--ready-after\", \"0\", \"--grandchild\", \"--marker\", \"{marker}\"]\n"
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    wait_until("the grandchild", || marked_processes(&marker).len() == 1);
+    let first: Vec<i32> = marked_processes(&marker);
+    let worker = workers(&h)[0]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: sending a signal to a pid this test just read; no memory is involved.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    h.log.wait_for("worker died");
+    h.log.wait_for_count("worker ready", 2);
+    wait_until("the first worker's grandchild to be gone", || {
+        !marked_processes(&marker).iter().any(|p| first.contains(p))
+    });
+    wait_until("the new worker's grandchild", || {
+        marked_processes(&marker).len() == 1
+    });
+    assert!(h.stop().success());
+    assert!(marked_processes(&marker).is_empty());
+}
+
+/// A thousand reloads leave one generation's cgroup, and its workers', and nothing else.
+#[test]
+fn a_thousand_reloads_leave_no_cgroup_behind() {
+    if skip(missing()) {
+        return;
+    }
+    const RELOADS: usize = 1000;
+    let mut h = Handover::start(
+        "cg-reloads",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\ncount = 2\n\n[reload]\nmax_draining = 64\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 2 workers ready");
+    let root = own_cgroup().unwrap().join(format!("handover.{}", h.pid()));
+    for n in 1..=RELOADS {
+        let (status, out, err) = h.ctl(&["reload"]);
+        assert!(status.success(), "reload {n}: {out}{err}");
+    }
+    h.log
+        .wait_for_count("generation draining has no workers left", RELOADS);
+    let tree = || -> Vec<String> {
+        let mut dirs = Vec::new();
+        for gen in std::fs::read_dir(&root).unwrap().flatten() {
+            if !gen.file_type().unwrap().is_dir() {
+                continue;
+            }
+            dirs.push(gen.file_name().to_string_lossy().into_owned());
+            for w in std::fs::read_dir(gen.path()).unwrap().flatten() {
+                if w.file_type().unwrap().is_dir() {
+                    dirs.push(format!(
+                        "{}/{}",
+                        gen.file_name().to_string_lossy(),
+                        w.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        dirs.sort();
+        dirs
+    };
+    // The last old workers' cgroups go as soon as their last process has.
+    let deadline = Instant::now() + GUARD;
+    while tree().len() > 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last = RELOADS + 1;
+    let left = tree();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(left[0], format!("gen-{last}"), "{left:?}");
+    assert!(h.stop().success());
+    assert!(!root.exists());
+}
+
+/// `cgroups = "required"` where there are none to have is a clear start error; "off" means
+/// none, and says so.
+#[test]
+fn required_cgroups_refuse_to_start_without_and_off_means_none() {
+    if skip(missing()) {
+        return;
+    }
+    let mut h = Handover::start(
+        "cg-required",
+        "[handover]\ncgroups = \"required\"\n\n[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n",
+        Options {
+            // As nobody: neither root nor a delegated systemd service.
+            wrapper: vec![
+                "sh".into(),
+                "-c".into(),
+                "chown -R 65534:65534 {dir} && exec setpriv --reuid=65534 --regid=65534 \
+                 --clear-groups \"$@\""
+                    .into(),
+                "sh".into(),
+            ],
+            env: vec![("TMPDIR".into(), "/tmp".into())],
+            ..Default::default()
+        },
+    );
+    assert_eq!(h.wait().code(), Some(3), "{}", h.log.text());
+    assert!(
+        h.log.text().contains(
+            "handover.cgroups is \"required\", but handover is neither root nor a systemd \
+             service with Delegate=yes"
+        ),
+        "{}",
+        h.log.text()
+    );
+
+    let mut h = Handover::start(
+        "cg-off",
+        "[handover]\ncgroups = \"off\"\n\n[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    let status = status(&h);
+    assert_eq!(status["cgroups"], "off: [handover] cgroups = \"off\"");
+    let w = &workers(&h)[0];
+    assert!(w.get("cgroup").is_none(), "{w:#}");
+    assert!(!cgroup_of(w["pid"].as_i64().unwrap()).contains("handover."));
+    assert!(h.stop().success());
+}
