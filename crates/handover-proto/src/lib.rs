@@ -8,6 +8,7 @@
 pub mod control;
 pub mod fdmap;
 pub mod listen;
+pub mod logline;
 pub mod logtag;
 pub mod notify;
 pub mod status;

@@ -520,6 +520,7 @@ fn output_config(logs: &config::LogsConfig, journal: bool) -> handover_superviso
         },
         buffer: logs.buffer as usize,
         journal,
+        format: logs.format,
     }
 }
 
@@ -611,7 +612,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
             }
         }
     }
-    let journal = logging::init(&environment, options.log_to_stdout);
+    let journal = logging::init(&environment, options.log_to_stdout, config.logs.format);
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();

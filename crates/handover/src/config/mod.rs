@@ -29,7 +29,7 @@ pub(crate) use control::ControlConfig;
 pub(crate) use document::ConfigError;
 pub(crate) use grammar::parse_cli_duration;
 pub(crate) use handover::HandoverSection;
-pub(crate) use logs::{LogSink, LogsConfig};
+pub(crate) use logs::{LogFormat, LogSink, LogsConfig};
 pub(crate) use reload::{ReloadConfig, Strategy};
 pub(crate) use sockets::{ListenAddress, SocketConfig};
 pub(crate) use worker::{Check, InheritEnv, NotifyAccess, ReadyMode, WorkerConfig};

@@ -744,6 +744,7 @@ fn full_example_uses_every_key() {
             "logs",
             &[
                 "stdout", "stderr", "tag", "max_line", "max_size", "keep", "compress", "buffer",
+                "format",
             ],
         ),
     ];
