@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod endpoint;
 pub mod fdmap;
 pub mod listen;
 pub mod logline;

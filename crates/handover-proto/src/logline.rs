@@ -237,9 +237,24 @@ mod tests {
             "time=2026-11-21T10:00:00.123Z stream=stdout msg=\"GET / 200\" generation=3 \
              pid=-1 continues=false\n"
         );
-        assert_eq!(logfmt(|r| { r.text("msg", b""); }), "msg=\"\"\n");
-        assert_eq!(logfmt(|r| { r.text("k", b"a=b"); }), "k=\"a=b\"\n");
-        assert_eq!(logfmt(|r| { r.text("k", "héllo".as_bytes()); }), "k=héllo\n");
+        assert_eq!(
+            logfmt(|r| {
+                r.text("msg", b"");
+            }),
+            "msg=\"\"\n"
+        );
+        assert_eq!(
+            logfmt(|r| {
+                r.text("k", b"a=b");
+            }),
+            "k=\"a=b\"\n"
+        );
+        assert_eq!(
+            logfmt(|r| {
+                r.text("k", "héllo".as_bytes());
+            }),
+            "k=héllo\n"
+        );
     }
 
     #[test]
@@ -254,20 +269,39 @@ mod tests {
         // A forged second line cannot appear: the record is one line.
         assert_eq!(line.matches('\n').count(), 1);
         assert_eq!(
-            logfmt(|r| { r.text("msg", b"\xff\xfeok"); }),
+            logfmt(|r| {
+                r.text("msg", b"\xff\xfeok");
+            }),
             "msg=\"\\\\xff\\\\xfeok\"\n"
         );
         assert_eq!(
-            logfmt(|r| { r.text("msg", "a\u{2028}b\u{85}".as_bytes()); }),
+            logfmt(|r| {
+                r.text("msg", "a\u{2028}b\u{85}".as_bytes());
+            }),
             "msg=\"a\\u2028b\\u0085\"\n"
         );
     }
 
     #[test]
     fn keys_are_never_quoted() {
-        assert_eq!(logfmt(|r| { r.text("a b=\"c", b"v"); }), "a_b__c=v\n");
-        assert_eq!(logfmt(|r| { r.text("", b"v"); }), "_=v\n");
-        assert_eq!(json(|r| { r.text("a\"b", b"v"); }), "{\"a_b\":\"v\"}\n");
+        assert_eq!(
+            logfmt(|r| {
+                r.text("a b=\"c", b"v");
+            }),
+            "a_b__c=v\n"
+        );
+        assert_eq!(
+            logfmt(|r| {
+                r.text("", b"v");
+            }),
+            "_=v\n"
+        );
+        assert_eq!(
+            json(|r| {
+                r.text("a\"b", b"v");
+            }),
+            "{\"a_b\":\"v\"}\n"
+        );
     }
 
     #[test]

@@ -20,6 +20,15 @@ use crate::config::LogFormat;
 use crate::env::Environment;
 use crate::journal_stream;
 
+/// Whether handover's own lines are logfmt or JSON records ([`init`] said so).
+static STRUCTURED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether handover's own lines are logfmt or JSON records: then nothing else may write a
+/// plain line to its stdout or stderr.
+pub(crate) fn structured() -> bool {
+    STRUCTURED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where lines go while the workers' writers run.
 static ROUTE: RwLock<Option<Arc<Output>>> = RwLock::new(None);
 
@@ -82,6 +91,7 @@ pub(crate) fn init(environment: &Environment, log_to_stdout: bool, format: LogFo
         }
     }
     if format != LogFormat::Text {
+        STRUCTURED.store(true, std::sync::atomic::Ordering::Relaxed);
         let layer = Structured {
             stdout: log_to_stdout,
             json: format == LogFormat::Json,
@@ -164,7 +174,8 @@ impl<S: Subscriber> Layer<S> for Structured {
 fn structured_line(event: &Event<'_>, json: bool) -> Vec<u8> {
     let mut collected = Collected::default();
     event.record(&mut collected);
-    let time = handover_supervisor::output::time::rfc3339(handover_supervisor::output::time::now_ms());
+    let time =
+        handover_supervisor::output::time::rfc3339(handover_supervisor::output::time::now_ms());
     let level = match *event.metadata().level() {
         Level::ERROR => "error",
         Level::WARN => "warn",
@@ -228,7 +239,8 @@ impl Visit for Collected {
         if f.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.fields.push((f.name(), Value::Text(format!("{value:?}"))));
+            self.fields
+                .push((f.name(), Value::Text(format!("{value:?}"))));
         }
     }
 }
@@ -374,7 +386,13 @@ mod tests {
     #[test]
     fn own_lines_are_logfmt_records_with_escaped_values() {
         let lines = capture(false, || {
-            tracing::warn!(generation = 2u64, worker = 1u32, pid = -5i64, outcome = "exit \"1\"\nforged=1", "worker exited");
+            tracing::warn!(
+                generation = 2u64,
+                worker = 1u32,
+                pid = -5i64,
+                outcome = "exit \"1\"\nforged=1",
+                "worker exited"
+            );
             tracing::info!(socket = %"http", "bound \"127.0.0.1:80\"");
         });
         assert_eq!(lines.len(), 2);
@@ -407,7 +425,10 @@ mod tests {
         assert_eq!(value["generation"], 3);
         assert_eq!(value["ok"], true);
         let time = value["time"].as_str().unwrap().as_bytes();
-        assert!(handover_proto::logtag::is_time(time.try_into().unwrap()), "{value}");
+        assert!(
+            handover_proto::logtag::is_time(time.try_into().unwrap()),
+            "{value}"
+        );
     }
 
     #[test]

@@ -747,6 +747,7 @@ fn full_example_uses_every_key() {
                 "format",
             ],
         ),
+        ("endpoint", &["listen"]),
     ];
     for (section, names) in keys {
         let value = document
@@ -768,6 +769,7 @@ fn full_example_uses_every_key() {
             "worker" => worker::KEYS,
             "reload" => reload::KEYS,
             "control" => control::KEYS,
+            "endpoint" => endpoint::KEYS,
             _ => logs::KEYS,
         };
         assert_eq!(schema, *names, "the keys {section} validates");

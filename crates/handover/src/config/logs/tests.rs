@@ -94,7 +94,12 @@ fn bad_logs_settings_are_located_and_explained() {
         10,
         &["logs.format", "\"JSON\" is not a log format", "\"logfmt\""],
     );
-    assert_err(&at("format = 1"), 4, 10, &["logs.format", "expected a string"]);
+    assert_err(
+        &at("format = 1"),
+        4,
+        10,
+        &["logs.format", "expected a string"],
+    );
 }
 
 #[test]
