@@ -451,7 +451,7 @@ listen = "127.0.0.1:{endpoint}"
     }
     let slices = load.slices();
     wait_until("the load ran after the last reload", || {
-        (load.slices() >= slices + 1).then_some(())
+        (load.slices() > slices).then_some(())
     });
     let (summary, limited) = load.finish().expect("the load thread");
     stop.store(true, Ordering::SeqCst);
