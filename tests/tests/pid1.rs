@@ -320,10 +320,13 @@ fn pid1_a_first_generation_that_fails_exits_non_zero() {
     if skip() {
         return;
     }
+    // The workers fail once the test has seen handover as PID 1 (it exits right after).
     let mut pid1 = start(
         "pid1-fails",
-        "[worker]\ncommand = [\"sh\", \"-c\", \"echo cannot open the database >&2; exit 3\"]\ncount = 2\n",
+        "[worker]\ncommand = [\"sh\", \"-c\", \"until [ -e {dir}/fail ]; do sleep 0.05; done; echo cannot open the database >&2; exit 3\"]\ncount = 2\n",
     );
+    pid1.h.log.wait_for_count("worker started", 2);
+    std::fs::write(pid1.h.dir.path().join("fail"), "").unwrap();
     let status = pid1.h.wait();
     let log = pid1.h.log.text();
     assert_eq!(status.code(), Some(1), "log:\n{log}");
