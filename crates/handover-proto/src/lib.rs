@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod endpoint;
 pub mod fdmap;
 pub mod listen;
+pub mod logline;
 pub mod logtag;
 pub mod notify;
 pub mod status;

@@ -15,6 +15,7 @@ pub mod control;
 pub mod control_server;
 mod core;
 mod driver;
+pub mod endpoint;
 pub mod output;
 pub mod plan;
 pub mod steering;

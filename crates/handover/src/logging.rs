@@ -16,8 +16,18 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
+use crate::config::LogFormat;
 use crate::env::Environment;
 use crate::journal_stream;
+
+/// Whether handover's own lines are logfmt or JSON records ([`init`] said so).
+static STRUCTURED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether handover's own lines are logfmt or JSON records: then nothing else may write a
+/// plain line to its stdout or stderr.
+pub(crate) fn structured() -> bool {
+    STRUCTURED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Where lines go while the workers' writers run.
 static ROUTE: RwLock<Option<Arc<Output>>> = RwLock::new(None);
@@ -54,7 +64,10 @@ fn routed(send: impl FnOnce(&Output) -> bool) -> bool {
 ///
 /// Text lines that go to the journal stream anyway (`--log-to-stdout` under systemd, or a
 /// journal whose socket cannot be used) carry no time: the journal adds its own.
-pub(crate) fn init(environment: &Environment, log_to_stdout: bool) -> bool {
+///
+/// With `format` logfmt or JSON, every text line is one record of that format instead (see
+/// [`Structured`]).
+pub(crate) fn init(environment: &Environment, log_to_stdout: bool, format: LogFormat) -> bool {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, EnvFilter};
     let filter =
@@ -76,6 +89,18 @@ pub(crate) fn init(environment: &Environment, log_to_stdout: bool) -> bool {
                 return true;
             }
         }
+    }
+    if format != LogFormat::Text {
+        STRUCTURED.store(true, std::sync::atomic::Ordering::Relaxed);
+        let layer = Structured {
+            stdout: log_to_stdout,
+            json: format == LogFormat::Json,
+        };
+        let _ = tracing_subscriber::registry()
+            .with(filter())
+            .with(layer)
+            .try_init();
+        return false;
     }
     let builder = fmt()
         .with_env_filter(filter())
@@ -120,6 +145,103 @@ impl Drop for Text {
         } else {
             std::io::stderr().lock().write_all(&self.line)
         };
+    }
+}
+
+/// handover's own events as logfmt or JSON records, one line each: `time` (UTC, with
+/// milliseconds), `level`, `msg`, then the event's fields by their names. Written like the
+/// text lines: queued behind workers' lines where they share the stream.
+struct Structured {
+    stdout: bool,
+    json: bool,
+}
+
+impl<S: Subscriber> Layer<S> for Structured {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let line = structured_line(event, self.json);
+        if routed(|o| o.own_text(self.stdout, &line)) {
+            return;
+        }
+        let _ = if self.stdout {
+            std::io::stdout().lock().write_all(&line)
+        } else {
+            std::io::stderr().lock().write_all(&line)
+        };
+    }
+}
+
+/// One event as a record of its own line.
+fn structured_line(event: &Event<'_>, json: bool) -> Vec<u8> {
+    let mut collected = Collected::default();
+    event.record(&mut collected);
+    let time =
+        handover_supervisor::output::time::rfc3339(handover_supervisor::output::time::now_ms());
+    let level = match *event.metadata().level() {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    };
+    let mut line = Vec::with_capacity(128);
+    let mut record = handover_proto::logline::Record::start(&mut line, json);
+    record
+        .text("time", time.as_bytes())
+        .text("level", level.as_bytes())
+        .text("msg", collected.message.as_bytes());
+    for (name, value) in &collected.fields {
+        match value {
+            Value::Text(text) => record.text(name, text.as_bytes()),
+            Value::Number(n) => record.number(name, *n),
+            Value::Bool(b) => record.boolean(name, *b),
+        };
+    }
+    record.finish();
+    line
+}
+
+/// A field's value, kept typed so that numbers stay numbers in JSON.
+enum Value {
+    Text(String),
+    Number(i128),
+    Bool(bool),
+}
+
+/// An event's message and fields, in the order they were given.
+#[derive(Default)]
+struct Collected {
+    message: String,
+    fields: Vec<(&'static str, Value)>,
+}
+
+impl Visit for Collected {
+    fn record_str(&mut self, f: &Field, value: &str) {
+        if f.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields.push((f.name(), Value::Text(value.to_string())));
+        }
+    }
+
+    fn record_i64(&mut self, f: &Field, value: i64) {
+        self.fields.push((f.name(), Value::Number(value.into())));
+    }
+
+    fn record_u64(&mut self, f: &Field, value: u64) {
+        self.fields.push((f.name(), Value::Number(value.into())));
+    }
+
+    fn record_bool(&mut self, f: &Field, value: bool) {
+        self.fields.push((f.name(), Value::Bool(value)));
+    }
+
+    fn record_debug(&mut self, f: &Field, value: &dyn std::fmt::Debug) {
+        if f.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields
+                .push((f.name(), Value::Text(format!("{value:?}"))));
+        }
     }
 }
 
@@ -243,6 +365,71 @@ impl Visit for Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Captures the lines [`structured_line`] makes for the events logged in `f`.
+    fn capture(json: bool, f: impl FnOnce()) -> Vec<String> {
+        use tracing_subscriber::prelude::*;
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Capture(Arc<std::sync::Mutex<Vec<String>>>, bool);
+        impl<S: Subscriber> Layer<S> for Capture {
+            fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+                let line = String::from_utf8(structured_line(event, self.1)).unwrap();
+                self.0.lock().unwrap().push(line);
+            }
+        }
+        let subscriber = tracing_subscriber::registry().with(Capture(lines.clone(), json));
+        tracing::subscriber::with_default(subscriber, f);
+        let lines = lines.lock().unwrap().clone();
+        lines
+    }
+
+    #[test]
+    fn own_lines_are_logfmt_records_with_escaped_values() {
+        let lines = capture(false, || {
+            tracing::warn!(
+                generation = 2u64,
+                worker = 1u32,
+                pid = -5i64,
+                outcome = "exit \"1\"\nforged=1",
+                "worker exited"
+            );
+            tracing::info!(socket = %"http", "bound \"127.0.0.1:80\"");
+        });
+        assert_eq!(lines.len(), 2);
+        let first = &lines[0];
+        assert!(first.starts_with("time=20"), "{first}");
+        assert!(
+            first.ends_with(
+                " level=warn msg=\"worker exited\" generation=2 worker=1 pid=-5 \
+                 outcome=\"exit \\\"1\\\"\\nforged=1\"\n"
+            ),
+            "{first}"
+        );
+        assert!(
+            lines[1].ends_with(" level=info msg=\"bound \\\"127.0.0.1:80\\\"\" socket=http\n"),
+            "{}",
+            lines[1]
+        );
+    }
+
+    #[test]
+    fn own_lines_are_json_objects() {
+        let lines = capture(true, || {
+            tracing::error!(generation = 3u64, ok = true, "start failed:\n\"x\"");
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].matches('\n').count(), 1);
+        let value: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(value["level"], "error");
+        assert_eq!(value["msg"], "start failed:\n\"x\"");
+        assert_eq!(value["generation"], 3);
+        assert_eq!(value["ok"], true);
+        let time = value["time"].as_str().unwrap().as_bytes();
+        assert!(
+            handover_proto::logtag::is_time(time.try_into().unwrap()),
+            "{value}"
+        );
+    }
 
     #[test]
     fn fields_are_native_protocol_lines_and_newlines_use_the_binary_form() {

@@ -520,12 +520,16 @@ fn output_config(logs: &config::LogsConfig, journal: bool) -> handover_superviso
         },
         buffer: logs.buffer as usize,
         journal,
+        format: logs.format,
     }
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     tracing::error!("{message}");
-    eprintln!("handover: {message}");
+    // A plain line would break a stream of records that a log collector parses.
+    if !logging::structured() {
+        eprintln!("handover: {message}");
+    }
     ExitCode::from(code)
 }
 
@@ -546,6 +550,46 @@ fn store_sockets(sockets: &[handover_supervisor::ListenSocket]) {
             }
         }
     }
+}
+
+/// Binds the probe endpoint's socket (`[endpoint] listen`), close-on-exec and non-blocking,
+/// never given to a worker.
+fn bind_endpoint(
+    listen: &config::ListenAddress,
+) -> Result<handover_supervisor::endpoint::EndpointSocket, String> {
+    use handover_supervisor::endpoint::EndpointSocket;
+    use handover_sys::bind::{bind_listener, BindAddress, BindSpec};
+    let address = match listen {
+        config::ListenAddress::Tcp(addr) => BindAddress::Tcp(*addr),
+        config::ListenAddress::Unix(path) => BindAddress::Unix(path.clone()),
+    };
+    let spec = BindSpec {
+        address,
+        backlog: 128,
+        reuse_port: false,
+        mode: None,
+        owner: None,
+    };
+    let fd = bind_listener(&spec).map_err(|err| format!("endpoint: {err}"))?;
+    let socket = match listen {
+        config::ListenAddress::Tcp(_) => EndpointSocket::Tcp(std::net::TcpListener::from(fd)),
+        config::ListenAddress::Unix(_) => {
+            EndpointSocket::Unix(std::os::unix::net::UnixListener::from(fd))
+        }
+    };
+    let nonblocking = match &socket {
+        EndpointSocket::Tcp(listener) => listener.set_nonblocking(true),
+        EndpointSocket::Unix(listener) => listener.set_nonblocking(true),
+    };
+    nonblocking.map_err(|err| format!("endpoint: {err}"))?;
+    if let EndpointSocket::Tcp(listener) = &socket {
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!("endpoint: /ready and /live on http://{local}");
+        }
+    } else {
+        tracing::info!("endpoint: /ready and /live on {listen}");
+    }
+    Ok(socket)
 }
 
 /// Where SIGUSR2 state dumps go: the working directory, `$HOME`, `$TMPDIR`, /tmp.
@@ -652,7 +696,7 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
             }
         }
     }
-    let journal = logging::init(&environment, options.log_to_stdout);
+    let journal = logging::init(&environment, options.log_to_stdout, config.logs.format);
 
     // Sockets from systemd: checked and adopted before any thread starts.
     let own_pid = std::process::id();
@@ -731,6 +775,16 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     if sockets.is_empty() {
         tracing::warn!("no sockets configured or passed: workers get none");
     }
+    let endpoint = match config
+        .endpoint
+        .listen
+        .as_ref()
+        .map(bind_endpoint)
+        .transpose()
+    {
+        Ok(endpoint) => endpoint,
+        Err(err) => return fail(exit::SOCKETS, err),
+    };
 
     let context = spec::SpecContext {
         inherited_env: environment.vars.clone(),
@@ -826,20 +880,38 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(fd) => fd,
         Err(err) => return fail(exit::INTERNAL, format!("control socket: {err}")),
     };
+    let commands_tx_endpoint = commands_tx.clone();
     let served = runtime.block_on(async {
         handover_supervisor::control_server::serve(control_fd, access, commands_tx)
     });
     if let Err(err) = served {
         return fail(exit::INTERNAL, format!("control socket: {err}"));
     }
+    if let Some(endpoint) = endpoint {
+        let commands = commands_tx_endpoint;
+        if let Err(err) =
+            runtime.block_on(async { handover_supervisor::endpoint::serve(endpoint, commands) })
+        {
+            return fail(exit::INTERNAL, format!("endpoint: {err}"));
+        }
+    } else {
+        drop(commands_tx_endpoint);
+    }
     let config_path = config.path.clone();
     let logs_at_start = config.logs.clone();
+    let endpoint_at_start = config.endpoint.clone();
     let reload_steering = steering.clone();
     let reloader: handover_supervisor::Reloader = std::sync::Arc::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         if config.logs != logs_at_start {
             tracing::warn!(
                 "[logs] changed in {}: the change takes effect at the next start",
+                config_path.display()
+            );
+        }
+        if config.endpoint != endpoint_at_start {
+            tracing::warn!(
+                "[endpoint] changed in {}: the change takes effect at the next start",
                 config_path.display()
             );
         }

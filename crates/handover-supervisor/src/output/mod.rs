@@ -54,6 +54,8 @@ pub struct OutputConfig {
     pub buffer: usize,
     /// handover logs to the journal (so `Inherit` means the journal).
     pub journal: bool,
+    /// How lines on handover's own stdout and stderr look.
+    pub format: handover_proto::logline::Format,
 }
 
 impl Default for OutputConfig {
@@ -70,6 +72,7 @@ impl Default for OutputConfig {
             },
             buffer: 1 << 20,
             journal: false,
+            format: handover_proto::logline::Format::Text,
         }
     }
 }
@@ -93,6 +96,8 @@ enum Route {
     Journal(Arc<Writer>),
     Tagged(Arc<Writer>),
     Raw(Arc<Writer>),
+    /// One logfmt (or, when set, JSON) record per line, on handover's stdout or stderr.
+    Record(Arc<Writer>, bool),
 }
 
 /// Who wrote a line.
@@ -195,6 +200,26 @@ impl Output {
             }),
             Route::Journal(writer) => writer.push(|buf| {
                 journal_entry(buf, origin, stream, text, continues);
+            }),
+            Route::Record(writer, json) => writer.push(|buf| {
+                let ms = time::now_ms();
+                let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+                if clock.0 != ms {
+                    *clock = (ms, time::rfc3339(ms));
+                }
+                let mut record = handover_proto::logline::Record::start(buf, *json);
+                record.text("time", clock.1.as_bytes());
+                drop(clock);
+                record
+                    .text("stream", stream.name().as_bytes())
+                    .text("msg", text)
+                    .number("generation", origin.generation)
+                    .number("worker", origin.index)
+                    .number("pid", origin.pid);
+                if continues {
+                    record.boolean("continues", true);
+                }
+                record.finish();
             }),
         }
     }
@@ -310,10 +335,16 @@ fn route(
             writer
         }
     };
+    use handover_proto::logline::Format;
     Ok(match sink {
         Sink::File(_) if !config.tag => Route::Raw(writer),
+        Sink::File(_) => Route::Tagged(writer),
         Sink::Inherit if config.journal => Route::Journal(writer),
-        _ => Route::Tagged(writer),
+        _ => match config.format {
+            Format::Text => Route::Tagged(writer),
+            Format::Logfmt => Route::Record(writer, false),
+            Format::Json => Route::Record(writer, true),
+        },
     })
 }
 

@@ -173,6 +173,31 @@ fn files_get_tagged_or_raw_lines() {
 }
 
 #[test]
+fn files_stay_tagged_whatever_the_format_of_the_streams() {
+    let dir = file::tests::TestDir::new("output-format-files");
+    let path = dir.path().join("out.log");
+    let config = OutputConfig {
+        stdout: Sink::File(path.clone()),
+        stderr: Sink::Null,
+        format: handover_proto::logline::Format::Json,
+        ..OutputConfig::default()
+    };
+    let output = Output::open(&config).unwrap();
+    let origin = Origin {
+        generation: 2,
+        index: 1,
+        pid: 9,
+        program: b"app",
+    };
+    output.line(Stream::Stdout, &origin, b"hello", false);
+    output.finish(Duration::from_secs(10));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tag = handover_proto::logtag::Tag::parse(text.as_bytes()).expect("a tagged line");
+    assert_eq!((tag.generation, tag.worker, tag.pid), (2, 1, 9), "{text}");
+    assert!(text.ends_with(" stdout: hello\n"), "{text}");
+}
+
+#[test]
 fn both_streams_share_one_writer_per_file() {
     let dir = file::tests::TestDir::new("output-shared");
     let path = dir.path().join("both.log");

@@ -11,8 +11,11 @@ pub(crate) use handover_supervisor::Sink as LogSink;
 
 /// The keys of `[logs]`.
 pub(super) const KEYS: &[&str] = &[
-    "stdout", "stderr", "tag", "max_line", "max_size", "keep", "compress", "buffer",
+    "stdout", "stderr", "tag", "max_line", "max_size", "keep", "compress", "buffer", "format",
 ];
+
+/// How lines on handover's own stdout and stderr look (`[logs] format`).
+pub(crate) use handover_proto::logline::Format as LogFormat;
 
 /// `[logs]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,9 @@ pub(crate) struct LogsConfig {
     pub(crate) compress: bool,
     /// `buffer` in bytes. Default 1 MiB.
     pub(crate) buffer: u64,
+    /// `format`: of every line on handover's stdout and stderr, its own and workers'.
+    /// Default text.
+    pub(crate) format: LogFormat,
 }
 
 impl Default for LogsConfig {
@@ -46,6 +52,7 @@ impl Default for LogsConfig {
             keep: 10,
             compress: true,
             buffer: MIB,
+            format: LogFormat::Text,
         }
     }
 }
@@ -72,6 +79,17 @@ pub(super) fn validate(table: &Table<'_>) -> Res<LogsConfig> {
         buffer: table
             .get("buffer")
             .map_or(Ok(d.buffer), |v| v.size(64 * KIB, GIB, false))?,
+        format: table.get("format").map_or(Ok(d.format), |v| format(&v))?,
+    })
+}
+
+/// `format`: "text", "logfmt" or "json".
+fn format(v: &Item<'_>) -> Res<LogFormat> {
+    let name = v.string()?;
+    LogFormat::parse(name).ok_or_else(|| {
+        v.bad(format!(
+            "{name:?} is not a log format; expected \"text\", \"logfmt\" or \"json\""
+        ))
     })
 }
 

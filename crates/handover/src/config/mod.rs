@@ -3,7 +3,7 @@
 //! The text is parsed once, into a document that keeps where every key and value is written
 //! (`document`). Validation walks that document: first its shape (the known tables, each a
 //! table, with only known keys), then each section in its own module (`handover`, `sockets`,
-//! `worker`, `reload`, `control`, `logs`), with the value grammars they share in `grammar`.
+//! `worker`, `reload`, `control`, `logs`, `endpoint`), with the value grammars they share in `grammar`.
 //! Every error carries the position of what it is about.
 //!
 //! Parsing and validation make no syscalls (so `handover check` has no side effects); turning
@@ -11,6 +11,7 @@
 
 mod control;
 mod document;
+mod endpoint;
 mod grammar;
 mod handover;
 mod health;
@@ -28,10 +29,11 @@ use toml::de::{DeTable, DeValue};
 
 pub(crate) use control::ControlConfig;
 pub(crate) use document::ConfigError;
+pub(crate) use endpoint::EndpointConfig;
 pub(crate) use grammar::parse_cli_duration;
 pub(crate) use handover::{CgroupMode, HandoverSection};
 pub(crate) use health::{HealthCheckConfig, HealthConfig};
-pub(crate) use logs::{LogSink, LogsConfig};
+pub(crate) use logs::{LogFormat, LogSink, LogsConfig};
 pub(crate) use reload::{ReloadConfig, Strategy};
 pub(crate) use sockets::{ListenAddress, SocketConfig};
 pub(crate) use worker::{Check, InheritEnv, NotifyAccess, ReadyMode, WorkerConfig};
@@ -57,11 +59,13 @@ pub(crate) struct Config {
     pub(crate) control: ControlConfig,
     /// `[logs]`.
     pub(crate) logs: LogsConfig,
+    /// `[endpoint]`.
+    pub(crate) endpoint: EndpointConfig,
 }
 
 /// The top-level tables, in the order the documentation lists them.
 const SECTIONS: &[&str] = &[
-    "handover", "socket", "worker", "health", "reload", "control", "logs",
+    "handover", "socket", "worker", "health", "reload", "control", "logs", "endpoint",
 ];
 
 impl Config {
@@ -95,6 +99,10 @@ impl Config {
         let reload = reload::validate(&sections.reload.unwrap_or_else(|| absent("reload")))?;
         let control = control::validate(&sections.control.unwrap_or_else(|| absent("control")))?;
         let logs = logs::validate(&sections.logs.unwrap_or_else(|| absent("logs")))?;
+        let endpoint = match &sections.endpoint {
+            Some(table) => endpoint::validate(table, true)?,
+            None => endpoint::validate(&absent("endpoint"), false)?,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             handover,
@@ -104,6 +112,7 @@ impl Config {
             reload,
             control,
             logs,
+            endpoint,
         })
     }
 }
@@ -118,6 +127,7 @@ struct Sections<'d> {
     reload: Option<Table<'d>>,
     control: Option<Table<'d>>,
     logs: Option<Table<'d>>,
+    endpoint: Option<Table<'d>>,
 }
 
 impl<'d> Sections<'d> {
@@ -132,6 +142,7 @@ impl<'d> Sections<'d> {
             reload: None,
             control: None,
             logs: None,
+            endpoint: None,
         };
         for (key, _) in root.entries() {
             let name: &str = key.get_ref();
@@ -151,6 +162,7 @@ impl<'d> Sections<'d> {
                 "health" => (&mut sections.health, health::KEYS),
                 "reload" => (&mut sections.reload, reload::KEYS),
                 "control" => (&mut sections.control, control::KEYS),
+                "endpoint" => (&mut sections.endpoint, endpoint::KEYS),
                 _ => (&mut sections.logs, logs::KEYS),
             };
             let table = section_table(&item)?;

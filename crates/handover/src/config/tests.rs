@@ -784,8 +784,10 @@ fn full_example_uses_every_key() {
             "logs",
             &[
                 "stdout", "stderr", "tag", "max_line", "max_size", "keep", "compress", "buffer",
+                "format",
             ],
         ),
+        ("endpoint", &["listen"]),
     ];
     for (section, names) in keys {
         let value = document
@@ -808,6 +810,7 @@ fn full_example_uses_every_key() {
             "health" => health::KEYS,
             "reload" => reload::KEYS,
             "control" => control::KEYS,
+            "endpoint" => endpoint::KEYS,
             _ => logs::KEYS,
         };
         assert_eq!(schema, *names, "the keys {section} validates");

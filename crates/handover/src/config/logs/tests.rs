@@ -88,4 +88,29 @@ fn bad_logs_settings_are_located_and_explained() {
     );
     assert_err(&at("tag = \"yes\""), 4, 7, &["logs.tag", "true or false"]);
     assert_err(&at("rotate = 3"), 4, 1, &["rotate"]);
+    assert_err(
+        &at("format = \"JSON\""),
+        4,
+        10,
+        &["logs.format", "\"JSON\" is not a log format", "\"logfmt\""],
+    );
+    assert_err(
+        &at("format = 1"),
+        4,
+        10,
+        &["logs.format", "expected a string"],
+    );
+}
+
+#[test]
+fn log_formats_are_parsed() {
+    assert_eq!(ok(MIN).logs.format, LogFormat::Text);
+    for (name, format) in [
+        ("text", LogFormat::Text),
+        ("logfmt", LogFormat::Logfmt),
+        ("json", LogFormat::Json),
+    ] {
+        let logs = ok(&format!("{MIN}[logs]\nformat = \"{name}\"\n")).logs;
+        assert_eq!(logs.format, format, "{name}");
+    }
 }
