@@ -1,5 +1,5 @@
 //! Issue 14, as root without systemd: each worker runs in a cgroup of its own below
-//! `handover.PID` (which handover creates below the test's own cgroup, and removes); what a
+//! `handover.PID-XXXXXXXX` (which handover creates below the test's own cgroup, and removes); what a
 //! worker leaves behind, however it detached, dies with it; status shows each worker's cgroup
 //! and CPU time; nothing is left after a stop, a crash or a thousand reloads.
 
@@ -60,6 +60,24 @@ fn status(h: &Handover) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// The cgroup handover made for this run, from status: `handover.PID-XXXXXXXX` below the
+/// test's own.
+fn root_of(h: &Handover) -> PathBuf {
+    let status = status(h);
+    let path = status["cgroups"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("on: "))
+        .unwrap_or_else(|| panic!("cgroups are not on: {status:#}"));
+    let root = PathBuf::from(path);
+    let name = root.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(root.parent(), own_cgroup().as_deref(), "{path}");
+    assert!(
+        name.starts_with(&format!("handover.{}-", h.pid())),
+        "{name}"
+    );
+    root
+}
+
 fn workers(h: &Handover) -> Vec<Value> {
     status(h)["generations"]
         .as_array()
@@ -89,7 +107,7 @@ fn each_worker_runs_in_a_cgroup_of_its_own_and_nothing_is_left_after_stop() {
         Options::default(),
     );
     h.log.wait_for("all 2 workers ready");
-    let root = own_cgroup().unwrap().join(format!("handover.{}", h.pid()));
+    let root = root_of(&h);
     assert!(
         h.log.text().contains(&format!(
             "a cgroup for each worker, below {} (created for this run)",
@@ -177,7 +195,7 @@ fn a_thousand_reloads_leave_no_cgroup_behind() {
         Options::default(),
     );
     h.log.wait_for("all 2 workers ready");
-    let root = own_cgroup().unwrap().join(format!("handover.{}", h.pid()));
+    let root = root_of(&h);
     for n in 1..=RELOADS {
         let (status, out, err) = h.ctl(&["reload"]);
         assert!(status.success(), "reload {n}: {out}{err}");
@@ -263,4 +281,41 @@ fn required_cgroups_refuse_to_start_without_and_off_means_none() {
     assert!(w.get("cgroup").is_none(), "{w:#}");
     assert!(!cgroup_of(w["pid"].as_i64().unwrap()).contains("handover."));
     assert!(h.stop().success());
+}
+
+/// A SIGKILLed run's cgroup (nobody holds its lock) is removed by the next start; one whose
+/// lock is held (a live handover, perhaps pid 1 of a container, so its pid proves nothing)
+/// is left alone.
+#[test]
+fn stale_cgroups_are_swept_by_their_lock() {
+    use std::os::fd::AsRawFd;
+    if skip(missing()) {
+        return;
+    }
+    let own = own_cgroup().unwrap();
+    let tag = std::process::id();
+    let dead = own.join(format!("handover.1-dead{tag:04x}"));
+    let live = own.join(format!("handover.1-live{tag:04x}"));
+    for dir in [&dead, &live] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::create_dir(dir.join("gen-3")).unwrap();
+    }
+    let held = std::fs::File::open(&live).unwrap();
+    // SAFETY: flock on a file this test opened and holds.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut h = Handover::start(
+        "cg-sweep",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 1 workers ready");
+    assert!(!dead.exists(), "the dead run's cgroup is left");
+    assert!(
+        live.join("gen-3").exists(),
+        "the live run's cgroup was touched"
+    );
+    assert!(h.stop().success());
+    drop(held);
+    std::fs::remove_dir(live.join("gen-3")).unwrap();
+    std::fs::remove_dir(&live).unwrap();
 }

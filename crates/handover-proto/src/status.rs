@@ -336,7 +336,7 @@ mod tests {
     fn unknown_fields_from_a_newer_writer_are_ignored() {
         let mut value = serde_json::to_value(sample()).unwrap();
         value["some_future_field"] = serde_json::json!({"x": 1});
-        value["generations"][0]["workers"][0]["cgroup"] = "/x".into();
+        value["generations"][0]["workers"][0]["numa_node"] = "/x".into();
         let read: Status = serde_json::from_value(value).unwrap();
         assert_eq!(read, sample());
     }

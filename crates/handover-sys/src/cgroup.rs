@@ -5,8 +5,9 @@
 //!   delegated cgroup with the `trusted.delegate` or `user.delegate` extended attribute);
 //!   handover moves itself into a leaf, `supervisor`, so that the unit's cgroup holds no
 //!   process of its own (the rule that lets controllers be enabled below it);
-//! - as root without systemd, `handover.PID`, created below handover's own cgroup and
-//!   removed at its end (or by the next start, after a SIGKILL);
+//! - as root without systemd, `handover.PID-XXXXXXXX`, created below handover's own cgroup,
+//!   locked (`flock`) while handover runs, removed at its end (or by the next start, after a
+//!   SIGKILL);
 //! - otherwise none, and [`setup`] says why.
 //!
 //! Workers live in `gen-G/worker-I-ID` below it. The stub joins the worker's cgroup before
@@ -22,6 +23,9 @@ pub struct CgroupRoot {
     root: PathBuf,
     /// handover created `root` (without systemd) and removes it at the end.
     created: bool,
+    /// Held on a created `root` for handover's lifetime: another handover's sweep removes
+    /// only cgroups whose lock it can take, whatever pid namespace their owner lives in.
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// How handover came to its subtree, for the log and status.
@@ -161,6 +165,7 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
             CgroupRoot {
                 root: own,
                 created: false,
+                _lock: None,
             },
             Origin::Delegated,
         ));
@@ -169,16 +174,32 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
         return Err("handover is neither root nor a systemd service with Delegate=yes".into());
     }
     sweep_stale(&own);
-    let root = own.join(format!("handover.{}", std::process::id()));
-    mkdir(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    // The pid alone is not unique: every handover that is PID 1 of a container is pid 1.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos()) as u32;
+    let root = own.join(format!("handover.{}-{nanos:08x}", std::process::id()));
+    std::fs::create_dir(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     if no_kill(&root) {
         let _ = std::fs::remove_dir(&root);
         return Err(too_old.into());
     }
+    let lock = std::fs::File::open(&root).and_then(|dir| {
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| std::io::Error::from(errno))
+    });
+    let lock = match lock {
+        Ok(lock) => lock,
+        Err(e) => {
+            let _ = std::fs::remove_dir(&root);
+            return Err(format!("cannot lock {}: {e}", root.display()));
+        }
+    };
     Ok((
         CgroupRoot {
             root,
             created: true,
+            _lock: Some(lock),
         },
         Origin::Created,
     ))
@@ -191,27 +212,33 @@ fn mkdir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes `handover.PID` cgroups below `own` whose handover is gone (killed before it
-/// could clean up), killing what is left in them first.
+/// Removes `handover.*` cgroups below `own` whose handover is gone (killed before it could
+/// clean up): those whose lock nobody holds. What is left in them is killed first.
 fn sweep_stale(own: &Path) {
     let Ok(entries) = std::fs::read_dir(own) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("handover."))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if !name.to_str().is_some_and(|n| n.starts_with("handover.")) {
             continue;
         }
         let path = entry.path();
+        let Ok(dir) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let Ok(_held) = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            // A live handover holds it.
+            continue;
+        };
         kill(&path);
-        let _ = remove_tree(&path);
+        for _ in 0..50 {
+            if remove_tree(&path).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
