@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use handover_proto::control::Response;
 use handover_sys::process::{self, Pidfd};
 use handover_sys::sentinel::Sentinel;
-use handover_sys::spawn::{Spawned, Spawner};
+use handover_sys::spawn::{SpawnRequest, Spawned, Spawner};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -691,12 +691,18 @@ impl Driver {
                 return self.pending.push_back(Input::ProbeFailed { worker, error });
             }
         };
+        self.spawn_probe(worker, request, false);
+    }
+
+    /// Hands a readiness probe's or health check's command to the spawning thread; its
+    /// process comes back as [`Event::ProbeSpawned`].
+    fn spawn_probe(&mut self, worker: WorkerId, request: SpawnRequest, health: bool) {
         self.probe_spawns_in_flight += 1;
         let events = self.events.clone();
         self.spawner.spawn(request, move |result| {
             let _ = events.send(Event::ProbeSpawned {
                 worker,
-                health: false,
+                health,
                 result,
             });
         });
@@ -706,63 +712,38 @@ impl Driver {
     /// command. Whatever happens, one [`Input::HealthChecked`] follows.
     fn start_health(&mut self, worker: WorkerId) {
         use crate::plan::HealthCheck;
+        let failed = |error: &str| Input::HealthChecked {
+            worker,
+            result: Err(error.to_owned()),
+        };
         let Some(io) = self.workers.get(&worker) else {
-            return self.pending.push_back(Input::HealthChecked {
-                worker,
-                result: Err("the worker is gone".into()),
-            });
+            return self.pending.push_back(failed("the worker is gone"));
         };
         let Some(health) = io.spec.health.as_ref() else {
-            return self.pending.push_back(Input::HealthChecked {
-                worker,
-                result: Err("no health check is configured".into()),
-            });
+            return self
+                .pending
+                .push_back(failed("no health check is configured"));
         };
-        match &health.check {
+        let http = match &health.check {
             HealthCheck::Command { argv } => {
-                let request = match reaper::probe_request(io, argv) {
-                    Ok(request) => request,
-                    Err(error) => {
-                        return self.pending.push_back(Input::HealthChecked {
-                            worker,
-                            result: Err(error),
-                        })
-                    }
+                return match reaper::probe_request(io, argv) {
+                    Ok(request) => self.spawn_probe(worker, request, true),
+                    Err(error) => self.pending.push_back(failed(&error)),
                 };
-                self.probe_spawns_in_flight += 1;
-                let events = self.events.clone();
-                self.spawner.spawn(request, move |result| {
-                    let _ = events.send(Event::ProbeSpawned {
-                        worker,
-                        health: true,
-                        result,
-                    });
-                });
             }
             HealthCheck::Http {
                 method,
                 path,
                 status,
                 ..
-            } => {
-                let Some(private) = io.private_socket() else {
-                    return self.pending.push_back(Input::HealthChecked {
-                        worker,
-                        result: Err("the worker has no private socket".into()),
-                    });
-                };
-                let http = Some((method.clone(), path.clone(), *status));
-                self.spawn_health_task(worker, private, http);
-            }
-            HealthCheck::Connect { .. } => {
-                let Some(private) = io.private_socket() else {
-                    return self.pending.push_back(Input::HealthChecked {
-                        worker,
-                        result: Err("the worker has no private socket".into()),
-                    });
-                };
-                self.spawn_health_task(worker, private, None);
-            }
+            } => Some((method.clone(), path.clone(), *status)),
+            HealthCheck::Connect { .. } => None,
+        };
+        match io.private_socket() {
+            Some(private) => self.spawn_health_task(worker, private, http),
+            None => self
+                .pending
+                .push_back(failed("the worker has no private socket")),
         }
     }
 

@@ -301,6 +301,27 @@ impl<'d> Table<'d> {
         )
     }
 
+    /// For keys that belong to some values of a selector key (`ready`, `check`): refuses
+    /// each of `keys` that is set while `selector` = `value` is not one of `values`, saying
+    /// which setting they need (`wanted`).
+    pub(super) fn only_with(
+        &self,
+        keys: &[&str],
+        (selector, value): (&str, &str),
+        values: &[&str],
+        wanted: &str,
+    ) -> Res<()> {
+        if values.contains(&value) {
+            return Ok(());
+        }
+        match keys.iter().find_map(|key| self.get(key)) {
+            Some(v) => Err(v.bad(format!(
+                "only applies with {wanted} ({selector} is {value:?})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses every key not in `known`, at the first one written, naming the keys there are.
     pub(super) fn only_keys(&self, known: &[&str]) -> Res<()> {
         match self

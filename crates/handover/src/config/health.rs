@@ -67,15 +67,7 @@ pub(super) fn validate(table: &Table<'_>) -> Res<HealthConfig> {
         }
     };
     let only = |keys: &[&str], kinds: &[&str], wanted: &str| -> Res<()> {
-        if kinds.contains(&kind) {
-            return Ok(());
-        }
-        for key in keys {
-            if let Some(v) = table.get(key) {
-                return Err(v.bad(format!("only applies with {wanted} (check is {kind:?})")));
-            }
-        }
-        Ok(())
+        table.only_with(keys, ("check", kind), kinds, wanted)
     };
     only(&["method", "path", "status"], &["http"], "check = \"http\"")?;
     only(

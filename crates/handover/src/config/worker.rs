@@ -379,15 +379,7 @@ fn ready(table: &Table<'_>) -> Res<ReadyMode> {
         },
     };
     let only = |keys: &[&str], modes: &[&str], wanted: &str| -> Res<()> {
-        if modes.contains(&mode) {
-            return Ok(());
-        }
-        for key in keys {
-            if let Some(v) = table.get(key) {
-                return Err(v.bad(format!("only applies with {wanted} (ready is {mode:?})")));
-            }
-        }
-        Ok(())
+        table.only_with(keys, ("ready", mode), modes, wanted)
     };
     only(&["probe"], &["probe"], "ready = \"probe\"")?;
     only(
