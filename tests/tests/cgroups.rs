@@ -319,3 +319,27 @@ fn stale_cgroups_are_swept_by_their_lock() {
     std::fs::remove_dir(live.join("gen-3")).unwrap();
     std::fs::remove_dir(&live).unwrap();
 }
+
+/// A SIGKILLed handover cannot clean up: its sentinel kills the run's cgroup, so even a
+/// worker's setsid grandchild (out of reach of any process group) dies with it.
+#[test]
+fn a_sigkilled_handover_takes_every_descendant_with_it() {
+    if skip(missing()) {
+        return;
+    }
+    let marker = unique_marker("cg-sigkill");
+    let mut h = Handover::start(
+        "cg-sigkill",
+        &format!(
+            "[worker]\ncommand = [\"{{worker}}\", \"--ready-after\", \"0\", \"--grandchild\", \"--marker\", \"{marker}\"]\ncount = 2\n"
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 2 workers ready");
+    wait_until("the grandchildren", || marked_processes(&marker).len() == 2);
+    h.signal(libc::SIGKILL);
+    h.wait();
+    wait_until("every grandchild to be gone", || {
+        marked_processes(&marker).is_empty()
+    });
+}

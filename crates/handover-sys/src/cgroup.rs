@@ -269,6 +269,11 @@ impl CgroupRoot {
         &self.root
     }
 
+    /// Whether handover created it for this run (rather than systemd delegating it).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
     /// The cgroup of a generation's worker, created: `gen-G/worker-I-ID`.
     pub fn create_worker(&self, generation: u64, index: u32, id: u64) -> io::Result<PathBuf> {
         let gen = self.generation_dir(generation);

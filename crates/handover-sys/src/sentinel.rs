@@ -13,8 +13,10 @@
 //! pipe and the standard ones, and never sets a parent-death signal.
 //!
 //! A group number is not reused while the group has members, so a recorded group that still
-//! exists at end of file is the worker's. What this cannot reach: descendants that left the
-//! worker's process group (`setsid`, a double fork); the cgroup tree kill covers those.
+//! exists at end of file is the worker's. Descendants that left the worker's process group
+//! (`setsid`, a double fork) are out of its reach, but not of the cgroup tree kill: with
+//! cgroups made for the run, handover also writes `=PATH`, and at end of file the sentinel
+//! kills that cgroup (`cgroup.kill`) too.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -37,6 +39,8 @@ pub struct Sentinel {
     live: Mutex<Option<Live>>,
     /// Every group recorded and not forgotten, to tell a restarted sentinel.
     groups: Mutex<BTreeSet<i32>>,
+    /// The cgroup to kill at end of file, if any.
+    cgroup: Mutex<Option<std::path::PathBuf>>,
     /// Records that could not be written (the pipe was full or the sentinel gone).
     lost: AtomicU64,
 }
@@ -53,6 +57,7 @@ impl Sentinel {
         let sentinel = Sentinel {
             live: Mutex::new(None),
             groups: Mutex::new(BTreeSet::new()),
+            cgroup: Mutex::new(None),
             lost: AtomicU64::new(0),
         };
         sentinel.restart()?;
@@ -75,6 +80,11 @@ impl Sentinel {
             }
         }
         drop(groups);
+        if let Some(line) = self.cgroup_line() {
+            if pipe.write_all(line.as_bytes()).is_err() {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(Live { pidfd, pipe });
         Ok(())
     }
@@ -127,6 +137,24 @@ impl Sentinel {
         self.send(format!("-{group}\n"));
     }
 
+    /// Records the cgroup (made for this run) whose every process dies with handover. A
+    /// path with a newline cannot be recorded and is ignored.
+    pub fn record_cgroup(&self, path: &std::path::Path) {
+        use std::os::unix::ffi::OsStrExt;
+        if path.as_os_str().as_bytes().contains(&b'\n') || path.as_os_str().len() > 4000 {
+            return;
+        }
+        *self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
+        if let Some(line) = self.cgroup_line() {
+            self.send(line);
+        }
+    }
+
+    fn cgroup_line(&self) -> Option<String> {
+        let cgroup = self.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+        cgroup.as_ref().map(|p| format!("={}\n", p.display()))
+    }
+
     /// How many records were lost since the last call.
     pub fn take_lost(&self) -> u64 {
         self.lost.swap(0, Ordering::Relaxed)
@@ -169,6 +197,7 @@ pub fn run() -> ! {
     // SAFETY: fd 3 is the pipe handover's spawn put there for us; we are its only owner.
     let mut records = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(RECORDS_FD) });
     let mut groups: BTreeSet<i32> = BTreeSet::new();
+    let mut cgroup: Option<std::path::PathBuf> = None;
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -177,7 +206,13 @@ pub fn run() -> ! {
             Ok(n) => {
                 partial.extend_from_slice(&buf[..n]);
                 while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-                    apply(&mut groups, &partial[..end]);
+                    match partial[..end].strip_prefix(b"=") {
+                        Some(path) => {
+                            use std::os::unix::ffi::OsStrExt;
+                            cgroup = Some(std::ffi::OsStr::from_bytes(path).into());
+                        }
+                        None => apply(&mut groups, &partial[..end]),
+                    }
                     partial.drain(..=end);
                 }
             }
@@ -191,6 +226,10 @@ pub fn run() -> ! {
             nix::unistd::Pid::from_raw(group),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    // Everything in the run's cgroup, however it detached (the sentinel is not in it).
+    if let Some(cgroup) = cgroup {
+        crate::cgroup::kill(&cgroup);
     }
     std::process::exit(0)
 }

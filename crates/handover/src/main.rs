@@ -825,7 +825,14 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     };
     // Started before any worker, so that every one is recorded.
     let sentinel = match handover_sys::sentinel::Sentinel::start() {
-        Ok(sentinel) => Some(std::sync::Arc::new(sentinel)),
+        Ok(sentinel) => {
+            // A SIGKILLed handover takes the cgroup it made with it (under systemd, the
+            // unit's cgroup is systemd's to end).
+            if let Some(root) = cgroups.as_ref().filter(|root| root.created()) {
+                sentinel.record_cgroup(root.path());
+            }
+            Some(std::sync::Arc::new(sentinel))
+        }
         Err(err) => {
             tracing::warn!(
                 "could not start the sentinel ({err}): if handover is killed, children of \
