@@ -163,6 +163,14 @@ impl Rig {
         self.load.take().expect("load running").finish()
     }
 
+    /// Lets the load run one whole slice more from now on: after a reload, long enough for
+    /// keep-alive clients to leave the draining workers (which close their connections) for
+    /// the new ones.
+    fn load_one_more_slice(&self) {
+        let load = self.load.as_ref().expect("load running");
+        load.wait_slices(load.0.slices() + 2);
+    }
+
     /// Replaces the config file (atomically: handover may read it at any moment).
     fn write_config(&self, text: &str) {
         write_atomically(&self.h.config, &harness::expand(text, self.h.dir.path()));
@@ -277,6 +285,7 @@ fn reloads_under_load(label: &str, mode: Mode, count: u32) {
     }
     let (last, last_pids) = rig.serving();
     assert_eq!(last, 1 + RELOADS as u64, "every reload made a generation");
+    rig.load_one_more_slice();
     let summary = rig.finish_load();
     assert_no_failures(&summary);
     let served = rig.generations_served(&summary);
