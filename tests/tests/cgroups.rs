@@ -343,3 +343,57 @@ fn a_sigkilled_handover_takes_every_descendant_with_it() {
         marked_processes(&marker).is_empty()
     });
 }
+
+/// The nice value of a process (field 19 of /proc/PID/stat).
+fn nice_of(pid: i64) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    after
+        .split_whitespace()
+        .nth(16)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(i64::MIN)
+}
+
+/// `start_nice`: a starting worker (and the child it starts while booting) runs at the lower
+/// priority until it is ready, then its whole process group gets handover's back.
+#[test]
+fn workers_start_at_start_nice_and_get_their_priority_back_once_ready() {
+    if skip(missing()) {
+        return;
+    }
+    let marker = unique_marker("nice");
+    let mut h = Handover::start(
+        "nice",
+        &format!(
+            "[worker]\ncommand = [\"{{worker}}\", \"--ready-after\", \"1500\", \"--child\", \"--marker\", \"{marker}\"]\nstart_nice = 12\n"
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("worker started");
+    wait_until("the worker's child", || {
+        marked_processes(&marker).len() == 1
+    });
+    let child = i64::from(marked_processes(&marker)[0]);
+    let worker = workers_any(&h)[0]["pid"].as_i64().unwrap();
+    let own = nice_of(i64::from(h.pid()));
+    assert_eq!(nice_of(worker), own + 12, "the worker while it starts");
+    assert_eq!(nice_of(child), own + 12, "its child while it starts");
+    h.log.wait_for("all 1 workers ready");
+    wait_until("the priority back", || nice_of(worker) == own);
+    assert_eq!(nice_of(child), own, "its child once it is ready");
+    assert!(h.stop().success());
+}
+
+/// Every worker, in any generation, as status shows them.
+fn workers_any(h: &Handover) -> Vec<Value> {
+    status(h)["generations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["workers"].as_array().cloned().unwrap_or_default())
+        .collect()
+}

@@ -51,6 +51,9 @@ pub struct WorkerExec {
     pub nofile: Option<u64>,
     /// The cgroup (a directory of the cgroup2 file system) the stub joins before it execs.
     pub cgroup: Option<PathBuf>,
+    /// The nice value the worker starts with (0: handover's own); handover gives the
+    /// worker's process group back its priority once the worker is ready.
+    pub start_nice: i32,
 }
 
 /// Everything needed to start one worker.

@@ -69,14 +69,14 @@ fn opt_num(value: Option<u32>) -> OsString {
 }
 
 impl StubArgs {
-    /// Renders the stub's argv: `handover __exec-worker v2 PPID N BASE STATUS UID GID GROUPS
-    /// CWD NNP UMASK NOFILE CGROUP -- ARGV...`, with `-` for absent values and paths prefixed
+    /// Renders the stub's argv: `handover __exec-worker v3 PPID N BASE STATUS UID GID GROUPS
+    /// CWD NNP UMASK NOFILE CGROUP NICE -- ARGV...`, with `-` for absent values and paths prefixed
     /// by `=` so any path (including one that is just `-`) round-trips.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut argv: Vec<OsString> = vec![
             "handover".into(),
             STUB_COMMAND.into(),
-            "v2".into(),
+            "v3".into(),
             self.expected_parent.to_string().into(),
             self.n_sockets.to_string().into(),
             self.staging_base.to_string().into(),
@@ -110,6 +110,7 @@ impl StubArgs {
                 .unwrap_or_else(|| "-".into())
                 .into(),
             opt_path(self.exec.cgroup.as_deref()),
+            self.exec.start_nice.to_string().into(),
             "--".into(),
         ];
         argv.extend(self.exec.argv.iter().cloned());
@@ -123,7 +124,7 @@ impl StubArgs {
                 .and_then(|a| a.to_str())
                 .ok_or_else(|| format!("stub argument {i} missing or not UTF-8"))
         };
-        if text(0)? != "v2" {
+        if text(0)? != "v3" {
             return Err("unknown stub protocol version".into());
         }
         let num = |i: usize| -> Result<i64, String> {
@@ -164,10 +165,15 @@ impl StubArgs {
             n => Some(n.parse::<u64>().map_err(|_| "bad stub nofile")?),
         };
         let cgroup = parse_path(args.get(12), "cgroup")?;
-        if args.get(13).map(|a| a.as_bytes()) != Some(b"--") {
+        let start_nice = text(13)?
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (0..=19).contains(n))
+            .ok_or("bad stub nice")?;
+        if args.get(14).map(|a| a.as_bytes()) != Some(b"--") {
             return Err("stub separator missing".into());
         }
-        let argv: Vec<OsString> = args[14..].to_vec();
+        let argv: Vec<OsString> = args[15..].to_vec();
         if argv.is_empty() {
             return Err("no worker command".into());
         }
@@ -186,6 +192,7 @@ impl StubArgs {
                 umask,
                 nofile,
                 cgroup,
+                start_nice,
             },
         })
     }
@@ -294,6 +301,12 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
         }
         if let Some(mask) = args.exec.umask {
             libc::umask(mask as libc::mode_t);
+        }
+        // Lower only (a positive nice is always allowed); handover raises it back.
+        if args.exec.start_nice > 0
+            && libc::setpriority(libc::PRIO_PROCESS, 0, args.exec.start_nice) < 0
+        {
+            fail(status, "setpriority()", last_error());
         }
 
         if let Some(groups) = &args.exec.groups {
@@ -461,6 +474,7 @@ mod tests {
                 umask: Some(0o027),
                 nofile: Some(4096),
                 cgroup: Some("/sys/fs/cgroup/a b/w1".into()),
+                start_nice: 10,
             },
         ] {
             let args = StubArgs {
@@ -475,6 +489,6 @@ mod tests {
             assert_eq!(parsed.exec, exec);
             assert_eq!(parsed.expected_parent, 42);
         }
-        assert!(StubArgs::parse(&["v1".into()]).is_err());
+        assert!(StubArgs::parse(&["v2".into()]).is_err());
     }
 }

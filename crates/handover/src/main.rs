@@ -819,6 +819,12 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         .uid
         .map(|uid| (uid, generation.exec.gid.unwrap_or(0)));
     let ready_pipe = ready_pipe.map(std::sync::Arc::new);
+    if config.worker.start_nice > 0 && handover_sys::users::effective_uid() != 0 {
+        tracing::warn!(
+            "worker.start_nice is ignored: handover needs root to give the workers their \
+             priority back once they are ready"
+        );
+    }
     let (cgroups, cgroups_status) = match cgroups(&config, &environment) {
         Ok(found) => found,
         Err(message) => return fail(exit::CONFIG, message),

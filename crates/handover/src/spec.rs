@@ -156,6 +156,12 @@ impl SpecContext {
                 umask: worker.umask,
                 nofile: worker.limit_nofile,
                 cgroup: None,
+                // Giving the priority back needs CAP_SYS_NICE: without root, not at all.
+                start_nice: if handover_sys::users::effective_uid() == 0 {
+                    worker.start_nice
+                } else {
+                    0
+                },
             },
             env: base_env(&self.inherited_env, worker, overrides),
             count: overrides.workers.unwrap_or(worker.count),

@@ -448,6 +448,11 @@ impl Core {
             .min()
     }
 
+    /// Whether worker `id` is ready.
+    pub(crate) fn is_ready(&self, id: WorkerId) -> bool {
+        self.model.workers.get(&id).is_some_and(|w| w.is_ready())
+    }
+
     /// How handover ends, once it has: every worker gone after a stop, or a forced stop.
     pub(crate) fn finished(&self) -> Option<Outcome> {
         if self.forced {

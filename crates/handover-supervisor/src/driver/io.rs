@@ -64,6 +64,8 @@ pub(super) struct WorkerIo {
     private: Option<PrivateSocket>,
     /// Its cgroup, with `[handover] cgroups`.
     pub cgroup: Option<std::path::PathBuf>,
+    /// It started at `start_nice` and has not had its priority back yet.
+    pub niced: bool,
 }
 
 impl Drop for WorkerIo {
@@ -125,6 +127,7 @@ impl WorkerIo {
         };
         let mut exec = spec.exec.clone();
         exec.cgroup = cgroup.clone();
+        let niced = exec.start_nice > 0;
         let request = SpawnRequest {
             exec,
             env,
@@ -146,6 +149,7 @@ impl WorkerIo {
             watchers,
             private,
             cgroup,
+            niced,
         };
         Ok((io, request))
     }

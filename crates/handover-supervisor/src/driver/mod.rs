@@ -143,6 +143,8 @@ struct Driver {
     health_kills: std::collections::BTreeSet<WorkerId>,
     /// Cgroups of workers that are gone, killed, to be removed once their last process is.
     dead_cgroups: Vec<PathBuf>,
+    /// handover's own nice value: what workers started at `start_nice` get once ready.
+    own_nice: i32,
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Response>>,
     next_client: ClientId,
     /// Inputs that carrying out actions produced, handled next.
@@ -215,6 +217,7 @@ pub async fn run(
             cgroups_status: plan.cgroups_status,
         },
         dead_cgroups: Vec::new(),
+        own_nice: process::own_nice(),
         spawner,
         systemd: Systemd::new(systemd),
         reloader,
@@ -292,6 +295,22 @@ impl Driver {
             }
             for action in actions {
                 self.execute(action);
+            }
+        }
+        self.restore_priorities();
+    }
+
+    /// Workers that started at `start_nice` get handover's priority back, their whole process
+    /// group, once the core counts them ready.
+    fn restore_priorities(&mut self) {
+        for (&id, io) in self.workers.iter_mut().filter(|(_, io)| io.niced) {
+            let Some(pid) = io.pid() else { continue };
+            if !self.core.is_ready(id) {
+                continue;
+            }
+            io.niced = false;
+            if let Err(err) = process::set_group_nice(pid, self.own_nice) {
+                warn!(pid, "could not give the worker its priority back: {err}");
             }
         }
     }

@@ -111,6 +111,7 @@ fn minimal_config_gets_the_defaults() {
             no_new_privileges: None,
             umask: None,
             limit_nofile: None,
+            start_nice: 0,
         }
     );
     assert_eq!(
@@ -183,6 +184,7 @@ group = "1000"
 no_new_privileges = true
 umask = "0027"
 limit_nofile = 65536
+start_nice = 10
 
 [reload]
 timeout = "10m"
@@ -283,6 +285,7 @@ fn full_config() {
             no_new_privileges: Some(true),
             umask: Some(0o027),
             limit_nofile: Some(65536),
+            start_nice: 10,
         }
     );
     assert_eq!(
@@ -749,6 +752,7 @@ fn full_example_uses_every_key() {
                 "no_new_privileges",
                 "umask",
                 "limit_nofile",
+                "start_nice",
             ],
         ),
         (

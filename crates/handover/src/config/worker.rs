@@ -37,6 +37,7 @@ pub(super) const KEYS: &[&str] = &[
     "no_new_privileges",
     "umask",
     "limit_nofile",
+    "start_nice",
 ];
 
 /// Largest `worker.count` (and `reload.batch_size`, `reload.max_extra`).
@@ -144,6 +145,9 @@ pub(crate) struct WorkerConfig {
     pub(crate) umask: Option<u32>,
     /// `limit_nofile`: `RLIMIT_NOFILE` (soft and hard). Default: handover's.
     pub(crate) limit_nofile: Option<u64>,
+    /// `start_nice`: workers start at this nice value, and get handover's back once ready.
+    /// Default 0 (off).
+    pub(crate) start_nice: i32,
 }
 
 /// Validates `[worker]`; `fds_env` is the variable `[handover]` reserved for the fd map.
@@ -228,6 +232,9 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
         .map(|v| v.integer(1, 1 << 30))
         .transpose()?
         .map(|n| n as u64);
+    let start_nice = table
+        .get("start_nice")
+        .map_or(Ok(0), |v| v.integer(0, 19))? as i32;
     Ok(WorkerConfig {
         command,
         env,
@@ -248,6 +255,7 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
         no_new_privileges,
         umask,
         limit_nofile,
+        start_nice,
     })
 }
 

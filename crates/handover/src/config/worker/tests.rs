@@ -90,6 +90,8 @@ fn worker_errors() {
         ("[worker]\ncommand = [\"app\"]\numask = \"07777\"\n", 3, 9, &["worker.umask: \"07777\" is not a umask"]),
         ("[worker]\ncommand = [\"app\"]\numask = 22\n", 3, 9, &["worker.umask: expected a string, got an integer"]),
         ("[worker]\ncommand = [\"app\"]\nlimit_nofile = 0\n", 3, 16, &["worker.limit_nofile: must be between 1 and 1073741824, got 0"]),
+        ("[worker]\ncommand = [\"app\"]\nstart_nice = 20\n", 3, 14, &["worker.start_nice: must be between 0 and 19, got 20"]),
+        ("[worker]\ncommand = [\"app\"]\nstart_nice = -5\n", 3, 14, &["worker.start_nice: must be between 0 and 19, got -5"]),
         ("[worker]\ncommand = [\"app\"]\nno_new_privileges = \"yes\"\n", 3, 21, &["worker.no_new_privileges: expected true or false, got a string"]),
         ("[worker]\ncommand = []\n", 2, 11, &["worker.command: must not be empty"]),
         ("[worker]\ncommand = \"app --flag\"\n", 2, 11, &["worker.command: expected an array of strings", "got a string"]),
