@@ -185,6 +185,18 @@ impl Steering {
             ));
         }
         let address = local_address(&fd)?;
+        // Several instances on one port (ReusePort= in a template .socket unit) share one
+        // group; a selector of ours would take every connection from the others.
+        let listening = steer::listeners_on(address).map_err(|source| SteerError::Io {
+            what: "reading /proc/net/tcp",
+            source,
+        })?;
+        if listening > 1 {
+            return Err(SteerError::Unsuitable(format!(
+                "{listening} sockets listen on {address} with SO_REUSEPORT (other instances'?), \
+                 and a selector would take every connection from the others"
+            )));
+        }
         let spare = Arc::new(steer::bind_member(address, backlog)?);
         self.insert(name, address, backlog, fd)?;
         if let Some(group) = self.lock().current.get_mut(name) {

@@ -298,6 +298,32 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     children
 }
 
+/// Sets the nice value of every process in process group `pgid` (`setpriority(PRIO_PGRP)`);
+/// lowering it needs `CAP_SYS_NICE`.
+pub fn set_group_nice(pgid: i32, nice: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: setpriority takes plain integers; pgid > 1 names one process group.
+    if unsafe { libc::setpriority(libc::PRIO_PGRP, pgid as libc::id_t, nice) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's nice value.
+pub fn own_nice() -> i32 {
+    // getpriority can return -1 legitimately; clear errno to tell it from a failure, which
+    // for the calling process cannot happen anyway.
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority takes plain integers; 0 means the calling process.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if nice == -1 && nix::errno::Errno::last_raw() != 0 {
+        return 0;
+    }
+    nice
+}
+
 #[cfg(test)]
 mod descent_tests {
     use super::*;
@@ -337,30 +363,4 @@ mod descent_tests {
             "gone processes descend from nobody"
         );
     }
-}
-
-/// Sets the nice value of every process in process group `pgid` (`setpriority(PRIO_PGRP)`);
-/// lowering it needs `CAP_SYS_NICE`.
-pub fn set_group_nice(pgid: i32, nice: i32) -> io::Result<()> {
-    if pgid <= 1 {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: setpriority takes plain integers; pgid > 1 names one process group.
-    if unsafe { libc::setpriority(libc::PRIO_PGRP, pgid as libc::id_t, nice) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// This process's nice value.
-pub fn own_nice() -> i32 {
-    // getpriority can return -1 legitimately; clear errno to tell it from a failure, which
-    // for the calling process cannot happen anyway.
-    nix::errno::Errno::clear();
-    // SAFETY: getpriority takes plain integers; 0 means the calling process.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    if nice == -1 && nix::errno::Errno::last_raw() != 0 {
-        return 0;
-    }
-    nice
 }

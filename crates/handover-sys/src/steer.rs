@@ -264,6 +264,37 @@ pub fn local_port(fd: BorrowedFd<'_>) -> io::Result<u16> {
     local_address(fd).map(|a| a.port())
 }
 
+/// How many TCP sockets of this network namespace listen on exactly `address`, from
+/// `/proc/net/tcp` or `/proc/net/tcp6`: more than handover's own means other processes are
+/// in its `SO_REUSEPORT` group, where a selector could not tell their sockets from its own.
+pub fn listeners_on(address: SocketAddr) -> io::Result<usize> {
+    // The kernel prints each 32-bit word of the address as it lies in memory, read as a
+    // native integer, in hex, and the port in host order.
+    let word = |b: &[u8]| format!("{:08X}", u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let (file, hex) = match address {
+        SocketAddr::V4(a) => ("/proc/net/tcp", word(&a.ip().octets())),
+        SocketAddr::V6(a) => {
+            let octets = a.ip().octets();
+            (
+                "/proc/net/tcp6",
+                octets.chunks(4).map(word).collect::<String>(),
+            )
+        }
+    };
+    let wanted = format!("{hex}:{:04X}", address.port());
+    let table = std::fs::read_to_string(file)?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1);
+            let state = fields.nth(1);
+            local == Some(wanted.as_str()) && state == Some("0A")
+        })
+        .count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +451,18 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         drop(taken);
         assert!(address_is_free(addr).is_ok());
+    }
+
+    #[test]
+    fn listeners_on_an_address_are_counted() {
+        let first = bind_member("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let address = local_address(first.as_fd()).unwrap();
+        assert_eq!(listeners_on(address).unwrap(), 1);
+        let second = bind_member(address, 16).unwrap();
+        assert_eq!(listeners_on(address).unwrap(), 2);
+        drop(second);
+        assert_eq!(listeners_on(address).unwrap(), 1);
+        let v6 = bind_member("[::1]:0".parse().unwrap(), 16).unwrap();
+        assert_eq!(listeners_on(local_address(v6.as_fd()).unwrap()).unwrap(), 1);
     }
 }
