@@ -35,7 +35,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
                                 [--mode new|keepalive] [--boot-ms 200]
                                 [--worker example|batching] [--steering on|off]
-                                [--cgroups on|off]
+                                [--cgroups on|off] [--boot-cpu on|off] [--start-nice 0..19]
        cargo xtask bench idle [--workers 4] [--seconds 10] [--cgroups on|off]
        cargo xtask bench logs [--workers 4] [--megabytes 200]
        cargo xtask bench health [--workers 64] [--seconds 10]";
@@ -83,6 +83,8 @@ struct Options {
     worker: Worker,
     steering: bool,
     cgroups: bool,
+    boot_cpu: bool,
+    start_nice: u64,
 }
 
 /// The program the reload bench runs.
@@ -108,6 +110,8 @@ impl Options {
             worker: Worker::Example,
             steering: true,
             cgroups: true,
+            boot_cpu: false,
+            start_nice: 0,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -146,6 +150,19 @@ impl Options {
                         "on" => true,
                         "off" => false,
                         _ => bail!("--steering must be on or off, not {value:?}"),
+                    }
+                }
+                "--boot-cpu" => {
+                    o.boot_cpu = match value.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => bail!("--boot-cpu must be on or off, not {value:?}"),
+                    }
+                }
+                "--start-nice" => {
+                    o.start_nice = match value.parse::<u64>() {
+                        Ok(n) if n <= 19 => n,
+                        _ => bail!("--start-nice needs a number in 0..=19, not {value:?}"),
                     }
                 }
                 "--cgroups" => {
@@ -328,7 +345,8 @@ struct Running {
 }
 
 impl Running {
-    /// handover with `workers` of `worker` on a socket with steering on or off.
+    /// handover with `workers` of `worker` on a socket with steering on or off; `o`'s
+    /// `--boot-cpu` and `--start-nice` apply to the example worker.
     fn start_worker(
         paths: &Paths,
         workers: u32,
@@ -336,11 +354,17 @@ impl Running {
         worker: Worker,
         steering: bool,
         extra: &str,
+        o: &Options,
     ) -> anyhow::Result<Running> {
         let command = match worker {
             Worker::Example => {
                 let bin = paths.bin("handover-example-http")?;
-                format!(r#"[{bin:?}, "--boot-ms", "{boot_ms}", "--idle-grace-ms", "200"]"#)
+                let cpu = if o.boot_cpu { r#", "--boot-cpu""# } else { "" };
+                // Further [worker] keys follow the command's line.
+                format!(
+                    "[{bin:?}, \"--boot-ms\", \"{boot_ms}\", \"--idle-grace-ms\", \"200\"{cpu}]\nstart_nice = {}",
+                    o.start_nice
+                )
             }
             Worker::Batching => {
                 let bin = paths.bin("handover-test-worker")?;
@@ -642,6 +666,7 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         o.worker,
         o.steering,
         cgroups_extra(o),
+        o,
     )?;
     let pid = handover.pid();
     let load = BackgroundLoad::start(handover.port, o.mode, o.concurrency);
@@ -688,13 +713,15 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         Worker::Batching => "batching",
     };
     println!(
-        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}, mode {mode}, concurrency {}, steering {}, cgroups {}",
+        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}{}, mode {mode}, concurrency {}, steering {}, cgroups {}, start_nice {}",
         o.reloads,
         o.workers,
         o.boot_ms,
+        if o.boot_cpu { " (computing)" } else { "" },
         o.concurrency,
         if o.steering { "on" } else { "off" },
-        if o.cgroups { "on" } else { "off" }
+        if o.cgroups { "on" } else { "off" },
+        o.start_nice
     );
     let cgroups = handover.log.lines_with("cgroup");
     if let Some(line) = cgroups.first() {
@@ -767,8 +794,15 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
 }
 
 fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
-    let mut handover =
-        Running::start_worker(paths, o.workers, 0, Worker::Example, true, cgroups_extra(o))?;
+    let mut handover = Running::start_worker(
+        paths,
+        o.workers,
+        0,
+        Worker::Example,
+        true,
+        cgroups_extra(o),
+        o,
+    )?;
     let pid = handover.pid();
     // The log lines of the start are flushed by now; idleness starts here.
     std::thread::sleep(Duration::from_millis(500));
@@ -1164,6 +1198,10 @@ mod tests {
         assert_eq!((o.worker, o.steering), (Worker::Batching, false));
         assert!(args(&["--worker", "nginx"]).is_err());
         assert!(args(&["--steering", "yes"]).is_err());
+        let o = args(&["--boot-cpu", "on", "--start-nice", "10", "--cgroups", "off"]).unwrap();
+        assert_eq!((o.boot_cpu, o.start_nice, o.cgroups), (true, 10, false));
+        assert!(args(&["--start-nice", "20"]).is_err());
+        assert!(args(&["--boot-cpu", "1"]).is_err());
         assert_eq!(
             logged_duration(
                 "x INFO handed over in 212.5ms: no connection",

@@ -71,6 +71,8 @@ Options:
   --listen ADDR            bind ADDR (host:port or /unix/path) when no socket is inherited
                            (default 127.0.0.1:8080)
   --boot-ms N              sleep N ms before becoming ready
+  --boot-cpu               spend those N ms computing instead of sleeping, as an app that
+                           loads and compiles its code at start does
   --idle-grace-ms N        when draining, keep idle keep-alive connections N ms (default 1000)
   --drain-timeout-ms N     when draining, exit after at most N ms (default 30000)
   --crash-on-start CODE    exit with CODE immediately
@@ -83,6 +85,7 @@ struct Options {
     socket_name: Option<String>,
     listen: String,
     boot: Duration,
+    boot_cpu: bool,
     idle_grace: Duration,
     drain_timeout: Duration,
     crash_on_start: Option<i32>,
@@ -115,6 +118,7 @@ fn parse_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Parsed, 
         socket_name: None,
         listen: "127.0.0.1:8080".to_owned(),
         boot: Duration::ZERO,
+        boot_cpu: false,
         idle_grace: Duration::from_millis(1000),
         drain_timeout: Duration::from_millis(30_000),
         crash_on_start: None,
@@ -142,6 +146,7 @@ fn parse_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Parsed, 
                 opts.crash_on_start = Some(i32::from(code));
             }
             "--never-ready" => opts.never_ready = true,
+            "--boot-cpu" => opts.boot_cpu = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -495,8 +500,23 @@ async fn async_main(listener: StdListener, health: Option<StdListener>, opts: Op
     };
 
     if !opts.boot.is_zero() {
+        let boot = opts.boot;
+        let booting = async move {
+            if opts.boot_cpu {
+                // On a thread of its own, so that a stop signal is still seen meanwhile.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let end = std::time::Instant::now() + boot;
+                    while std::time::Instant::now() < end {
+                        std::hint::spin_loop();
+                    }
+                })
+                .await;
+            } else {
+                sleep(boot).await;
+            }
+        };
         tokio::select! {
-            _ = sleep(opts.boot) => {}
+            _ = booting => {}
             _ = term.recv() => {
                 log!("{PROG}: stopped while booting");
                 return 0;
