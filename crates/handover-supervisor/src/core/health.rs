@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use super::model::{Check, GenState, Phase, WorkerId, WorkerState};
 use super::{Action, Core, Level};
 
+/// The longest watchdog interval a worker's `WATCHDOG_USEC=` may set.
+const MAX_WATCHDOG: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl Core {
     /// A ready worker's watchdog is armed; a worker waiting for its first check gets it now.
     /// Called when a starting worker became ready by its own means; returns whether it must
@@ -85,8 +88,11 @@ impl Core {
             return;
         };
         if let Some(usec) = usec {
-            // As under systemd: a new interval from now on, 0 turns the watchdog off.
-            worker.health.watchdog = (usec > 0).then(|| Duration::from_micros(usec));
+            // As under systemd: a new interval from now on, 0 turns the watchdog off. A worker
+            // may send any number: more than a day counts as a day, so a deadline can always
+            // be computed.
+            worker.health.watchdog =
+                (usec > 0).then(|| Duration::from_micros(usec).min(MAX_WATCHDOG));
             if worker.is_ready() {
                 worker.health.watchdog_deadline = worker.health.watchdog.map(|d| now + d);
             }

@@ -254,6 +254,9 @@ fn watchdog_trigger_and_watchdog_usec_work_as_under_systemd() {
     assert_eq!(sim.after(ms(9_999)), Vec::<String>::new());
     sim.notify(2, "WATCHDOG_USEC=0");
     assert_eq!(sim.after(ms(60_000)), Vec::<String>::new());
+    // Any number a worker sends is taken without harm: more than a day counts as a day.
+    sim.notify(2, "WATCHDOG_USEC=18446744073709551615");
+    assert_eq!(sim.next_in_ms(), Some(24 * 60 * 60 * 1000));
     let status = sim.core.snapshot(sim.now);
     let w2 = &status.generations[0]
         .workers
