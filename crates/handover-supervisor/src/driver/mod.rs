@@ -139,6 +139,8 @@ struct Driver {
     checks: BTreeMap<WorkerId, tokio::task::JoinHandle<()>>,
     /// Health checks over private sockets running, by worker.
     health_tasks: BTreeMap<WorkerId, tokio::task::JoinHandle<()>>,
+    /// Health check commands handed to the spawning thread and not reported yet.
+    health_spawning: std::collections::BTreeSet<WorkerId>,
     /// Health check commands given up while their spawn was under way: killed once known.
     health_kills: std::collections::BTreeSet<WorkerId>,
     /// Cgroups of workers that are gone, killed, to be removed once their last process is.
@@ -228,6 +230,7 @@ pub async fn run(
         probes: BTreeMap::new(),
         probe_spawns_in_flight: 0,
         health_tasks: BTreeMap::new(),
+        health_spawning: std::collections::BTreeSet::new(),
         health_kills: std::collections::BTreeSet::new(),
         checks: BTreeMap::new(),
         clients: BTreeMap::new(),
@@ -346,7 +349,7 @@ impl Driver {
             Action::KillHealth { worker } => {
                 if let Some(task) = self.health_tasks.remove(&worker) {
                     task.abort();
-                    self.pending.push_back(Input::HealthChecked {
+                    return self.pending.push_back(Input::HealthChecked {
                         worker,
                         result: Err("given up".into()),
                     });
@@ -359,8 +362,8 @@ impl Driver {
                         let _ = process::signal_group(*pid, libc::SIGKILL);
                     }
                 }
-                if !running {
-                    // Its spawn is still under way (or it has ended meanwhile).
+                if !running && self.health_spawning.contains(&worker) {
+                    // Its spawn is still under way: it is killed once it exists.
                     self.health_kills.insert(worker);
                 }
             }
@@ -511,6 +514,7 @@ impl Driver {
                 result,
             } => {
                 self.probe_spawns_in_flight = self.probe_spawns_in_flight.saturating_sub(1);
+                self.health_spawning.remove(&worker);
                 let killed = self.health_kills.remove(&worker);
                 match result {
                     Ok(spawned) => {
@@ -717,6 +721,9 @@ impl Driver {
     /// process comes back as [`Event::ProbeSpawned`].
     fn spawn_probe(&mut self, worker: WorkerId, request: SpawnRequest, health: bool) {
         self.probe_spawns_in_flight += 1;
+        if health {
+            self.health_spawning.insert(worker);
+        }
         let events = self.events.clone();
         self.spawner.spawn(request, move |result| {
             let _ = events.send(Event::ProbeSpawned {
