@@ -305,3 +305,25 @@ fn a_health_failure_during_a_reload_aborts_it_and_the_old_generation_keeps_servi
         ]
     );
 }
+
+#[test]
+fn a_new_worker_that_passed_then_fails_its_check_while_the_reload_runs_aborts_it() {
+    let mut sim = serving(spec(1), policy());
+    let (client, _) = sim.reload();
+    sim.resolved(1, checked(2, 1, 1), policy());
+    sim.spawned_all(&[2, 3]);
+    sim.ready(2);
+    sim.checked(2, Ok(()));
+    assert!(sim.logged("worker ready; its health check passed"));
+    // w3 is still starting, so the reload goes on; w2's next check fails.
+    assert_eq!(sim.after(ms(1_000)), ["health w2"]);
+    let lines = sim.checked(2, Err("answered 500, expected 200"));
+    assert_eq!(lines.first().map(String::as_str), Some("signal w2 SIGTERM"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("reply c{client} failed: reload aborted"))),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("w1")), "{lines:?}");
+}
