@@ -760,9 +760,53 @@ impl Background {
         }
     }
 
+    /// Load of `concurrency` clients on 127.0.0.1:`port` in `mode`, in one-second slices for
+    /// at most `limit`; returns once the first slice got through, which proves the load
+    /// reaches the workers before the test does anything.
+    pub fn on_port(port: u16, mode: Mode, concurrency: usize, limit: Duration) -> Background {
+        let load = Background::start(
+            LoadConfig {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                concurrency,
+                duration: Duration::from_secs(1),
+                max_requests: 50_000_000,
+                mode,
+                request_timeout: Duration::from_secs(10),
+                path: "/".into(),
+            },
+            limit,
+        );
+        load.wait_slices(1);
+        load
+    }
+
     /// How many slices have completed.
     pub fn slices(&self) -> u64 {
         self.slices.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` slices have completed; panics after the harness's guard.
+    pub fn wait_slices(&self, n: u64) {
+        let deadline = std::time::Instant::now() + crate::harness::GUARD;
+        while self.slices() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load generator is stuck"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`Background::finish`] for a test that stops the load itself: panics if the load
+    /// stopped by its own limits first, or if not one request succeeded.
+    pub fn finish_by_test(self) -> Summary {
+        let (summary, limited) = self.finish().expect("load thread");
+        assert!(
+            !limited,
+            "the load hit its own limit before the test stopped it: {summary:?}"
+        );
+        assert!(summary.ok > 0, "no request succeeded: {summary:?}");
+        summary
     }
 
     /// Stops after the slice in progress; returns the sum of every slice and whether the

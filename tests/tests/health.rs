@@ -4,15 +4,12 @@
 //! answering on its private health socket (`--health-until`) or stops feeding its watchdog
 //! (`--watchdog-until`) once the file `PREFIX.PID` exists.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use handover_tests::harness::{free_port, Handover, Options, GUARD};
-use handover_tests::loadgen::{self, LoadConfig, Mode, Summary};
+use handover_tests::loadgen::{self, Mode, Summary};
 use serde_json::Value;
 
-/// Each load slice; slices follow each other until the test stops the load.
-const SLICE: Duration = Duration::from_secs(1);
 /// The load never runs longer than this.
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
@@ -74,31 +71,11 @@ drain_timeout = "10s"
 }
 
 fn load(port: u16) -> loadgen::Background {
-    let load = loadgen::Background::start(
-        LoadConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            concurrency: 8,
-            duration: SLICE,
-            max_requests: 50_000_000,
-            mode: Mode::NewConnection,
-            request_timeout: Duration::from_secs(10),
-            path: "/".into(),
-        },
-        LOAD_LIMIT,
-    );
-    let deadline = Instant::now() + GUARD;
-    while load.slices() < 1 {
-        assert!(Instant::now() < deadline, "the load generator is stuck");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    load
+    loadgen::Background::on_port(port, Mode::NewConnection, 8, LOAD_LIMIT)
 }
 
 fn finish(load: loadgen::Background) -> Summary {
-    let (summary, limited) = load.finish().expect("load thread");
-    assert!(!limited, "the load hit its own limit: {summary:?}");
-    assert!(summary.ok > 0, "no request succeeded: {summary:?}");
-    summary
+    load.finish_by_test()
 }
 
 /// Waits (guarded) until no worker with `pid` is left.

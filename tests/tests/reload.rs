@@ -51,11 +51,7 @@ impl BackgroundLoad {
     }
 
     fn wait_slices(&self, n: u64) {
-        let deadline = Instant::now() + GUARD;
-        while self.0.slices() < n {
-            assert!(Instant::now() < deadline, "the load generator is stuck");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.0.wait_slices(n);
     }
 
     /// Stops the load after the slice in progress and returns the sum of every slice.
