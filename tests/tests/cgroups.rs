@@ -397,3 +397,42 @@ fn workers_any(h: &Handover) -> Vec<Value> {
         .flat_map(|g| g["workers"].as_array().cloned().unwrap_or_default())
         .collect()
 }
+
+/// With cgroups, `notify_access = "all"` means any process of the worker's cgroup, as
+/// systemd's NotifyAccess=all: a double-forked helper (reparented to handover, so no
+/// descendant of the worker any more) may say READY=1. Without cgroups it is a stranger.
+#[test]
+fn any_process_of_the_workers_cgroup_may_notify() {
+    if skip(missing()) || skip(needs_python()) {
+        return;
+    }
+    // The helper lives on after it sent READY=1: a sender that is gone cannot be placed.
+    let worker = r#"[worker]
+command = ["sh", "-c", "(setsid python3 -c 'import os, socket, time; time.sleep(0.3); socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"]); time.sleep(10)' &); exec sleep 60"]
+ready_timeout = "3s"
+"#;
+    let mut h = Handover::start("cg-notify", worker, Options::default());
+    h.log.wait_for("all 1 workers ready");
+    assert!(h.stop().success());
+
+    let mut h = Handover::start(
+        "cg-notify-off",
+        &format!("[handover]\ncgroups = \"off\"\n\n{worker}"),
+        Options::default(),
+    );
+    assert_eq!(h.wait().code(), Some(1), "{}", h.log.text());
+    let text = h.log.text();
+    assert!(
+        text.contains("it is neither the worker nor a process the worker started"),
+        "{text}"
+    );
+}
+
+fn needs_python() -> Option<String> {
+    let found = std::process::Command::new("python3")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!found).then(|| "needs python3".to_string())
+}

@@ -325,33 +325,21 @@ impl CgroupRoot {
     }
 }
 
-/// Whether process `pid` is in the cgroup `dir` or below it (read from `/proc/PID/cgroup`).
-pub fn contains(dir: &Path, pid: i32) -> bool {
-    let Ok(own) = own_cgroup() else {
-        return false;
+/// Whether process `sender` is in the cgroup of process `owner` or below it, as
+/// `/proc/PID/cgroup` shows both.
+pub fn in_cgroup_of(owner: i32, sender: i32) -> bool {
+    let path = |pid: i32| -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(str::to_owned)
     };
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return false;
-    };
-    let Some(theirs) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-        return false;
-    };
-    // Both as paths below the same mount: handover's own cgroup tells where that is.
-    let Ok(mine) = std::fs::read_to_string("/proc/self/cgroup") else {
-        return false;
-    };
-    let Some(mine) = mine.lines().find_map(|l| l.strip_prefix("0::")) else {
-        return false;
-    };
-    let Some(mount) = own
-        .to_str()
-        .and_then(|o| o.strip_suffix(mine.trim_start_matches('/')))
-        .map(|m| m.trim_end_matches('/'))
-    else {
-        return false;
-    };
-    let theirs = Path::new(mount).join(theirs.trim_start_matches('/'));
-    theirs.starts_with(dir)
+    match (path(owner), path(sender)) {
+        (Some(owner), Some(sender)) => {
+            sender == owner || sender.starts_with(&format!("{}/", owner.trim_end_matches('/')))
+        }
+        _ => false,
+    }
 }
 
 /// Accounting of one cgroup: what its files say, where they exist (the memory and pids

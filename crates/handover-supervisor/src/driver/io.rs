@@ -201,10 +201,8 @@ impl WorkerIo {
                     sender: if sender.pid == pid {
                         Sender::Worker
                     } else if handover_sys::process::descends_from(sender.pid, pid, my_pid)
-                        || self
-                            .cgroup
-                            .as_deref()
-                            .is_some_and(|cg| handover_sys::cgroup::contains(cg, sender.pid))
+                        || (self.cgroup.is_some()
+                            && handover_sys::cgroup::in_cgroup_of(pid, sender.pid))
                     {
                         // With cgroups, as systemd's NotifyAccess=all: any process of the
                         // worker's cgroup, however it detached.
