@@ -654,6 +654,12 @@ fn instances_share_a_port_with_reuse_port() {
     });
     for service in services {
         wait_generation(&sd, service, 2, 1);
+        // The group is both instances': neither may steer it.
+        let journal = sd.wait_journal(service, "shared by every generation");
+        assert!(
+            journal.contains("2 sockets listen on [::]:8080 with SO_REUSEPORT"),
+            "{journal}"
+        );
     }
     let blue = workers(&sd, services[0]);
     let green = workers(&sd, services[1]);
