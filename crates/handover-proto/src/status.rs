@@ -106,6 +106,10 @@ pub struct Status {
     /// Whether workers have cgroups of their own: `on: PATH`, or `off: WHY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups: Option<String>,
+    /// The controllers workers' cgroups have (`memory, cpu, pids`; `(v1)` after one that is
+    /// in a cgroup v1 hierarchy), with cgroups on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_controllers: Option<String>,
 }
 
 /// One generation.
@@ -167,6 +171,10 @@ pub struct CgroupUsage {
     pub memory_bytes: Option<u64>,
     /// Processes in it (`pids.current`), where the pids controller is enabled.
     pub pids: Option<u64>,
+    /// Processes of it the OOM killer killed (`memory.events`), where the memory controller
+    /// is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// A worker's health (`[health]`, `[worker] watchdog`).
@@ -263,6 +271,7 @@ mod tests {
                             cpu_usec: Some(1500),
                             memory_bytes: None,
                             pids: Some(3),
+                            oom_kills: Some(1),
                         }),
                     },
                     WorkerStatus {
@@ -295,6 +304,7 @@ mod tests {
                 rotations: 2,
             }],
             cgroups: Some("on: /sys/fs/cgroup/x.service".into()),
+            cgroup_controllers: Some("memory, cpu, pids".into()),
         }
     }
 

@@ -284,6 +284,7 @@ mod tests {
             sockets: Vec::new(),
             logs: Vec::new(),
             cgroups: None,
+            cgroup_controllers: None,
         }
     }
 

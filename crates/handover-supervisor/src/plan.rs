@@ -124,6 +124,8 @@ pub struct GenerationSpec {
     pub watchdog: Option<Duration>,
     /// The liveness check of each ready worker (`[health]`).
     pub health: Option<HealthSpec>,
+    /// The limits of each worker's cgroup.
+    pub limits: handover_sys::cgroup::Limits,
 }
 
 /// A liveness check, run on each ready worker one at a time, and what makes it unhealthy.

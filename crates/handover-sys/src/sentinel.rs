@@ -15,8 +15,8 @@
 //! A group number is not reused while the group has members, so a recorded group that still
 //! exists at end of file is the worker's. Descendants that left the worker's process group
 //! (`setsid`, a double fork) are out of its reach, but not of the cgroup tree kill: with
-//! cgroups made for the run, handover also writes `=PATH`, and at end of file the sentinel
-//! kills that cgroup (`cgroup.kill`) too.
+//! cgroups made for the run, handover also writes `=PATH` for each, and at end of file the
+//! sentinel kills them (`cgroup.kill`) too, then removes them once they are empty.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -39,8 +39,8 @@ pub struct Sentinel {
     live: Mutex<Option<Live>>,
     /// Every group recorded and not forgotten, to tell a restarted sentinel.
     groups: Mutex<BTreeSet<i32>>,
-    /// The cgroup to kill at end of file, if any.
-    cgroup: Mutex<Option<std::path::PathBuf>>,
+    /// The cgroups to kill and remove at end of file.
+    cgroups: Mutex<Vec<std::path::PathBuf>>,
     /// Records that could not be written (the pipe was full or the sentinel gone).
     lost: AtomicU64,
 }
@@ -57,7 +57,7 @@ impl Sentinel {
         let sentinel = Sentinel {
             live: Mutex::new(None),
             groups: Mutex::new(BTreeSet::new()),
-            cgroup: Mutex::new(None),
+            cgroups: Mutex::new(Vec::new()),
             lost: AtomicU64::new(0),
         };
         sentinel.restart()?;
@@ -80,7 +80,7 @@ impl Sentinel {
             }
         }
         drop(groups);
-        if let Some(line) = self.cgroup_line() {
+        for line in self.cgroup_lines() {
             if pipe.write_all(line.as_bytes()).is_err() {
                 self.lost.fetch_add(1, Ordering::Relaxed);
             }
@@ -137,22 +137,26 @@ impl Sentinel {
         self.send(format!("-{group}\n"));
     }
 
-    /// Records the cgroup (made for this run) whose every process dies with handover. A
-    /// path with a newline cannot be recorded and is ignored.
+    /// Records a cgroup (made for this run) whose every process dies with handover, and
+    /// which is then removed. A path with a newline cannot be recorded and is ignored.
     pub fn record_cgroup(&self, path: &std::path::Path) {
         use std::os::unix::ffi::OsStrExt;
         if path.as_os_str().as_bytes().contains(&b'\n') || path.as_os_str().len() > 4000 {
             return;
         }
-        *self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
-        if let Some(line) = self.cgroup_line() {
-            self.send(line);
-        }
+        self.cgroups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_path_buf());
+        self.send(format!("={}\n", path.display()));
     }
 
-    fn cgroup_line(&self) -> Option<String> {
-        let cgroup = self.cgroup.lock().unwrap_or_else(|p| p.into_inner());
-        cgroup.as_ref().map(|p| format!("={}\n", p.display()))
+    fn cgroup_lines(&self) -> Vec<String> {
+        let cgroups = self.cgroups.lock().unwrap_or_else(|p| p.into_inner());
+        cgroups
+            .iter()
+            .map(|p| format!("={}\n", p.display()))
+            .collect()
     }
 
     /// How many records were lost since the last call.
@@ -197,7 +201,7 @@ pub fn run() -> ! {
     // SAFETY: fd 3 is the pipe handover's spawn put there for us; we are its only owner.
     let mut records = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(RECORDS_FD) });
     let mut groups: BTreeSet<i32> = BTreeSet::new();
-    let mut cgroup: Option<std::path::PathBuf> = None;
+    let mut cgroups: Vec<std::path::PathBuf> = Vec::new();
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -209,7 +213,10 @@ pub fn run() -> ! {
                     match partial[..end].strip_prefix(b"=") {
                         Some(path) => {
                             use std::os::unix::ffi::OsStrExt;
-                            cgroup = Some(std::ffi::OsStr::from_bytes(path).into());
+                            let path: std::path::PathBuf = std::ffi::OsStr::from_bytes(path).into();
+                            if !cgroups.contains(&path) {
+                                cgroups.push(path);
+                            }
                         }
                         None => apply(&mut groups, &partial[..end]),
                     }
@@ -227,10 +234,12 @@ pub fn run() -> ! {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    // Everything in the run's cgroup, however it detached (the sentinel is not in it).
-    if let Some(cgroup) = cgroup {
-        crate::cgroup::kill(&cgroup);
+    // Everything in the run's cgroups, however it detached (the sentinel is not in them);
+    // then the cgroups themselves, once the killed are gone (for up to two seconds).
+    for cgroup in &cgroups {
+        crate::cgroup::kill(cgroup);
     }
+    crate::cgroup::remove_all(&cgroups, 200);
     std::process::exit(0)
 }
 

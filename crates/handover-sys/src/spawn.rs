@@ -49,8 +49,9 @@ pub struct WorkerExec {
     pub umask: Option<u32>,
     /// `RLIMIT_NOFILE`, soft and hard; `None` keeps handover's.
     pub nofile: Option<u64>,
-    /// The cgroup (a directory of the cgroup2 file system) the stub joins before it execs.
-    pub cgroup: Option<PathBuf>,
+    /// The cgroups the stub joins before it execs: the worker's cgroup2 directory, then
+    /// those of v1 hierarchies (empty: handover's own).
+    pub cgroups: Vec<PathBuf>,
     /// The nice value the worker starts with (0: handover's own); handover gives the
     /// worker's process group back its priority once the worker is ready.
     pub start_nice: i32,

@@ -69,14 +69,15 @@ fn opt_num(value: Option<u32>) -> OsString {
 }
 
 impl StubArgs {
-    /// Renders the stub's argv: `handover __exec-worker v3 PPID N BASE STATUS UID GID GROUPS
-    /// CWD NNP UMASK NOFILE CGROUP NICE -- ARGV...`, with `-` for absent values and paths prefixed
-    /// by `=` so any path (including one that is just `-`) round-trips.
+    /// Renders the stub's argv: `handover __exec-worker v4 PPID N BASE STATUS UID GID GROUPS
+    /// CWD NNP UMASK NOFILE NICE K CGROUP... -- ARGV...` (K cgroups), with `-` for absent
+    /// values and paths prefixed by `=` so any path (including one that is just `-`)
+    /// round-trips.
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut argv: Vec<OsString> = vec![
             "handover".into(),
             STUB_COMMAND.into(),
-            "v3".into(),
+            "v4".into(),
             self.expected_parent.to_string().into(),
             self.n_sockets.to_string().into(),
             self.staging_base.to_string().into(),
@@ -109,10 +110,11 @@ impl StubArgs {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into())
                 .into(),
-            opt_path(self.exec.cgroup.as_deref()),
             self.exec.start_nice.to_string().into(),
-            "--".into(),
+            self.exec.cgroups.len().to_string().into(),
         ];
+        argv.extend(self.exec.cgroups.iter().map(|c| opt_path(Some(c))));
+        argv.push("--".into());
         argv.extend(self.exec.argv.iter().cloned());
         argv
     }
@@ -124,7 +126,7 @@ impl StubArgs {
                 .and_then(|a| a.to_str())
                 .ok_or_else(|| format!("stub argument {i} missing or not UTF-8"))
         };
-        if text(0)? != "v3" {
+        if text(0)? != "v4" {
             return Err("unknown stub protocol version".into());
         }
         let num = |i: usize| -> Result<i64, String> {
@@ -164,16 +166,25 @@ impl StubArgs {
             "-" => None,
             n => Some(n.parse::<u64>().map_err(|_| "bad stub nofile")?),
         };
-        let cgroup = parse_path(args.get(12), "cgroup")?;
-        let start_nice = text(13)?
+        let start_nice = text(12)?
             .parse::<i32>()
             .ok()
             .filter(|n| (0..=19).contains(n))
             .ok_or("bad stub nice")?;
-        if args.get(14).map(|a| a.as_bytes()) != Some(b"--") {
+        let n_cgroups = text(13)?
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n <= 8)
+            .ok_or("bad stub cgroup count")?;
+        let mut cgroups = Vec::with_capacity(n_cgroups);
+        for i in 0..n_cgroups {
+            cgroups.push(parse_path(args.get(14 + i), "cgroup")?.ok_or("bad stub cgroup")?);
+        }
+        let rest = 14 + n_cgroups;
+        if args.get(rest).map(|a| a.as_bytes()) != Some(b"--") {
             return Err("stub separator missing".into());
         }
-        let argv: Vec<OsString> = args[15..].to_vec();
+        let argv: Vec<OsString> = args[rest + 1..].to_vec();
         if argv.is_empty() {
             return Err("no worker command".into());
         }
@@ -191,7 +202,7 @@ impl StubArgs {
                 no_new_privileges,
                 umask,
                 nofile,
-                cgroup,
+                cgroups,
                 start_nice,
             },
         })
@@ -275,7 +286,7 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
     // Into the worker's cgroup first, so that everything after, the worker included, is
     // accounted and killed there; while still root (a delegated cgroup may be writable by
     // handover's user only).
-    if let Some(cgroup) = &args.exec.cgroup {
+    for cgroup in &args.exec.cgroups {
         if let Err(err) = std::fs::write(cgroup.join("cgroup.procs"), b"0") {
             fail(
                 status,
@@ -473,7 +484,10 @@ mod tests {
                 no_new_privileges: true,
                 umask: Some(0o027),
                 nofile: Some(4096),
-                cgroup: Some("/sys/fs/cgroup/a b/w1".into()),
+                cgroups: vec![
+                    "/sys/fs/cgroup/a b/w1".into(),
+                    "/sys/fs/cgroup/memory/-".into(),
+                ],
                 start_nice: 10,
             },
         ] {
@@ -489,6 +503,6 @@ mod tests {
             assert_eq!(parsed.exec, exec);
             assert_eq!(parsed.expected_parent, 42);
         }
-        assert!(StubArgs::parse(&["v2".into()]).is_err());
+        assert!(StubArgs::parse(&["v3".into()]).is_err());
     }
 }

@@ -158,6 +158,9 @@ pub(crate) fn render_status(status: &Status) -> String {
     if let Some(cgroups) = &status.cgroups {
         out.push_str(&format!("cgroups: {cgroups}\n"));
     }
+    if let Some(controllers) = &status.cgroup_controllers {
+        out.push_str(&format!("cgroup controllers: {controllers}\n"));
+    }
     out.push_str("\nSOCKET       FD  ADDRESS                         FROM      MODE\n");
     for socket in &status.sockets {
         let mode = match &socket.shared_because {
@@ -228,6 +231,9 @@ pub(crate) fn render_status(status: &Status) -> String {
             }
             if let Some(pids) = cgroup.pids {
                 line.push_str(&format!(", {pids} processes"));
+            }
+            if let Some(kills) = cgroup.oom_kills.filter(|&k| k > 0) {
+                line.push_str(&format!(", {kills} OOM kills"));
             }
             out.push_str(&line);
             out.push('\n');

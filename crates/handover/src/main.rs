@@ -829,13 +829,17 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
         Ok(found) => found,
         Err(message) => return fail(exit::CONFIG, message),
     };
+    match spec::check_limits(&config, cgroups.as_deref(), &cgroups_status) {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(message) => return fail(exit::CONFIG, message),
+    }
     // Started before any worker, so that every one is recorded.
     let sentinel = match handover_sys::sentinel::Sentinel::start() {
         Ok(sentinel) => {
-            // A SIGKILLed handover takes the cgroup it made with it (under systemd, the
+            // A SIGKILLed handover takes the cgroups it made with it (under systemd, the
             // unit's cgroup is systemd's to end).
-            if let Some(root) = cgroups.as_ref().filter(|root| root.created()) {
-                sentinel.record_cgroup(root.path());
+            for root in cgroups.iter().flat_map(|root| root.owned_roots()) {
+                sentinel.record_cgroup(&root);
             }
             Some(std::sync::Arc::new(sentinel))
         }
@@ -914,6 +918,8 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
     let logs_at_start = config.logs.clone();
     let endpoint_at_start = config.endpoint.clone();
     let reload_steering = steering.clone();
+    let reload_cgroups = plan.cgroups.clone();
+    let reload_cgroups_status = plan.cgroups_status.clone();
     let reloader: handover_supervisor::Reloader = std::sync::Arc::new(move |overrides, current| {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         if config.logs != logs_at_start {
@@ -928,6 +934,9 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
                 config_path.display()
             );
         }
+        let warnings =
+            spec::check_limits(&config, reload_cgroups.as_deref(), &reload_cgroups_status)?;
+        warnings.iter().for_each(|w| tracing::warn!("{w}"));
         let sockets = sockets::for_reload(&config, &current.sockets, &reload_steering)?;
         Ok((
             context.build(&config, sockets, overrides)?,

@@ -105,6 +105,60 @@ pub(crate) fn base_env(
     env
 }
 
+/// What `[worker]`'s cgroup limits come to on this host: a warning for each key that
+/// cannot be applied, and why; with `[handover] cgroups = "required"`, an error instead.
+pub(crate) fn check_limits(
+    config: &Config,
+    cgroups: Option<&handover_sys::cgroup::CgroupRoot>,
+    cgroups_status: &str,
+) -> Result<Vec<String>, String> {
+    use handover_sys::cgroup::Controller;
+    let limits = &config.worker.limits;
+    let mut warnings = Vec::new();
+    for controller in Controller::ALL {
+        let keys = limits.keys_of(controller);
+        if keys.is_empty() {
+            continue;
+        }
+        let why = match cgroups {
+            None => format!(
+                "workers have no cgroups ({})",
+                cgroups_status
+                    .strip_prefix("off: ")
+                    .unwrap_or(cgroups_status)
+            ),
+            Some(root) => match root.missing(controller) {
+                Some(why) => why.to_owned(),
+                None => continue,
+            },
+        };
+        for key in keys {
+            if config.handover.cgroups == config::CgroupMode::Required {
+                return Err(format!(
+                    "{}: handover.cgroups is \"required\", but worker.{key} cannot be applied: \
+                     {why}",
+                    config.path.display()
+                ));
+            }
+            let instead = match limits.start_cpu_weight {
+                Some(weight)
+                    if key == "start_cpu_weight"
+                        && config.worker.start_nice == 0
+                        && handover_sys::users::effective_uid() == 0 =>
+                {
+                    format!(
+                        "; workers start at nice {} instead",
+                        handover_sys::cgroup::nice_for_weight(weight)
+                    )
+                }
+                _ => String::new(),
+            };
+            warnings.push(format!("worker.{key} is not applied: {why}{instead}"));
+        }
+    }
+    Ok(warnings)
+}
+
 /// Everything needed to build generation specs, fixed at start.
 pub(crate) struct SpecContext {
     /// handover's own environment, as inherited.
@@ -155,7 +209,7 @@ impl SpecContext {
                     .unwrap_or(worker.user.is_some() || worker.group.is_some()),
                 umask: worker.umask,
                 nofile: worker.limit_nofile,
-                cgroup: None,
+                cgroups: Vec::new(),
                 // Giving the priority back needs CAP_SYS_NICE: without root, not at all.
                 start_nice: if handover_sys::users::effective_uid() == 0 {
                     worker.start_nice
@@ -177,6 +231,7 @@ impl SpecContext {
             backoff_reset: worker.backoff_reset,
             watchdog: worker.watchdog,
             health,
+            limits: worker.limits.clone(),
         }))
     }
 }

@@ -70,6 +70,9 @@ usage: handover-test-worker [OPTIONS]
   --drain                  with --serve: on SIGTERM stop accepting, finish the connections
                            accepted, then exit 0 (a worker that drains politely)
   --health-until PREFIX    answer HTTP on the socket named \"health\" until PREFIX.PID exists
+  --hog-memory-at PREFIX   once PREFIX.PID exists, allocate and touch memory, 1 MiB at a time,
+                           up to 512 MiB (an OOM kill at a lower memory limit ends it first)
+  --threads N              start N idle threads at once (1..=1000) and say how many started
                            (PID: its own), then accept no more there (the socket stays open)
   --watchdog-until PREFIX  send WATCHDOG=1 every WATCHDOG_USEC/4 until PREFIX.PID exists
                            (a server blocked in accept(), like Werkzeug's development one)
@@ -177,6 +180,8 @@ struct Config {
     health_until: Option<PathBuf>,
     drain: bool,
     watchdog_until: Option<PathBuf>,
+    hog_memory_at: Option<PathBuf>,
+    threads: usize,
     notify_raw: Vec<Vec<u8>>,
     notify_raw_repeat: u64,
     output: Output,
@@ -265,6 +270,13 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--drain" => cfg.drain = true,
             "--health-until" => cfg.health_until = Some(PathBuf::from(value("a path")?)),
             "--watchdog-until" => cfg.watchdog_until = Some(PathBuf::from(value("a path")?)),
+            "--hog-memory-at" => cfg.hog_memory_at = Some(PathBuf::from(value("a path")?)),
+            "--threads" => {
+                cfg.threads = match value("a count")?.parse::<usize>() {
+                    Ok(n @ 1..=1000) => n,
+                    _ => return Err("--threads takes 1..=1000".into()),
+                }
+            }
             "--notify-raw" => {
                 let hex = value("hex bytes")?;
                 cfg.notify_raw.push(
@@ -444,6 +456,12 @@ fn run(cfg: &Config, start: Instant) -> c_int {
     }
     if let Some(prefix) = &cfg.watchdog_until {
         ping_watchdog(me, own(prefix));
+    }
+    if let Some(prefix) = &cfg.hog_memory_at {
+        hog_memory(me, own(prefix));
+    }
+    if cfg.threads > 0 {
+        start_idle_threads(me, cfg.threads);
     }
     if cfg.output.any() {
         let output = cfg.output.clone();
@@ -1342,6 +1360,51 @@ fn named_fd(name: &str) -> Option<RawFd> {
     let names = std::env::var("LISTEN_FDNAMES").ok()?;
     let index = names.split(':').position(|n| n == name)?;
     Some(3 + index as RawFd)
+}
+
+/// Most `--hog-memory-at` takes, so that a worker without a limit stops well short of the
+/// machine's memory.
+const HOG_LIMIT_MIB: usize = 512;
+
+/// `--hog-memory-at`: once `when` exists, takes memory a mebibyte at a time, every page
+/// written so that it is really in use, up to [`HOG_LIMIT_MIB`]; then holds it.
+fn hog_memory(me: u32, when: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("hog".to_owned())
+        .spawn(move || {
+            while !when.exists() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            log!("test-worker {me}: taking memory");
+            let mut held: Vec<Vec<u8>> = Vec::with_capacity(HOG_LIMIT_MIB);
+            for _ in 0..HOG_LIMIT_MIB {
+                held.push(vec![0x5a; 1 << 20]);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            log!("test-worker {me}: holding {HOG_LIMIT_MIB} MiB");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+                std::hint::black_box(&held);
+            }
+        });
+    if let Err(e) = spawned {
+        log!("test-worker {me}: cannot start the memory thread: {e}");
+    }
+}
+
+/// `--threads`: starts `n` threads that only sleep, and says how many the kernel allowed.
+fn start_idle_threads(me: u32, n: usize) {
+    let started = (0..n)
+        .take_while(|_| {
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(|| loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                })
+                .is_ok()
+        })
+        .count();
+    log!("test-worker {me}: started {started} of {n} threads");
 }
 
 /// `--health-until`: answers on the "health" socket, one connection at a time, until the

@@ -87,6 +87,8 @@ pub(crate) enum Input {
         status: ExitStatus,
         /// Its last stderr lines, escaped, oldest first.
         stderr_tail: Vec<String>,
+        /// How many processes of its cgroup the OOM killer killed.
+        oom_kills: u64,
     },
     /// A readiness probe's process exists.
     ProbeStarted {
@@ -373,8 +375,9 @@ impl Core {
                 worker,
                 status,
                 stderr_tail,
+                oom_kills,
             } => {
-                self.exited(now, worker, status, &stderr_tail);
+                self.exited(now, worker, status, &stderr_tail, oom_kills);
                 // An old worker gone makes room for the next new one in a rolling reload.
                 self.advance_reload(now);
             }
@@ -655,8 +658,13 @@ impl Core {
         } else {
             String::new()
         };
+        let oom = match (&gen.last_oom, gen.oom_kills) {
+            (Some(last), 1) => format!("; {last}"),
+            (Some(last), n) => format!("; {n} OOM kills, last: {last}"),
+            (None, _) => String::new(),
+        };
         format!(
-            "{}/{} workers ready{unhealthy}, generation {}",
+            "{}/{} workers ready{unhealthy}, generation {}{oom}",
             self.model.ready_count(gen.id),
             gen.slots.len(),
             gen.id

@@ -186,6 +186,9 @@ pub(crate) struct Generation {
     /// When to wake workers of a stopping steered generation that may be blocked in
     /// `accept()`.
     pub wake_at: Option<Instant>,
+    /// Its workers the OOM killer ended, and the last such death.
+    pub oom_kills: u32,
+    pub last_oom: Option<String>,
 }
 
 /// The wait between a steered generation's last new connection and its stop signal.

@@ -97,6 +97,7 @@ impl Core {
             sockets,
             logs: Vec::new(),
             cgroups: None,
+            cgroup_controllers: None,
         }
     }
 

@@ -38,6 +38,8 @@ impl Core {
                 created: now,
                 handover: None,
                 wake_at: None,
+                oom_kills: 0,
+                last_oom: None,
             },
         );
         id
@@ -171,6 +173,7 @@ impl Core {
         id: WorkerId,
         status: ExitStatus,
         stderr_tail: &[String],
+        oom_kills: u64,
     ) {
         let Some(worker) = self.model.workers.get(&id) else {
             return;
@@ -178,6 +181,35 @@ impl Core {
         let mut reason = match &worker.exec_error {
             Some(err) => format!("could not start: {err}"),
             None => status.to_string(),
+        };
+        let mut oom = None;
+        if oom_kills > 0 {
+            let at = worker
+                .spec
+                .limits
+                .memory_max
+                .map(|max| format!(" at memory.max {}", handover_sys::cgroup::show_bytes(max)))
+                .unwrap_or_default();
+            let killed =
+                matches!(status, ExitStatus::Signaled { signal, .. } if signal == libc::SIGKILL);
+            reason = if killed {
+                format!("killed by the OOM killer{at}")
+            } else {
+                let n = if oom_kills == 1 {
+                    "one of its processes".to_owned()
+                } else {
+                    format!("{oom_kills} of its processes")
+                };
+                format!("{status}, after the OOM killer killed {n}{at}")
+            };
+            oom = Some(format!("worker {} {reason}", worker.index));
+        }
+        // A worker that was asked to stop is reported by how it ended, unless that was the
+        // OOM killer.
+        let stopped = if oom.is_some() {
+            reason.clone()
+        } else {
+            status.to_string()
         };
         if !stderr_tail.is_empty() {
             reason.push_str("; last stderr lines: ");
@@ -191,7 +223,7 @@ impl Core {
         let (generation, index) = (worker.generation, worker.index);
         let fields = self.fields_of(id);
         if expected {
-            self.log(Level::Info, format!("worker stopped: {status}"), fields);
+            self.log(Level::Info, format!("worker stopped: {stopped}"), fields);
         } else if ready_for.is_some() {
             self.log(Level::Warn, format!("worker died: {reason}"), fields);
         } else {
@@ -204,6 +236,17 @@ impl Core {
         self.drops_summary(id, true);
         let filled_slot = self.model.fills_its_slot(id);
         self.drop_worker(id);
+        if let Some(oom) = oom {
+            if let Some(gen) = self.model.generations.get_mut(&generation) {
+                gen.oom_kills += 1;
+                gen.last_oom = Some(oom);
+            }
+            // What systemd shows in `systemctl status`, at once.
+            if self.phase == Phase::Running {
+                let status = self.status_line();
+                self.notify(super::Notice::Status(status));
+            }
+        }
         if filled_slot {
             if let Some(slot) = self.model.slot_mut(generation, index) {
                 slot.last_exit = Some(reason.clone());

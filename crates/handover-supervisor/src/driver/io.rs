@@ -7,6 +7,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use handover_sys::cgroup::Controller;
 use handover_sys::notify::{NotifySocket, Received};
 use handover_sys::process::Pidfd;
 use handover_sys::spawn::SpawnRequest;
@@ -63,9 +64,12 @@ pub(super) struct WorkerIo {
     /// Its health check socket, with `[health] check = "http"` or `"connect"`.
     private: Option<PrivateSocket>,
     /// Its cgroup, with `[handover] cgroups`.
-    pub cgroup: Option<std::path::PathBuf>,
-    /// It started at `start_nice` and has not had its priority back yet.
+    pub cgroup: Option<handover_sys::cgroup::WorkerCgroup>,
+    /// It started at `start_nice` or `start_cpu_weight` and has not had its priority back
+    /// yet.
     pub niced: bool,
+    /// It started at a nice value above handover's.
+    pub nice_lowered: bool,
 }
 
 impl Drop for WorkerIo {
@@ -120,14 +124,26 @@ impl WorkerIo {
         sockets.extend(private.as_ref().map(|p| p.fd.clone()));
         // Last, so that nothing after it can fail and leave it behind.
         let cgroup = match &plan.cgroups {
-            Some(root) => Some(root.create_worker(generation, index, id).map_err(|e| {
-                io::Error::new(e.kind(), format!("could not create its cgroup: {e}"))
-            })?),
+            Some(root) => Some(
+                root.create_worker(generation, index, id, &spec.limits)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("could not create its cgroup: {e}"))
+                    })?,
+            ),
             None => None,
         };
         let mut exec = spec.exec.clone();
-        exec.cgroup = cgroup.clone();
-        let niced = exec.start_nice > 0;
+        exec.cgroups = cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default();
+        if let Some(weight) = spec.limits.start_cpu_weight {
+            // Without the cpu controller, the nice value that comes closest (giving it back
+            // needs root, as for start_nice).
+            let weighted = cgroup.as_ref().is_some_and(|c| c.has(Controller::Cpu));
+            if !weighted && exec.start_nice == 0 && handover_sys::users::effective_uid() == 0 {
+                exec.start_nice = handover_sys::cgroup::nice_for_weight(weight);
+            }
+        }
+        let nice_lowered = exec.start_nice > 0;
+        let niced = nice_lowered || spec.limits.start_cpu_weight.is_some();
         let request = SpawnRequest {
             exec,
             env,
@@ -150,6 +166,7 @@ impl WorkerIo {
             private,
             cgroup,
             niced,
+            nice_lowered,
         };
         Ok((io, request))
     }

@@ -312,8 +312,15 @@ impl Driver {
                 continue;
             }
             io.niced = false;
-            if let Err(err) = process::set_group_nice(pid, self.own_nice) {
-                warn!(pid, "could not give the worker its priority back: {err}");
+            if io.nice_lowered {
+                if let Err(err) = process::set_group_nice(pid, self.own_nice) {
+                    warn!(pid, "could not give the worker its priority back: {err}");
+                }
+            }
+            if let Some(cgroup) = &io.cgroup {
+                if let Err(err) = cgroup.ready(&io.spec.limits) {
+                    warn!(pid, "could not give the worker its CPU weight back: {err}");
+                }
             }
         }
     }
@@ -340,7 +347,7 @@ impl Driver {
                     }
                     // The whole tree, whatever left the process group.
                     if let Some(cgroup) = &io.cgroup {
-                        handover_sys::cgroup::kill(cgroup);
+                        cgroup.kill();
                     }
                 }
             }
@@ -464,8 +471,8 @@ impl Driver {
             Action::Released { generation } => {
                 // Its cgroup goes with its last worker's.
                 if let Some(cgroups) = &self.settings.cgroups {
-                    let dir = cgroups.generation_dir(generation);
-                    self.dead_cgroups.push(dir);
+                    let dirs = cgroups.generation_dirs(generation);
+                    self.dead_cgroups.extend(dirs);
                     self.bury_cgroup(None);
                 }
                 // A socket a reload removed closes once the last generation using it is gone.
@@ -791,31 +798,35 @@ impl Driver {
     /// worker's cgroup and usage.
     fn fill_cgroups(&self, status: &mut handover_proto::status::Status) {
         status.cgroups = Some(self.settings.cgroups_status.clone());
-        let by_pid: BTreeMap<i32, &std::path::Path> = self
+        if let Some(root) = &self.settings.cgroups {
+            status.cgroup_controllers = Some(root.controllers());
+        }
+        let by_pid: BTreeMap<i32, &handover_sys::cgroup::WorkerCgroup> = self
             .workers
             .values()
-            .filter_map(|io| Some((io.pid()?, io.cgroup.as_deref()?)))
+            .filter_map(|io| Some((io.pid()?, io.cgroup.as_ref()?)))
             .collect();
         for worker in status.generations.iter_mut().flat_map(|g| &mut g.workers) {
-            let Some(path) = worker.pid.and_then(|pid| by_pid.get(&pid)) else {
+            let Some(cgroup) = worker.pid.and_then(|pid| by_pid.get(&pid)) else {
                 continue;
             };
-            let usage = handover_sys::cgroup::usage(path);
+            let usage = cgroup.usage();
             worker.cgroup = Some(handover_proto::status::CgroupUsage {
-                path: path.display().to_string(),
+                path: cgroup.dir.display().to_string(),
                 cpu_usec: usage.cpu_usec,
                 memory_bytes: usage.memory_bytes,
                 pids: usage.pids,
+                oom_kills: cgroup.oom_kills(),
             });
         }
     }
 
     /// A worker is gone: whatever is left in its cgroup is killed, and the cgroup removed
     /// once empty (now, or after a later exit).
-    fn bury_cgroup(&mut self, cgroup: Option<PathBuf>) {
+    fn bury_cgroup(&mut self, cgroup: Option<handover_sys::cgroup::WorkerCgroup>) {
         if let Some(cgroup) = cgroup {
-            handover_sys::cgroup::kill(&cgroup);
-            self.dead_cgroups.push(cgroup);
+            cgroup.kill();
+            self.dead_cgroups.extend(cgroup.dirs());
         }
         self.dead_cgroups
             .retain(|dir| handover_sys::cgroup::remove_tree(dir).is_err());

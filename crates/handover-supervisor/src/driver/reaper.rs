@@ -81,12 +81,15 @@ impl Driver {
             .remove(&worker)
             .map(|io| (io.stderr_tail.iter().cloned().collect(), io.cgroup.clone()))
             .unwrap_or_default();
+        // Read before the cgroup goes: the OOM killer counts its kills there.
+        let oom_kills = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
         // What it left behind, however it detached, ends with it.
         self.bury_cgroup(cgroup);
         self.input(Input::Exited {
             worker,
             status,
             stderr_tail,
+            oom_kills,
         });
     }
 

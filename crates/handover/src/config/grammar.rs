@@ -139,14 +139,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// `16KiB`, `1MiB`, `4096B`: a size in the largest unit that divides it.
-pub(crate) fn show_size(bytes: u64) -> String {
-    for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if bytes >= unit && bytes % unit == 0 {
-            return format!("{}{name}", bytes / unit);
-        }
-    }
-    format!("{bytes}B")
-}
+pub(crate) use handover_sys::cgroup::show_bytes as show_size;
 
 /// The signals `stop_signal` accepts.
 pub(crate) const STOP_SIGNALS: &[(&str, i32)] = &[

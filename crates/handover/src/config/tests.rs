@@ -112,6 +112,7 @@ fn minimal_config_gets_the_defaults() {
             umask: None,
             limit_nofile: None,
             start_nice: 0,
+            limits: handover_sys::cgroup::Limits::default(),
         }
     );
     assert_eq!(
@@ -185,6 +186,12 @@ no_new_privileges = true
 umask = "0027"
 limit_nofile = 65536
 start_nice = 10
+memory_max = "256MiB"
+memory_high = "200M"
+cpu_quota = "150%"
+cpu_weight = 200
+start_cpu_weight = 10
+pids_max = 512
 
 [reload]
 timeout = "10m"
@@ -286,6 +293,14 @@ fn full_config() {
             umask: Some(0o027),
             limit_nofile: Some(65536),
             start_nice: 10,
+            limits: handover_sys::cgroup::Limits {
+                memory_max: Some(256 << 20),
+                memory_high: Some(200 << 20),
+                cpu_quota: Some(150),
+                cpu_weight: Some(200),
+                start_cpu_weight: Some(10),
+                pids_max: Some(512),
+            },
         }
     );
     assert_eq!(
@@ -753,6 +768,12 @@ fn full_example_uses_every_key() {
                 "umask",
                 "limit_nofile",
                 "start_nice",
+                "memory_max",
+                "memory_high",
+                "cpu_quota",
+                "cpu_weight",
+                "start_cpu_weight",
+                "pids_max",
             ],
         ),
         (

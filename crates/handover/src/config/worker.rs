@@ -38,6 +38,12 @@ pub(super) const KEYS: &[&str] = &[
     "umask",
     "limit_nofile",
     "start_nice",
+    "memory_max",
+    "memory_high",
+    "cpu_quota",
+    "cpu_weight",
+    "start_cpu_weight",
+    "pids_max",
 ];
 
 /// Largest `worker.count` (and `reload.batch_size`, `reload.max_extra`).
@@ -148,6 +154,9 @@ pub(crate) struct WorkerConfig {
     /// `start_nice`: workers start at this nice value, and get handover's back once ready.
     /// Default 0 (off).
     pub(crate) start_nice: i32,
+    /// `memory_max`, `memory_high`, `cpu_quota`, `cpu_weight`, `start_cpu_weight`,
+    /// `pids_max`: the limits of each worker's cgroup. Default: none.
+    pub(crate) limits: handover_sys::cgroup::Limits,
 }
 
 /// Validates `[worker]`; `fds_env` is the variable `[handover]` reserved for the fd map.
@@ -235,6 +244,7 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
     let start_nice = table
         .get("start_nice")
         .map_or(Ok(0), |v| v.integer(0, 19))? as i32;
+    let limits = limits(table)?;
     Ok(WorkerConfig {
         command,
         env,
@@ -256,6 +266,76 @@ pub(super) fn validate(table: &Table<'_>, fds_env: &str) -> Res<WorkerConfig> {
         umask,
         limit_nofile,
         start_nice,
+        limits,
+    })
+}
+
+/// Largest `pids_max` (the kernel's own limit, `pid_max`, is at most 2^22).
+const MAX_PIDS: i64 = 1 << 22;
+
+/// Largest `cpu_quota`: 1024 CPUs.
+const MAX_CPU_PERCENT: u32 = 102_400;
+
+/// The cgroup limits of `[worker]`.
+fn limits(table: &Table<'_>) -> Res<handover_sys::cgroup::Limits> {
+    // Below a mebibyte a worker cannot even load its program.
+    const MIN_MEMORY: u64 = 1 << 20;
+    const MAX_MEMORY: u64 = 1 << 60;
+    let memory = |key: &str| {
+        table
+            .get(key)
+            .map(|v| v.size(MIN_MEMORY, MAX_MEMORY, false))
+            .transpose()
+    };
+    let memory_max = memory("memory_max")?;
+    let memory_high = memory("memory_high")?;
+    if let (Some(max), Some(high), Some(item)) = (memory_max, memory_high, table.get("memory_high"))
+    {
+        if high > max {
+            return Err(item.bad(format!(
+                "must not be above memory_max ({}), got {}",
+                super::grammar::show_size(max),
+                super::grammar::show_size(high)
+            )));
+        }
+    }
+    let cpu_quota = match table.get("cpu_quota") {
+        None => None,
+        Some(v) => {
+            let text = v.string()?;
+            let percent = text
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| (1..=MAX_CPU_PERCENT).contains(n));
+            match percent {
+                Some(p) => Some(p),
+                None => {
+                    return Err(v.bad(format!(
+                        "{text:?} is not a CPU quota; give a percentage of one CPU from 1% to                          {MAX_CPU_PERCENT}%, like \"50%\" or \"200%\" (two CPUs)"
+                    )))
+                }
+            }
+        }
+    };
+    let weight = |key: &str| {
+        table
+            .get(key)
+            .map(|v| v.integer(1, 10_000).map(|n| n as u32))
+            .transpose()
+    };
+    let cpu_weight = weight("cpu_weight")?;
+    let start_cpu_weight = weight("start_cpu_weight")?;
+    let pids_max = table
+        .get("pids_max")
+        .map(|v| v.integer(1, MAX_PIDS).map(|n| n as u64))
+        .transpose()?;
+    Ok(handover_sys::cgroup::Limits {
+        memory_max,
+        memory_high,
+        cpu_quota,
+        cpu_weight,
+        start_cpu_weight,
+        pids_max,
     })
 }
 

@@ -77,6 +77,7 @@ fn a_worker_not_ready_in_time_fails_the_start_and_is_killed_after_its_stop_timeo
             core_dumped: false,
         },
         stderr_tail: vec!["oops".into()],
+        oom_kills: 0,
     });
     sim.exited(2, 0);
     assert!(matches!(sim.finished(), Some(Outcome::StartFailed(_))));
@@ -644,4 +645,97 @@ fn sigusr2_dumps_at_most_once_a_second() {
     assert_eq!(sim.input(Input::Dump), Vec::<String>::new());
     sim.after(ms(1));
     assert_eq!(sim.input(Input::Dump), ["dump"]);
+}
+
+/// A worker's exit as the driver reports it: `signal` (or exit code 0 when `None`), and how
+/// many processes of its cgroup the OOM killer killed.
+fn died(sim: &mut Sim, worker: WorkerId, signal: Option<i32>, oom_kills: u64) -> Vec<String> {
+    sim.input(Input::Exited {
+        worker,
+        status: match signal {
+            Some(signal) => ExitStatus::Signaled {
+                signal,
+                core_dumped: false,
+            },
+            None => ExitStatus::Exited(1),
+        },
+        stderr_tail: Vec::new(),
+        oom_kills,
+    })
+}
+
+fn limited(count: u32) -> GenerationSpec {
+    GenerationSpec {
+        limits: handover_sys::cgroup::Limits {
+            memory_max: Some(64 << 20),
+            ..Default::default()
+        },
+        ..spec(count)
+    }
+}
+
+#[test]
+fn a_worker_the_oom_killer_ended_is_reported_as_such_and_replaced() {
+    let mut sim = serving(limited(2), policy());
+    assert_eq!(
+        died(&mut sim, 1, Some(libc::SIGKILL), 1),
+        ["systemd STATUS=1/2 workers ready, generation 1; worker 0 killed by the OOM killer at memory.max 64MiB"]
+    );
+    assert!(sim.logged("worker died: killed by the OOM killer at memory.max 64MiB"));
+    let status = sim.core.snapshot(sim.now);
+    let slot = status.generations[0]
+        .workers
+        .iter()
+        .find(|w| w.index == 0)
+        .unwrap();
+    assert_eq!(
+        slot.last_exit.as_deref(),
+        Some("killed by the OOM killer at memory.max 64MiB")
+    );
+    // Replaced after the restart delay, while its sibling serves on.
+    assert_eq!(sim.after(ms(100)), ["spawn w3 g1/0"]);
+    sim.spawned(3);
+    assert_eq!(
+        sim.ready(3),
+        ["systemd STATUS=2/2 workers ready, generation 1; worker 0 killed by the OOM killer at memory.max 64MiB"]
+    );
+    // A second one is counted.
+    died(&mut sim, 2, Some(libc::SIGKILL), 1);
+    assert!(sim
+        .core
+        .snapshot(sim.now)
+        .status
+        .contains("2 OOM kills, last: worker 1 killed by the OOM killer at memory.max 64MiB"));
+}
+
+#[test]
+fn an_oom_kill_of_a_child_or_without_a_limit_says_what_it_was() {
+    let mut sim = serving(spec(3), policy());
+    // No memory_max: the OOM killer of the host (or a parent's limit).
+    died(&mut sim, 1, Some(libc::SIGKILL), 1);
+    assert!(sim.logged("worker died: killed by the OOM killer"));
+    // The worker exited on its own after a child of it was killed.
+    died(&mut sim, 2, None, 2);
+    assert!(sim
+        .logged("worker died: exited with code 1, after the OOM killer killed 2 of its processes"));
+    // A SIGKILL with nothing counted is not blamed on the OOM killer.
+    died(&mut sim, 3, Some(libc::SIGKILL), 0);
+    assert!(sim.logged("worker died: killed by SIGKILL"));
+    assert_eq!(sim.messages(Level::Warn).len(), 3);
+}
+
+#[test]
+fn a_retiring_worker_the_oom_killer_ended_is_logged_by_that_cause() {
+    let mut sim = serving(limited(1), policy());
+    sim.reload();
+    let lines = sim.resolved(1, limited(1), policy());
+    assert_eq!(only(&lines, "spawn"), ["spawn w2 g2/0"]);
+    sim.spawned(2);
+    assert!(sim.ready(2).contains(&"signal w1 SIGTERM".to_string()));
+    died(&mut sim, 1, Some(libc::SIGKILL), 1);
+    assert!(
+        sim.logged("worker stopped: killed by the OOM killer at memory.max 64MiB"),
+        "{:#?}",
+        sim.messages(Level::Info)
+    );
 }

@@ -48,6 +48,7 @@ pub(super) fn spec(count: u32) -> GenerationSpec {
         backoff_reset: ms(10_000),
         watchdog: None,
         health: None,
+        limits: Default::default(),
     }
 }
 
@@ -242,6 +243,7 @@ impl Sim {
             worker,
             status: ExitStatus::Exited(code),
             stderr_tail: Vec::new(),
+            oom_kills: 0,
         })
     }
 

@@ -13,9 +13,19 @@
 //! Workers live in `gen-G/worker-I-ID` below it. The stub joins the worker's cgroup before
 //! it execs the worker, so nothing of the worker runs outside it; once the worker has exited,
 //! `cgroup.kill` ends whatever it left behind, however it detached.
+//!
+//! The memory, cpu and pids controllers carry the limits of [`Limits`] and the accounting of
+//! [`Usage`]. Each is enabled in the subtree where cgroup v2 has it; on a hybrid host, where
+//! it is bound to a v1 hierarchy, handover makes a parallel tree there ([`v1`]); where neither
+//! works, [`CgroupRoot::missing`] says why.
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+mod limits;
+mod v1;
+
+pub use limits::{nice_for_weight, show_bytes, Controller, Limits};
 
 /// The subtree handover manages.
 #[derive(Debug)]
@@ -26,6 +36,28 @@ pub struct CgroupRoot {
     /// Held on a created `root` for handover's lifetime: another handover's sweep removes
     /// only cgroups whose lock it can take, whatever pid namespace their owner lives in.
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// Where each controller is, or why it is not.
+    places: Vec<(Controller, Place)>,
+}
+
+/// Where a controller's files are.
+#[derive(Debug)]
+enum Place {
+    /// Enabled in the v2 subtree.
+    V2,
+    /// In a v1 hierarchy, below this tree.
+    V1(v1::Tree),
+    /// Nowhere handover can use, and why.
+    Missing(String),
+}
+
+/// A worker's cgroup: its v2 directory, and where its controllers' files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCgroup {
+    /// `gen-G/worker-I-ID` in the v2 tree.
+    pub dir: PathBuf,
+    /// Each controller in use: its directory, and whether that is a v1 one.
+    places: Vec<(Controller, PathBuf, bool)>,
 }
 
 /// How handover came to its subtree, for the log and status.
@@ -147,6 +179,11 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
     // The root cgroup has no cgroup.kill; every other one has, on Linux 5.14 and later.
     let no_kill = |dir: &Path| !dir.join("cgroup.kill").exists();
     let too_old = "the kernel has no cgroup.kill (Linux 5.14 or later is needed)";
+    // The pid alone is not unique: every handover that is PID 1 of a container is pid 1.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos()) as u32;
+    let name = format!("handover.{}-{nanos:08x}", std::process::id());
     if under_systemd {
         if no_kill(&own) {
             return Err(too_old.into());
@@ -161,11 +198,13 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
         mkdir(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
         std::fs::write(leaf.join("cgroup.procs"), b"0")
             .map_err(|e| format!("cannot move into {}: {e}", leaf.display()))?;
+        let places = places(&own, &name);
         return Ok((
             CgroupRoot {
                 root: own,
                 created: false,
                 _lock: None,
+                places,
             },
             Origin::Delegated,
         ));
@@ -174,11 +213,7 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
         return Err("handover is neither root nor a systemd service with Delegate=yes".into());
     }
     sweep_stale(&own);
-    // The pid alone is not unique: every handover that is PID 1 of a container is pid 1.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos()) as u32;
-    let root = own.join(format!("handover.{}-{nanos:08x}", std::process::id()));
+    let root = own.join(&name);
     std::fs::create_dir(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     if no_kill(&root) {
         let _ = std::fs::remove_dir(&root);
@@ -195,14 +230,52 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
             return Err(format!("cannot lock {}: {e}", root.display()));
         }
     };
+    let places = places(&root, &name);
     Ok((
         CgroupRoot {
             root,
             created: true,
             _lock: Some(lock),
+            places,
         },
         Origin::Created,
     ))
+}
+
+/// Where each controller can be had for the workers below `root`: enabled in its
+/// `cgroup.subtree_control`, else in a v1 tree called `name`.
+fn places(root: &Path, name: &str) -> Vec<(Controller, Place)> {
+    let listed = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("cgroup.controllers"))
+            .map(|t| t.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let available = listed(root);
+    let parent_has = root.parent().map(listed).unwrap_or_default();
+    Controller::ALL
+        .into_iter()
+        .map(|controller| {
+            let cname = controller.name();
+            let place = if available.iter().any(|c| c == cname) {
+                match limits::write(root, "cgroup.subtree_control", &format!("+{cname}")) {
+                    Ok(()) => Place::V2,
+                    Err(e) => Place::Missing(format!("cannot enable the {cname} controller: {e}")),
+                }
+            } else if parent_has.iter().any(|c| c == cname) {
+                Place::Missing(format!(
+                    "the {cname} controller is not enabled for the children of {} (its \
+                     cgroup.subtree_control, which needs that cgroup to hold no process)",
+                    root.parent().unwrap_or(root).display()
+                ))
+            } else {
+                match v1::create(controller, name) {
+                    Ok(tree) => Place::V1(tree),
+                    Err(why) => Place::Missing(why),
+                }
+            };
+            (controller, place)
+        })
+        .collect()
 }
 
 fn mkdir(dir: &Path) -> io::Result<()> {
@@ -233,6 +306,7 @@ fn sweep_stale(own: &Path) {
             continue;
         };
         kill(&path);
+        v1::kill_listed(&path);
         for _ in 0..50 {
             if remove_tree(&path).is_ok() {
                 break;
@@ -274,53 +348,255 @@ impl CgroupRoot {
         self.created
     }
 
-    /// The cgroup of a generation's worker, created: `gen-G/worker-I-ID`.
-    pub fn create_worker(&self, generation: u64, index: u32, id: u64) -> io::Result<PathBuf> {
+    /// The cgroup of a generation's worker, created with its `limits` written:
+    /// `gen-G/worker-I-ID`, in the v2 tree and in each v1 tree.
+    pub fn create_worker(
+        &self,
+        generation: u64,
+        index: u32,
+        id: u64,
+        limits: &Limits,
+    ) -> io::Result<WorkerCgroup> {
+        let leaf = format!("worker-{index}-{id}");
         let gen = self.generation_dir(generation);
-        mkdir(&gen)?;
-        let dir = gen.join(format!("worker-{index}-{id}"));
+        if mkdir_new(&gen)? {
+            let enable: Vec<String> = self
+                .places
+                .iter()
+                .filter(|(_, p)| matches!(p, Place::V2))
+                .map(|(c, _)| format!("+{}", c.name()))
+                .collect();
+            if !enable.is_empty() {
+                limits::write(&gen, "cgroup.subtree_control", &enable.join(" "))?;
+            }
+        }
+        let dir = gen.join(&leaf);
         mkdir(&dir)?;
-        Ok(dir)
+        let mut cgroup = WorkerCgroup {
+            dir: dir.clone(),
+            places: Vec::new(),
+        };
+        let made = (|| {
+            for (controller, place) in &self.places {
+                let (at, v1) = match place {
+                    Place::V2 => (dir.clone(), false),
+                    Place::V1(tree) => {
+                        let gen = tree.root.join(format!("gen-{generation}"));
+                        mkdir(&gen)?;
+                        let at = gen.join(&leaf);
+                        mkdir(&at)?;
+                        (at, true)
+                    }
+                    Place::Missing(_) => continue,
+                };
+                cgroup.places.push((*controller, at.clone(), v1));
+                for (file, value) in limits.files(*controller, v1) {
+                    limits::write(&at, file, &value)?;
+                }
+            }
+            Ok(())
+        })();
+        match made {
+            Ok(()) => Ok(cgroup),
+            Err(e) => {
+                for dir in cgroup.dirs() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// A generation's cgroup (the parent of its workers').
+    /// A generation's cgroup (the parent of its workers') in the v2 tree.
     pub fn generation_dir(&self, generation: u64) -> PathBuf {
         self.root.join(format!("gen-{generation}"))
     }
 
+    /// A generation's cgroups in every tree, to remove once its workers are gone.
+    pub fn generation_dirs(&self, generation: u64) -> Vec<PathBuf> {
+        let mut dirs = vec![self.generation_dir(generation)];
+        dirs.extend(self.v1_roots().map(|r| r.join(format!("gen-{generation}"))));
+        dirs
+    }
+
+    /// The v1 trees' roots.
+    fn v1_roots(&self) -> impl Iterator<Item = &Path> {
+        self.places.iter().filter_map(|(_, p)| match p {
+            Place::V1(tree) => Some(tree.root.as_path()),
+            _ => None,
+        })
+    }
+
+    /// The cgroups made for this run, which die with handover (and its sentinel removes): the
+    /// v2 subtree when handover created it, and every v1 tree.
+    pub fn owned_roots(&self) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = self.v1_roots().map(Path::to_path_buf).collect();
+        if self.created {
+            roots.insert(0, self.root.clone());
+        }
+        roots
+    }
+
+    /// Why `controller` cannot be used, if it cannot.
+    pub fn missing(&self, controller: Controller) -> Option<&str> {
+        self.places.iter().find_map(|(c, p)| match p {
+            Place::Missing(why) if *c == controller => Some(why.as_str()),
+            _ => None,
+        })
+    }
+
+    /// `memory, cpu, pids` or `memory (v1), cpu (v1), pids (v1)`; the controllers in use.
+    pub fn controllers(&self) -> String {
+        let names: Vec<String> = self
+            .places
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Place::V2 => Some(c.name().to_owned()),
+                Place::V1(_) => Some(format!("{} (v1)", c.name())),
+                Place::Missing(_) => None,
+            })
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
     /// At the end: kills what is left below the subtree and removes it (all of it when
     /// handover created it; else the generations', leaving systemd's unit cgroup and
-    /// handover's own leaf).
+    /// handover's own leaf), and the v1 trees.
     pub fn finish(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return;
+        let generations = |root: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(root)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| {
+                            e.file_name()
+                                .to_str()
+                                .is_some_and(|n| n.starts_with("gen-"))
+                        })
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with("gen-")) {
-                kill(&entry.path());
-            }
+        for dir in generations(&self.root) {
+            kill(&dir);
         }
-        // Killed processes leave their cgroups at once but may take a moment to be gone.
-        for _ in 0..100 {
-            let mut busy = false;
-            if let Ok(entries) = std::fs::read_dir(&self.root) {
-                for entry in entries.flatten() {
-                    let name = entry.file_name();
-                    if name.to_str().is_some_and(|n| n.starts_with("gen-"))
-                        && remove_tree(&entry.path()).is_err()
-                    {
-                        busy = true;
-                    }
-                }
-            }
-            if !busy {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let mut dirs = generations(&self.root);
+        for root in self.v1_roots() {
+            v1::kill_listed(root);
+            dirs.push(root.to_path_buf());
         }
         if self.created {
-            let _ = remove_tree(&self.root);
+            dirs.push(self.root.clone());
+        }
+        // Killed processes leave their cgroups at once but may take a moment to be gone.
+        remove_all(&dirs, 100);
+    }
+}
+
+/// Removes every tree of `dirs`, trying again every 10 ms up to `tries` times while one is
+/// still busy.
+pub fn remove_all(dirs: &[PathBuf], tries: u32) {
+    for _ in 0..tries {
+        let busy = dirs.iter().filter(|d| remove_tree(d).is_err()).count();
+        if busy == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Creates `dir`; whether it is new.
+fn mkdir_new(dir: &Path) -> io::Result<bool> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl WorkerCgroup {
+    /// Every directory of it: the v2 one first, then the v1 ones. The stub joins each.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.dir.clone()];
+        dirs.extend(
+            self.places
+                .iter()
+                .filter(|(_, _, v1)| *v1)
+                .map(|(_, d, _)| d.clone()),
+        );
+        dirs
+    }
+
+    fn place(&self, controller: Controller) -> Option<(&Path, bool)> {
+        self.places
+            .iter()
+            .find(|(c, _, _)| *c == controller)
+            .map(|(_, d, v1)| (d.as_path(), *v1))
+    }
+
+    /// Whether `controller`'s files are there (and so its limits applied).
+    pub fn has(&self, controller: Controller) -> bool {
+        self.place(controller).is_some()
+    }
+
+    /// Ends every process in it, however it detached.
+    pub fn kill(&self) {
+        kill(&self.dir);
+    }
+
+    /// What it uses now.
+    pub fn usage(&self) -> Usage {
+        let number = |dir: &Path, file: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let memory_bytes = self.place(Controller::Memory).and_then(|(dir, v1)| {
+            number(
+                dir,
+                if v1 {
+                    "memory.usage_in_bytes"
+                } else {
+                    "memory.current"
+                },
+            )
+        });
+        let pids = self
+            .place(Controller::Pids)
+            .and_then(|(dir, _)| number(dir, "pids.current"));
+        Usage {
+            cpu_usec: limits::keyed(&self.dir, "cpu.stat", "usage_usec"),
+            memory_bytes,
+            pids,
+        }
+    }
+
+    /// How many of its processes the OOM killer has killed, where the memory controller
+    /// counts it.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let (dir, v1) = self.place(Controller::Memory)?;
+        if v1 {
+            limits::keyed(dir, "memory.oom_control", "oom_kill")
+        } else {
+            limits::keyed(dir, "memory.events", "oom_kill")
+        }
+    }
+
+    /// Gives a worker that started at `start_cpu_weight` its configured weight.
+    pub fn ready(&self, limits: &Limits) -> io::Result<()> {
+        let Some((dir, v1)) = self.place(Controller::Cpu) else {
+            return Ok(());
+        };
+        match limits.ready_weight(v1) {
+            Some((file, value)) => limits::write(dir, file, &value),
+            None => Ok(()),
         }
     }
 }
@@ -352,29 +628,6 @@ pub struct Usage {
     pub memory_bytes: Option<u64>,
     /// `pids.current`.
     pub pids: Option<u64>,
-}
-
-/// Reads the accounting files of the cgroup `dir`.
-pub fn usage(dir: &Path) -> Usage {
-    let number = |file: &str| -> Option<u64> {
-        std::fs::read_to_string(dir.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let cpu_usec = std::fs::read_to_string(dir.join("cpu.stat"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        });
-    Usage {
-        cpu_usec,
-        memory_bytes: number("memory.current"),
-        pids: number("pids.current"),
-    }
 }
 
 #[cfg(test)]
