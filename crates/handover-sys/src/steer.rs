@@ -341,8 +341,17 @@ mod tests {
         counts
     }
 
+    /// The kernel may give a port bound with `SO_REUSEPORT` to port 0 to another such
+    /// socket of the same user; the tests that bind members take turns, so that no test
+    /// joins another's group.
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     #[test]
     fn the_selector_sends_everything_to_its_target_and_follows_the_member_order() {
+        let _serial = one_at_a_time();
         let a = member_of(0);
         let port = a.local_addr().unwrap().port();
         let b = member_of(port);
@@ -365,6 +374,7 @@ mod tests {
 
     #[test]
     fn probes_by_source_port_and_shares_go_where_the_selector_says() {
+        let _serial = one_at_a_time();
         let a = member_of(0);
         let port = a.local_addr().unwrap().port();
         let b = member_of(port);
@@ -392,6 +402,7 @@ mod tests {
 
     #[test]
     fn probes_by_source_port_work_for_ipv6_too() {
+        let _serial = one_at_a_time();
         let Ok(first) = bind_member("[::1]:0".parse().unwrap(), 16) else {
             eprintln!("skipped: no IPv6 loopback");
             return;
@@ -455,6 +466,7 @@ mod tests {
 
     #[test]
     fn listeners_on_an_address_are_counted() {
+        let _serial = one_at_a_time();
         let first = bind_member("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let address = local_address(first.as_fd()).unwrap();
         assert_eq!(listeners_on(address).unwrap(), 1);
