@@ -1,12 +1,16 @@
 //! Issue 14, as root without systemd: each worker runs in a cgroup of its own below
 //! `handover.PID-XXXXXXXX` (which handover creates below the test's own cgroup, and removes); what a
 //! worker leaves behind, however it detached, dies with it; status shows each worker's cgroup
-//! and CPU time; nothing is left after a stop, a crash or a thousand reloads.
+//! and CPU time; nothing is left after a stop, a crash or a thousand reloads. The limits of
+//! `[worker]` are written into each worker's cgroup (in the v2 tree, or in handover's v1 trees
+//! on a hybrid host), hold, and an OOM kill is reported as one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use handover_tests::harness::{marked_processes, unique_marker, Handover, Options, GUARD};
+use handover_tests::harness::{
+    free_port, http_get_body, marked_processes, unique_marker, Handover, Options, GUARD,
+};
 use serde_json::Value;
 
 /// `Some(reason)` unless this runs as root with a cgroup2 tree that has `cgroup.kill`.
@@ -147,6 +151,7 @@ fn each_worker_runs_in_a_cgroup_of_its_own_and_nothing_is_left_after_stop() {
     assert!(out.contains("cgroup ") && out.contains(", CPU "), "{out}");
     assert!(h.stop().success());
     assert!(!root.exists(), "{} is left after the stop", root.display());
+    assert_eq!(v1_trees_of(h.pid()), Vec::<PathBuf>::new(), "v1 trees left");
 }
 
 /// A crashed worker's setsid grandchild (which its process group's SIGKILL cannot reach)
@@ -231,8 +236,19 @@ fn a_thousand_reloads_leave_no_cgroup_behind() {
     let left = tree();
     assert_eq!(left.len(), 3, "{left:?}");
     assert_eq!(left[0], format!("gen-{last}"), "{left:?}");
+    // The v1 trees of a hybrid host likewise keep only the last generation.
+    for v1 in v1_trees_of(h.pid()) {
+        let gens: Vec<String> = std::fs::read_dir(&v1)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(gens, [format!("gen-{last}")], "{}", v1.display());
+    }
     assert!(h.stop().success());
     assert!(!root.exists());
+    assert_eq!(v1_trees_of(h.pid()), Vec::<PathBuf>::new(), "v1 trees left");
 }
 
 /// `cgroups = "required"` where there are none to have is a clear start error; "off" means
@@ -337,10 +353,15 @@ fn a_sigkilled_handover_takes_every_descendant_with_it() {
     );
     h.log.wait_for("all 2 workers ready");
     wait_until("the grandchildren", || marked_processes(&marker).len() == 2);
+    let root = root_of(&h);
     h.signal(libc::SIGKILL);
     h.wait();
     wait_until("every grandchild to be gone", || {
         marked_processes(&marker).is_empty()
+    });
+    // And the sentinel removes the emptied cgroups, in every tree.
+    wait_until("the run's cgroups to be gone", || {
+        !root.exists() && v1_trees_of(h.pid()).is_empty()
     });
 }
 
@@ -435,4 +456,334 @@ fn needs_python() -> Option<String> {
         .status()
         .is_ok_and(|s| s.success());
     (!found).then(|| "needs python3".to_string())
+}
+
+/// The directory of `pid`'s cgroup that holds `controller`'s files: in a v1 hierarchy where
+/// `/proc/PID/cgroup` lists one for it, else in the cgroup2 tree.
+fn controller_dir(pid: i64, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, list, path) = (parts.next(), parts.next(), parts.next());
+        if list.is_some_and(|l| l.split(',').any(|c| c == controller)) {
+            let mount = v1_mount(controller).expect("a v1 mount for a listed controller");
+            return mount.join(path.unwrap_or_default().trim_start_matches('/'));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split(' ').next()? == "cgroup2")
+                .then(|| left.split(' ').nth(4).map(str::to_owned))?
+        })
+        .unwrap();
+    Path::new(&point).join(cgroup_of(pid).trim_start_matches('/'))
+}
+
+/// Where the v1 hierarchy of `controller` is mounted, if one is.
+fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut right = right.split(' ');
+        if right.next()? != "cgroup" {
+            return None;
+        }
+        let options = right.nth(1)?;
+        options
+            .split(',')
+            .any(|o| o == controller)
+            .then(|| left.split(' ').nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// `handover.PID-*` trees of handover `pid` left in the v1 hierarchies of memory, cpu and
+/// pids, below this test's own cgroups there.
+fn v1_trees_of(pid: i32) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut found = Vec::new();
+    for controller in ["memory", "cpu", "pids"] {
+        let Some(mount) = v1_mount(controller) else {
+            continue;
+        };
+        let Some(own) = text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+            list.split(',').any(|c| c == controller).then_some(path)
+        }) else {
+            continue;
+        };
+        let dir = mount.join(own.trim_start_matches('/'));
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("handover.{pid}-"))
+            {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+        .trim()
+        .to_owned()
+}
+
+/// Whether a v1 directory (a limit file of that name exists only there).
+fn is_v1(dir: &Path, v1_file: &str) -> bool {
+    dir.join(v1_file).exists()
+}
+
+/// Unless the workers' cgroups have `controllers` (as status says), why this test cannot run.
+fn lacks_controllers(h: &Handover, controllers: &[&str]) -> Option<String> {
+    let status = status(h);
+    let have = status["cgroup_controllers"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let missing: Vec<&&str> = controllers
+        .iter()
+        .filter(|c| !have.split(", ").any(|h| h.split(' ').next() == Some(**c)))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the host gives handover no {missing:?} controller (it has {have:?}): {}",
+            h.log.text()
+        )
+    })
+}
+
+/// The limits of `[worker]` are in each worker's cgroup files (v2 or v1 ones), status shows
+/// the memory the cgroup itself counts, and `pids_max` holds: the worker gets no more threads.
+#[test]
+fn limits_are_written_into_each_workers_cgroup_and_pids_max_holds() {
+    if skip(missing()) {
+        return;
+    }
+    let mut h = Handover::start(
+        "cg-limits",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\", \"--threads\", \"40\"]\ncount = 2\n\
+         memory_max = \"64MiB\"\nmemory_high = \"48MiB\"\ncpu_quota = \"50%\"\ncpu_weight = 200\npids_max = 16\n",
+        Options::default(),
+    );
+    h.log.wait_for("all 2 workers ready");
+    if skip(lacks_controllers(&h, &["memory", "cpu", "pids"])) {
+        return;
+    }
+    let text = h.log.text();
+    assert!(!text.contains("is not applied"), "{text}");
+    // Each worker started all the threads its pids_max allowed (itself is one), not 40.
+    assert_eq!(
+        text.matches("started 15 of 40 threads").count(),
+        2,
+        "{text}"
+    );
+    for w in workers(&h) {
+        let pid = w["pid"].as_i64().unwrap();
+        let memory = controller_dir(pid, "memory");
+        if is_v1(&memory, "memory.limit_in_bytes") {
+            assert_eq!(
+                read(&memory, "memory.limit_in_bytes"),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(
+                read(&memory, "memory.soft_limit_in_bytes"),
+                (48u64 << 20).to_string()
+            );
+        } else {
+            assert_eq!(read(&memory, "memory.max"), (64u64 << 20).to_string());
+            assert_eq!(read(&memory, "memory.high"), (48u64 << 20).to_string());
+        }
+        let cpu = controller_dir(pid, "cpu");
+        if is_v1(&cpu, "cpu.shares") {
+            assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+            assert_eq!(read(&cpu, "cpu.shares"), "2048");
+        } else {
+            assert_eq!(read(&cpu, "cpu.max"), "50000 100000");
+            assert_eq!(read(&cpu, "cpu.weight"), "200");
+        }
+        let pids = controller_dir(pid, "pids");
+        assert_eq!(read(&pids, "pids.max"), "16");
+        assert_eq!(
+            read(&pids, "pids.current"),
+            "16",
+            "the worker and 15 threads"
+        );
+        assert_eq!(w["cgroup"]["pids"].as_u64(), Some(16), "{w:#}");
+        // Status shows the memory the cgroup counts (read a moment apart: near, not equal).
+        let counted: u64 = read(
+            &memory,
+            if is_v1(&memory, "memory.usage_in_bytes") {
+                "memory.usage_in_bytes"
+            } else {
+                "memory.current"
+            },
+        )
+        .parse()
+        .unwrap();
+        let shown = w["cgroup"]["memory_bytes"].as_u64().unwrap();
+        assert!(
+            shown.abs_diff(counted) <= counted / 4 + (256 << 10),
+            "status shows {shown} bytes, the cgroup counts {counted}"
+        );
+    }
+    let (_, out, _) = h.ctl(&["status"]);
+    assert!(out.contains("cgroup controllers: memory"), "{out}");
+    assert!(out.contains(", 16 processes"), "{out}");
+    assert!(h.stop().success());
+    assert_eq!(v1_trees_of(h.pid()), Vec::<PathBuf>::new(), "v1 trees left");
+}
+
+/// A worker that allocates past `memory_max` is killed by the OOM killer; handover says so
+/// in the log, in the slot's last exit and in the status line (systemd's STATUS=), and
+/// replaces it, while its sibling serves on untouched.
+#[test]
+fn a_worker_past_its_memory_max_is_oom_killed_reported_and_replaced() {
+    if skip(missing()) {
+        return;
+    }
+    let dir = handover_tests::harness::TempDir::new("cg-oom");
+    let hog = dir.path().join("hog");
+    let port = free_port();
+    let mut h = Handover::start(
+        "cg-oom",
+        &format!(
+            "[[socket]]\nname = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\n[worker]\n\
+             command = [\"{{worker}}\", \"--ready-after\", \"0\", \"--serve\", \"--hog-memory-at\", \"{}\"]\n\
+             count = 2\nmemory_max = \"64MiB\"\n",
+            hog.display()
+        ),
+        Options::default(),
+    );
+    h.log.wait_for("all 2 workers ready");
+    if skip(lacks_controllers(&h, &["memory"])) {
+        return;
+    }
+    let before = workers(&h);
+    let pid_of = |w: &Value| w["pid"].as_i64().unwrap();
+    let (victim, sibling) = (pid_of(&before[0]), pid_of(&before[1]));
+    std::fs::write(format!("{}.{victim}", hog.display()), b"").unwrap();
+    h.log
+        .wait_for("worker died: killed by the OOM killer at memory.max 64MiB");
+    h.log.wait_for_count("worker ready", 3);
+    let after = workers(&h);
+    let pids: Vec<i64> = after.iter().map(pid_of).collect();
+    assert!(pids.contains(&sibling), "the sibling was touched: {pids:?}");
+    assert!(!pids.contains(&victim), "{pids:?}");
+    let slot = after
+        .iter()
+        .find(|w| w["index"] == before[0]["index"])
+        .unwrap();
+    assert_eq!(slot["restarts"], 1, "{slot:#}");
+    assert!(
+        slot["last_exit"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("killed by the OOM killer at memory.max 64MiB"),
+        "{slot:#}"
+    );
+    let line = status(&h)["status"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        line.starts_with("2/2 workers ready, generation 1; worker ")
+            && line.ends_with("killed by the OOM killer at memory.max 64MiB"),
+        "{line}"
+    );
+    // Both serve: the sibling, and the replacement.
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        answered.insert(http_get_body(port).trim().parse::<i64>().unwrap());
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(answered, pids.iter().copied().collect(), "who answered");
+    assert!(h.stop().success());
+    assert_eq!(v1_trees_of(h.pid()), Vec::<PathBuf>::new(), "v1 trees left");
+}
+
+/// The CPU weight of a cgroup file: `cpu.weight`, or v1's `cpu.shares` as a weight.
+fn weight_of(pid: i64) -> u64 {
+    let cpu = controller_dir(pid, "cpu");
+    if is_v1(&cpu, "cpu.shares") {
+        (read(&cpu, "cpu.shares").parse::<u64>().unwrap() * 100 + 512) / 1024
+    } else {
+        read(&cpu, "cpu.weight").parse().unwrap()
+    }
+}
+
+/// `start_cpu_weight`: a starting worker's cgroup has the low weight until it is ready, then
+/// `cpu_weight`.
+#[test]
+fn workers_start_at_start_cpu_weight_and_get_cpu_weight_back_once_ready() {
+    if skip(missing()) {
+        return;
+    }
+    let mut h = Handover::start(
+        "cg-weight",
+        "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"1500\"]\n\
+         start_cpu_weight = 10\ncpu_weight = 300\n",
+        Options::default(),
+    );
+    h.log.wait_for("worker started");
+    if skip(lacks_controllers(&h, &["cpu"])) {
+        return;
+    }
+    let worker = workers_any(&h)[0]["pid"].as_i64().unwrap();
+    assert_eq!(weight_of(worker), 10, "while it starts");
+    h.log.wait_for("all 1 workers ready");
+    wait_until("the weight back", || weight_of(worker) == 300);
+    assert_eq!(
+        nice_of(worker),
+        nice_of(i64::from(h.pid())),
+        "no nice with cgroups"
+    );
+    assert!(h.stop().success());
+}
+
+/// Without cgroups each limit is named at start with the reason, and the workers run all
+/// the same; `start_cpu_weight` becomes the nearest nice value, given back once ready.
+#[test]
+fn limits_without_cgroups_are_named_and_start_cpu_weight_becomes_nice() {
+    if skip(missing()) {
+        return;
+    }
+    let mut h = Handover::start(
+        "cg-nolimits",
+        "[handover]\ncgroups = \"off\"\n\n[worker]\n\
+         command = [\"{worker}\", \"--ready-after\", \"1500\"]\n\
+         memory_max = \"64MiB\"\npids_max = 32\nstart_cpu_weight = 10\n",
+        Options::default(),
+    );
+    h.log.wait_for("worker started");
+    let text = h.log.text();
+    for key in ["memory_max", "pids_max"] {
+        assert!(
+            text.contains(&format!(
+                "worker.{key} is not applied: workers have no cgroups ([handover] cgroups = \"off\")"
+            )),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains(
+            "worker.start_cpu_weight is not applied: workers have no cgroups ([handover] \
+             cgroups = \"off\"); workers start at nice 10 instead"
+        ),
+        "{text}"
+    );
+    let worker = workers_any(&h)[0]["pid"].as_i64().unwrap();
+    let own = nice_of(i64::from(h.pid()));
+    assert_eq!(nice_of(worker), own + 10, "while it starts");
+    h.log.wait_for("all 1 workers ready");
+    wait_until("the priority back", || nice_of(worker) == own);
+    assert!(h.stop().success());
 }

@@ -1052,7 +1052,9 @@ fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
     let config = example_config().replace(
         r#"command = ["/usr/local/bin/handover-example-http", "--socket", "http"]"#,
         &format!(
-            r#"command = ["{worker}", "--ready-after", "0", "--serve", "--grandchild", "--marker", "cg"]"#
+            r#"command = ["{worker}", "--ready-after", "0", "--serve", "--grandchild", "--marker", "cg", "--hog-memory-at", "/run/hog"]
+memory_max = "64MiB"
+pids_max = 64"#
         ),
     );
     assert!(
@@ -1093,6 +1095,57 @@ fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
     }
     let journal = sd.wait_journal(SERVICE, "a cgroup for each worker");
     assert!(journal.contains("(delegated by systemd)"), "{journal}");
+
+    // The limits: applied where the unit's cgroup has the controllers, else named in the
+    // journal with the reason, and the workers serve all the same.
+    let (_, controllers, _) =
+        sd.run(&["cat", &format!("/sys/fs/cgroup{group}/cgroup.controllers")]);
+    let status = {
+        let handover = format!("{INSIDE_BIN}/handover");
+        let socket = "/run/handover/handover@web/control.sock";
+        let (ok, out, err) = sd.run(&[&handover, "status", "--json", "--socket", socket]);
+        assert!(ok.success(), "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let serving = |status: &serde_json::Value| -> Vec<serde_json::Value> {
+        status["generations"][0]["workers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    if controllers.split_whitespace().any(|c| c == "memory") {
+        let first = serving(&status)[0].clone();
+        let dir = first["cgroup"]["path"].as_str().unwrap().to_owned();
+        let (_, max, _) = sd.run(&["cat", &format!("{dir}/memory.max")]);
+        assert_eq!(max.trim(), (64u64 << 20).to_string());
+        let (_, current, _) = sd.run(&["cat", &format!("{dir}/memory.current")]);
+        let shown = first["cgroup"]["memory_bytes"].as_u64().unwrap();
+        let current: u64 = current.trim().parse().unwrap();
+        assert!(
+            shown.abs_diff(current) < current / 4 + (256 << 10),
+            "{shown} vs {current}"
+        );
+        let pid = first["pid"].as_i64().unwrap();
+        sd.run(&["touch", &format!("/run/hog.{pid}")]);
+        sd.wait_journal(
+            SERVICE,
+            "worker died: killed by the OOM killer at memory.max 64MiB",
+        );
+        let (_, state, _) = sd.run(&["systemctl", "show", "-P", "StatusText", SERVICE]);
+        assert!(state.contains("killed by the OOM killer"), "{state}");
+        wait_generation(&sd, SERVICE, 2, 1);
+    } else {
+        let journal = sd.wait_journal(SERVICE, "worker.memory_max is not applied");
+        assert!(
+            journal.contains("worker.memory_max is not applied: the memory controller is"),
+            "{journal}"
+        );
+        assert_eq!(serving(&status).len(), 2, "{status:#}");
+        assert!(
+            status["cgroup_controllers"].is_string(),
+            "status says which controllers there are: {status:#}"
+        );
+    }
 
     sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
     assert_eq!(sd.show(SERVICE, "Result"), "success");

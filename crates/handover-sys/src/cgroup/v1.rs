@@ -41,12 +41,22 @@ fn own_cgroup(controller: Controller) -> Result<PathBuf, String> {
             super::unescape(fields.get(4)?),
         ))
     });
+    let no_v2 = format!("the {name} controller is not enabled for handover's cgroup v2 tree");
     let Some((mount_root, mount_point)) = mount else {
         return Err(format!(
             "the {name} controller is neither enabled for handover's cgroup v2 tree nor \
              mounted as a cgroup v1 hierarchy"
         ));
     };
+    // A cgroup2 mounted over /sys/fs/cgroup later (in a container) hides the v1 mounts
+    // below it, which mountinfo still lists.
+    let is_v1 = nix::sys::statfs::statfs(mount_point.as_str())
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
+    if !is_v1 {
+        return Err(format!(
+            "{no_v2}, and its v1 hierarchy's mount at {mount_point} is hidden by another mount"
+        ));
+    }
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let own = cgroup
@@ -56,13 +66,13 @@ fn own_cgroup(controller: Controller) -> Result<PathBuf, String> {
             let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
             list.split(',').any(|c| c == name).then_some(path)
         })
-        .ok_or_else(|| format!("handover is in no cgroup of the v1 {name} hierarchy"))?;
+        .ok_or_else(|| format!("{no_v2}, and handover is in no cgroup of its v1 hierarchy"))?;
     let relative = own
         .strip_prefix(mount_root.trim_end_matches('/'))
         .ok_or_else(|| {
             format!(
-                "handover's {name} cgroup {own} is outside its mount at {mount_point} \
-                 (which shows {mount_root})"
+                "{no_v2}, and handover's cgroup {own} of its v1 hierarchy is outside the mount \
+                 at {mount_point} (which shows {mount_root})"
             )
         })?;
     Ok(Path::new(&mount_point).join(relative.trim_start_matches('/')))
@@ -76,9 +86,10 @@ pub(super) fn create(controller: Controller, name: &str) -> Result<Tree, String>
     let root = own.join(name);
     std::fs::create_dir(&root).map_err(|e| {
         format!(
-            "cannot create {} for the v1 {} controller: {e}",
+            "the {name} controller is not enabled for handover's cgroup v2 tree, and {} \
+             cannot be created in its v1 hierarchy: {e}",
             root.display(),
-            controller.name()
+            name = controller.name()
         )
     })?;
     let lock = std::fs::File::open(&root).and_then(|dir| {
