@@ -244,7 +244,14 @@ fn a_thousand_reloads_leave_no_cgroup_behind() {
             .filter(|e| e.file_type().unwrap().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(gens, [format!("gen-{last}")], "{}", v1.display());
+        // The cpu tree is not used without a cpu limit (it would group the workers'
+        // scheduling); memory and pids always are.
+        let expected = if v1.starts_with(v1_mount("cpu").unwrap_or_default()) {
+            Vec::new()
+        } else {
+            vec![format!("gen-{last}")]
+        };
+        assert_eq!(gens, expected, "{}", v1.display());
     }
     assert!(h.stop().success());
     assert!(!root.exists());
@@ -619,21 +626,26 @@ fn limits_are_written_into_each_workers_cgroup_and_pids_max_holds() {
             "the worker and 15 threads"
         );
         assert_eq!(w["cgroup"]["pids"].as_u64(), Some(16), "{w:#}");
-        // Status shows the memory the cgroup counts (read a moment apart: near, not equal).
-        let counted: u64 = read(
-            &memory,
-            if is_v1(&memory, "memory.usage_in_bytes") {
-                "memory.usage_in_bytes"
-            } else {
-                "memory.current"
-            },
-        )
-        .parse()
-        .unwrap();
-        let shown = w["cgroup"]["memory_bytes"].as_u64().unwrap();
+        // Status shows the memory the cgroup counts: read just before and just after the
+        // status, allowing for the kernel's per-CPU charge batches (64 pages a CPU).
+        let file = if is_v1(&memory, "memory.usage_in_bytes") {
+            "memory.usage_in_bytes"
+        } else {
+            "memory.current"
+        };
+        let counted = || -> u64 { read(&memory, file).parse().unwrap() };
+        let before = counted();
+        let shown = workers(&h)
+            .into_iter()
+            .find(|x| x["pid"] == w["pid"])
+            .unwrap()["cgroup"]["memory_bytes"]
+            .as_u64()
+            .unwrap();
+        let after = counted();
+        let slack = 64 * 4096 * std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         assert!(
-            shown.abs_diff(counted) <= counted / 4 + (256 << 10),
-            "status shows {shown} bytes, the cgroup counts {counted}"
+            shown + slack >= before.min(after) && shown <= before.max(after) + slack,
+            "status shows {shown} bytes, the cgroup counts {before} then {after}"
         );
     }
     let (_, out, _) = h.ctl(&["status"]);

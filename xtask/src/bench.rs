@@ -36,7 +36,8 @@ usage: cargo xtask bench reload [--reloads 100] [--workers 4] [--concurrency 16]
                                 [--mode new|keepalive] [--boot-ms 200]
                                 [--worker example|batching] [--steering on|off]
                                 [--cgroups on|off] [--boot-cpu on|off] [--start-nice 0..19]
-       cargo xtask bench idle [--workers 4] [--seconds 10] [--cgroups on|off]
+                                [--start-cpu-weight 1..10000] [--limits on|off]
+       cargo xtask bench idle [--workers 4] [--seconds 10] [--cgroups on|off] [--limits on|off]
        cargo xtask bench logs [--workers 4] [--megabytes 200]
        cargo xtask bench health [--workers 64] [--seconds 10]";
 
@@ -85,6 +86,10 @@ struct Options {
     cgroups: bool,
     boot_cpu: bool,
     start_nice: u64,
+    /// `start_cpu_weight` of the example worker; 0 leaves it unset.
+    start_cpu_weight: u64,
+    /// Every cgroup limit set (generous ones), to measure what they cost.
+    limits: bool,
 }
 
 /// The program the reload bench runs.
@@ -112,6 +117,8 @@ impl Options {
             cgroups: true,
             boot_cpu: false,
             start_nice: 0,
+            start_cpu_weight: 0,
+            limits: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -163,6 +170,19 @@ impl Options {
                     o.start_nice = match value.parse::<u64>() {
                         Ok(n) if n <= 19 => n,
                         _ => bail!("--start-nice needs a number in 0..=19, not {value:?}"),
+                    }
+                }
+                "--start-cpu-weight" => {
+                    o.start_cpu_weight = match value.parse::<u64>() {
+                        Ok(n) if (1..=10_000).contains(&n) => n,
+                        _ => bail!("--start-cpu-weight needs a number in 1..=10000, not {value:?}"),
+                    }
+                }
+                "--limits" => {
+                    o.limits = match value.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => bail!("--limits must be on or off, not {value:?}"),
                     }
                 }
                 "--cgroups" => {
@@ -361,9 +381,15 @@ impl Running {
                 let bin = paths.bin("handover-example-http")?;
                 let cpu = if o.boot_cpu { r#", "--boot-cpu""# } else { "" };
                 // Further [worker] keys follow the command's line.
+                let weight = if o.start_cpu_weight > 0 {
+                    format!("\nstart_cpu_weight = {}", o.start_cpu_weight)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "[{bin:?}, \"--boot-ms\", \"{boot_ms}\", \"--idle-grace-ms\", \"200\"{cpu}]\nstart_nice = {}",
-                    o.start_nice
+                    "[{bin:?}, \"--boot-ms\", \"{boot_ms}\", \"--idle-grace-ms\", \"200\"{cpu}]\nstart_nice = {}{weight}{}",
+                    o.start_nice,
+                    limits_extra(o)
                 )
             }
             Worker::Batching => {
@@ -713,7 +739,7 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         Worker::Batching => "batching",
     };
     println!(
-        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}{}, mode {mode}, concurrency {}, steering {}, cgroups {}, start_nice {}",
+        "bench reload: {} reloads, {} workers ({worker}), --boot-ms {}{}, mode {mode}, concurrency {}, steering {}, cgroups {}, start_nice {}, start_cpu_weight {}, limits {}",
         o.reloads,
         o.workers,
         o.boot_ms,
@@ -721,7 +747,13 @@ fn bench_reload(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         o.concurrency,
         if o.steering { "on" } else { "off" },
         if o.cgroups { "on" } else { "off" },
-        o.start_nice
+        o.start_nice,
+        if o.start_cpu_weight > 0 {
+            o.start_cpu_weight.to_string()
+        } else {
+            "unset".into()
+        },
+        if o.limits { "on" } else { "off" },
     );
     let cgroups = handover.log.lines_with("cgroup");
     if let Some(line) = cgroups.first() {
@@ -816,10 +848,11 @@ fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
         main_after.get(k).copied().unwrap_or(0) - main_before.get(k).copied().unwrap_or(0)
     };
     println!(
-        "bench idle: {} workers, {} s without requests or signals, cgroups {}",
+        "bench idle: {} workers, {} s without requests or signals, cgroups {}, limits {}",
         o.workers,
         o.seconds,
-        if o.cgroups { "on" } else { "off" }
+        if o.cgroups { "on" } else { "off" },
+        if o.limits { "on" } else { "off" }
     );
     println!(
         "voluntary context switches, main thread (/proc/PID/status): {}",
@@ -838,6 +871,16 @@ fn bench_idle(paths: &Paths, o: &Options) -> anyhow::Result<()> {
     print_memory(pid);
     handover.stop()?;
     Ok(())
+}
+
+/// `[worker]` keys for `--limits on`: every cgroup limit, each far above what the workers
+/// use, so that only their cost shows.
+fn limits_extra(o: &Options) -> &'static str {
+    if o.limits {
+        "\nmemory_max = \"1GiB\"\nmemory_high = \"900MiB\"\ncpu_quota = \"200%\"\ncpu_weight = 100\npids_max = 4096"
+    } else {
+        ""
+    }
 }
 
 /// The configuration that turns cgroups off, for `--cgroups off`.

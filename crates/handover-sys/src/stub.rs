@@ -287,7 +287,16 @@ pub fn run(args: StubArgs, env: Vec<(OsString, OsString)>) -> ! {
     // accounted and killed there; while still root (a delegated cgroup may be writable by
     // handover's user only).
     for cgroup in &args.exec.cgroups {
-        if let Err(err) = std::fs::write(cgroup.join("cgroup.procs"), b"0") {
+        // A v1 hierarchy (it has `tasks`) takes this one thread without the kernel's global
+        // thread-group lock, whose every write waits for an RCU grace period; the stub is
+        // single-threaded, so the thread is the whole process.
+        let tasks = cgroup.join("tasks");
+        let file = if tasks.exists() {
+            tasks
+        } else {
+            cgroup.join("cgroup.procs")
+        };
+        if let Err(err) = std::fs::write(file, b"0") {
             fail(
                 status,
                 &format!("joining the cgroup {}", cgroup.display()),

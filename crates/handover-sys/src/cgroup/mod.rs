@@ -212,24 +212,12 @@ pub fn setup(under_systemd: bool) -> Result<(CgroupRoot, Origin), String> {
     if crate::users::effective_uid() != 0 {
         return Err("handover is neither root nor a systemd service with Delegate=yes".into());
     }
-    sweep_stale(&own);
-    let root = own.join(&name);
-    std::fs::create_dir(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let (root, lock) = create_locked(&own, &name)?;
     if no_kill(&root) {
+        drop(lock);
         let _ = std::fs::remove_dir(&root);
         return Err(too_old.into());
     }
-    let lock = std::fs::File::open(&root).and_then(|dir| {
-        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, errno)| std::io::Error::from(errno))
-    });
-    let lock = match lock {
-        Ok(lock) => lock,
-        Err(e) => {
-            let _ = std::fs::remove_dir(&root);
-            return Err(format!("cannot lock {}: {e}", root.display()));
-        }
-    };
     let places = places(&root, &name);
     Ok((
         CgroupRoot {
@@ -257,9 +245,18 @@ fn places(root: &Path, name: &str) -> Vec<(Controller, Place)> {
         .map(|controller| {
             let cname = controller.name();
             let place = if available.iter().any(|c| c == cname) {
-                match limits::write(root, "cgroup.subtree_control", &format!("+{cname}")) {
-                    Ok(()) => Place::V2,
-                    Err(e) => Place::Missing(format!("cannot enable the {cname} controller: {e}")),
+                // The cpu controller makes the kernel schedule each cgroup below as one group
+                // (against everything beside it): it is enabled only for a generation that
+                // sets a cpu limit, as systemd does (CPU time comes from cpu.stat without it).
+                if controller == Controller::Cpu {
+                    Place::V2
+                } else {
+                    match limits::write(root, "cgroup.subtree_control", &format!("+{cname}")) {
+                        Ok(()) => Place::V2,
+                        Err(e) => {
+                            Place::Missing(format!("cannot enable the {cname} controller: {e}"))
+                        }
+                    }
                 }
             } else if parent_has.iter().any(|c| c == cname) {
                 Place::Missing(format!(
@@ -282,6 +279,32 @@ fn mkdir(dir: &Path) -> io::Result<()> {
     match std::fs::create_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
+    }
+}
+
+/// Sweeps `own` of stale runs' cgroups, then creates `own/name` and locks it, for as long as
+/// the returned lock lives. Sweeping and creating hold a lock on `own` itself, so that no
+/// other handover's sweep can take a new cgroup between its creation and its lock.
+fn create_locked(
+    own: &Path,
+    name: &str,
+) -> Result<(PathBuf, nix::fcntl::Flock<std::fs::File>), String> {
+    let lock = |dir: &Path, arg| {
+        std::fs::File::open(dir).and_then(|file| {
+            nix::fcntl::Flock::lock(file, arg).map_err(|(_, errno)| io::Error::from(errno))
+        })
+    };
+    let _parent = lock(own, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|e| format!("cannot lock {}: {e}", own.display()))?;
+    sweep_stale(own);
+    let root = own.join(name);
+    std::fs::create_dir(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    match lock(&root, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok((root, held)),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&root);
+            Err(format!("cannot lock {}: {e}", root.display()))
+        }
     }
 }
 
@@ -358,14 +381,19 @@ impl CgroupRoot {
         limits: &Limits,
     ) -> io::Result<WorkerCgroup> {
         let leaf = format!("worker-{index}-{id}");
+        // The cpu controller only where a limit needs it (see `places`).
+        let used = |c: Controller| c != Controller::Cpu || !limits.keys_of(c).is_empty();
         let gen = self.generation_dir(generation);
         if mkdir_new(&gen)? {
             let enable: Vec<String> = self
                 .places
                 .iter()
-                .filter(|(_, p)| matches!(p, Place::V2))
+                .filter(|(c, p)| matches!(p, Place::V2) && used(*c))
                 .map(|(c, _)| format!("+{}", c.name()))
                 .collect();
+            if enable.iter().any(|c| c == "+cpu") {
+                limits::write(&self.root, "cgroup.subtree_control", "+cpu")?;
+            }
             if !enable.is_empty() {
                 limits::write(&gen, "cgroup.subtree_control", &enable.join(" "))?;
             }
@@ -377,7 +405,7 @@ impl CgroupRoot {
             places: Vec::new(),
         };
         let made = (|| {
-            for (controller, place) in &self.places {
+            for (controller, place) in self.places.iter().filter(|(c, _)| used(*c)) {
                 let (at, v1) = match place {
                     Place::V2 => (dir.clone(), false),
                     Place::V1(tree) => {

@@ -7,7 +7,6 @@
 //! the stub joins as well. Those trees carry limits and accounting only: the v2 kill ends
 //! their processes.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use super::limits::Controller;
@@ -82,27 +81,14 @@ fn own_cgroup(controller: Controller) -> Result<PathBuf, String> {
 /// stale trees of earlier runs.
 pub(super) fn create(controller: Controller, name: &str) -> Result<Tree, String> {
     let own = own_cgroup(controller)?;
-    super::sweep_stale(&own);
-    let root = own.join(name);
-    std::fs::create_dir(&root).map_err(|e| {
+    let (root, lock) = super::create_locked(&own, name).map_err(|why| {
         format!(
-            "the {name} controller is not enabled for handover's cgroup v2 tree, and {} \
-             cannot be created in its v1 hierarchy: {e}",
-            root.display(),
-            name = controller.name()
+            "the {} controller is not enabled for handover's cgroup v2 tree, and its v1 tree \
+             cannot be made: {why}",
+            controller.name()
         )
     })?;
-    let lock = std::fs::File::open(&root).and_then(|dir| {
-        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, errno)| io::Error::from(errno))
-    });
-    match lock {
-        Ok(lock) => Ok(Tree { root, _lock: lock }),
-        Err(e) => {
-            let _ = std::fs::remove_dir(&root);
-            Err(format!("cannot lock {}: {e}", root.display()))
-        }
-    }
+    Ok(Tree { root, _lock: lock })
 }
 
 /// SIGKILLs every process listed in the v1 cgroup `dir` and below (v1 has no `cgroup.kill`).
