@@ -203,6 +203,8 @@ pub struct Builder {
     dir: TempDir,
     /// Further host folders to bind under [`INSIDE`]: (host path, name inside, writable).
     binds: Vec<(PathBuf, String, bool)>,
+    /// Boot the manager with the host's cgroup v1 hierarchies too, where it has them.
+    hybrid: bool,
 }
 
 impl Builder {
@@ -226,6 +228,16 @@ impl Builder {
     /// manager's namespaces, e.g. a package unpacked by the test.
     pub fn bind(self, host: &Path, name: &str) -> (Builder, String) {
         self.bind_with(host, name, false)
+    }
+
+    /// On a host with the hybrid cgroup layout (controllers such as memory on cgroup v1),
+    /// boots the manager in that layout too: its own subtree of every v1 hierarchy (a fresh
+    /// child of the test's cgroup there, removed at the end) besides its cgroup2 one, so that
+    /// units get memory and pids cgroups. Elsewhere this changes nothing: the cgroup2 tree
+    /// has the controllers.
+    pub fn hybrid_cgroups(mut self) -> Builder {
+        self.hybrid = true;
+        self
     }
 
     /// [`Builder::bind`], writable from inside: for what a command run inside writes.
@@ -335,6 +347,8 @@ pub struct Systemd {
     boot: Mutex<Option<Child>>,
     /// The manager's cgroup, as the host sees it.
     cgroup: Option<PathBuf>,
+    /// With [`Builder::hybrid_cgroups`], its cgroups in the v1 hierarchies.
+    v1_cgroups: Vec<PathBuf>,
     /// The manager's own output (before journald runs, and its crashes).
     pub console: Lines,
     config_dir: PathBuf,
@@ -354,6 +368,7 @@ impl Systemd {
             label: label.to_string(),
             dir,
             binds: Vec::new(),
+            hybrid: false,
         };
         // The journal, and the target that wants it. journald runs from the start (not on
         // the first message), because the manager logs to it only once it runs.
@@ -372,7 +387,14 @@ impl Systemd {
     }
 
     fn boot(builder: Builder) -> Systemd {
-        let Builder { label, dir, binds } = builder;
+        let Builder {
+            label,
+            dir,
+            binds,
+            hybrid,
+        } = builder;
+        // Only where the host has v1 hierarchies to give.
+        let hybrid = hybrid && !v1_hierarchies().is_empty();
         let unit_dir = dir.path().join("units");
         let config_dir = dir.path().join("etc-handover");
         // Every folder the manager needs, by the name it has under INSIDE. The binaries are
@@ -389,28 +411,39 @@ impl Systemd {
         ];
         all_binds.extend(binds);
         let script = dir.path().join("boot.sh");
-        std::fs::write(&script, boot_script()).expect("write boot script");
+        std::fs::write(&script, boot_script(hybrid)).expect("write boot script");
         make_executable(&script);
 
         let cgroup = create_cgroup(&label);
+        let v1_cgroups = if hybrid {
+            create_v1_cgroups(&cgroup)
+        } else {
+            Vec::new()
+        };
         let mut sd = Systemd {
             label,
             pid: 0,
             pidfd: None,
             boot: Mutex::new(None),
             cgroup: Some(cgroup.clone()),
+            v1_cgroups: v1_cgroups.clone(),
             console: Lines::default(),
             config_dir,
             unit_dir,
             _dir: dir,
         };
-        // The shell joins the fresh cgroup and becomes unshare, so the new cgroup namespace
-        // is rooted there and everything started inside stays below it.
+        // The shell joins the fresh cgroups and becomes unshare, so the new cgroup namespace
+        // is rooted there and everything started inside stays below them.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" || exit 97; shift; exec "$@""#)
+            .arg(
+                r#"while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 97; shift; done
+shift; exec "$@""#,
+            )
             .arg("sh")
             .arg(&cgroup)
+            .args(&v1_cgroups)
+            .arg("--")
             .arg("unshare")
             .args(NAMESPACES)
             .arg(&script);
@@ -963,7 +996,65 @@ impl Drop for Systemd {
         if let Some(cgroup) = self.cgroup.take() {
             remove_cgroup(&cgroup);
         }
+        // Empty by now (their processes were all in the cgroup2 tree as well).
+        for dir in std::mem::take(&mut self.v1_cgroups) {
+            remove_cgroup(&dir);
+        }
     }
+}
+
+/// The host's cgroup v1 hierarchies this process is in: (the name in /proc/self/cgroup,
+/// its mount point, this process's cgroup path in it).
+fn v1_hierarchies() -> Vec<(String, PathBuf, String)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if list.is_empty() {
+                return None;
+            }
+            let wanted: Vec<&str> = list.split(',').collect();
+            let mount = mountinfo.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let mut right = right.split(' ');
+                if right.next()? != "cgroup" {
+                    return None;
+                }
+                let options: Vec<&str> = right.nth(1)?.split(',').collect();
+                wanted
+                    .iter()
+                    .all(|w| options.contains(w))
+                    .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+            })?;
+            Some((list.to_owned(), mount, path.to_owned()))
+        })
+        .collect()
+}
+
+/// A fresh child, named as the manager's cgroup2 group `v2`, of this process's cgroup in
+/// every v1 hierarchy (cpuset's gets its parent's CPUs and memory nodes, without which it
+/// takes no process).
+fn create_v1_cgroups(v2: &Path) -> Vec<PathBuf> {
+    let name = v2.file_name().expect("a cgroup has a name");
+    v1_hierarchies()
+        .into_iter()
+        .map(|(_, mount, path)| {
+            let parent = mount.join(path.trim_start_matches('/'));
+            let dir = parent.join(name);
+            std::fs::create_dir(&dir)
+                .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
+                    std::fs::write(dir.join(file), value.trim())
+                        .unwrap_or_else(|e| panic!("write {}/{file}: {e}", dir.display()));
+                }
+            }
+            dir
+        })
+        .collect()
 }
 
 /// Creates a fresh cgroup2 group for one manager below the test's own group.
@@ -1082,7 +1173,17 @@ fn make_executable(path: &Path) {
 /// Its arguments are triples: a host folder, the name it gets under [`INSIDE`], and `ro` or
 /// `rw`. Host paths are only ever arguments (never part of the script's text), so they may
 /// hold any character.
-fn boot_script() -> String {
+fn boot_script(hybrid: bool) -> String {
+    let cgroups = if hybrid {
+        // The hybrid layout: the manager mounts the other v1 controllers itself.
+        "mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tmpfs /sys/fs/cgroup
+mkdir /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup/memory
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup/unified
+mount -t cgroup -o nosuid,nodev,noexec,none,name=systemd cgroup /sys/fs/cgroup/systemd
+mount -t cgroup -o nosuid,nodev,noexec,memory cgroup /sys/fs/cgroup/memory"
+    } else {
+        "mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup"
+    };
     format!(
         r#"#!/bin/sh
 # PID 1 of a throw-away namespace until it execs systemd. Written by handover's tests.
@@ -1134,8 +1235,8 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 # Kernel settings stay the host's business.
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
-# cgroup2 rooted at this namespace's own group.
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+# cgroups rooted at this namespace's own groups.
+{cgroups}
 ip link set lo up
 # SYSTEMD_UNIT_PATH: exactly one folder, no trailing colon, so no host unit is ever loaded.
 exec env -i container=handover-tests SYSTEMD_UNIT_PATH='{INSIDE_UNITS}' \
@@ -1204,7 +1305,7 @@ mod tests {
 
     #[test]
     fn the_boot_script_never_widens_the_unit_path() {
-        let script = boot_script();
+        let script = boot_script(false);
         assert!(script.contains("SYSTEMD_UNIT_PATH='/run/handover-test/units' "));
         assert!(!script.contains("units:"), "no trailing colon");
         // The host folders are held before /run, /tmp and /var/tmp are covered, and bound

@@ -1046,6 +1046,147 @@ fn the_journal_has_each_workers_last_lines_before_its_exit() {
 /// unit's `supervisor` leaf and each worker in `gen-1/worker-I-ID`; a worker's setsid
 /// grandchild (out of reach of its process group) dies with its worker's cgroup when the
 /// worker is stopped, so `systemctl stop` finds nothing left to kill.
+/// Issue 14 under a real systemd whose units have memory cgroups (on this host's hybrid
+/// layout, the manager's own subtree of its cgroup v1 hierarchies; on a cgroup v2 host, its
+/// cgroup2 tree): a worker that allocates past `memory_max` is OOM-killed, the journal and
+/// `systemctl status` say so, it is replaced while its sibling serves on, status shows the
+/// memory its cgroup counts, and after `systemctl stop` no cgroup of handover's is left.
+#[test]
+fn a_worker_past_its_memory_max_is_oom_killed_and_replaced_under_systemd() {
+    let worker = format!("{INSIDE_BIN}/handover-test-worker");
+    let config = example_config().replace(
+        r#"command = ["/usr/local/bin/handover-example-http", "--socket", "http"]"#,
+        &format!(
+            r#"command = ["{worker}", "--ready-after", "0", "--serve", "--hog-memory-at", "/run/hog"]
+memory_max = "64MiB"
+pids_max = 64"#
+        ),
+    );
+    assert!(
+        config.contains("--hog-memory-at"),
+        "example.toml's command changed"
+    );
+    let sd = boot!(builder("oom", &config).hybrid_cgroups());
+    activate(&sd);
+    wait_generation(&sd, SERVICE, 2, 1);
+    let handover = format!("{INSIDE_BIN}/handover");
+    let status = || -> serde_json::Value {
+        let socket = "/run/handover/handover@web/control.sock";
+        let (ok, out, err) = sd.run(&[&handover, "status", "--json", "--socket", socket]);
+        assert!(ok.success(), "{out}{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let first = status();
+    let controllers = first["cgroup_controllers"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        controllers.starts_with("memory") && controllers.contains("pids"),
+        "the unit's cgroup has no memory and pids controllers: {controllers:?}\n{}",
+        sd.journalctl(&["-u", SERVICE, "-o", "cat"])
+    );
+    let journal = sd.journalctl(&["-u", SERVICE, "-o", "cat"]);
+    assert!(!journal.contains("is not applied"), "{journal}");
+    let workers: Vec<serde_json::Value> = first["generations"][0]["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(workers.len(), 2, "{first:#}");
+    let pid_of = |w: &serde_json::Value| w["pid"].as_i64().unwrap();
+    let group = sd.show(SERVICE, "ControlGroup");
+    for w in &workers {
+        // The memory cgroup the worker is in, below the unit's, and its limit.
+        let (_, cgroups, _) = sd.run(&["cat", &format!("/proc/{}/cgroup", pid_of(w))]);
+        let memory = cgroups
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+            .or_else(|| {
+                cgroups
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            })
+            .unwrap_or_default();
+        assert!(
+            memory.starts_with(&format!("{group}/")) && memory.contains("/gen-1/worker-"),
+            "{cgroups}"
+        );
+        let dir = if cgroups.contains(":memory:") {
+            format!("/sys/fs/cgroup/memory{memory}")
+        } else {
+            format!("/sys/fs/cgroup{memory}")
+        };
+        let v1 = cgroups.contains(":memory:");
+        let read = |file: &str| -> String {
+            sd.run(&["cat", &format!("{dir}/{file}")])
+                .1
+                .trim()
+                .to_owned()
+        };
+        let limit = read(if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        });
+        assert_eq!(limit, (64u64 << 20).to_string(), "{dir}");
+        let counted = read(if v1 {
+            "memory.usage_in_bytes"
+        } else {
+            "memory.current"
+        });
+        let counted: u64 = counted
+            .parse()
+            .unwrap_or_else(|_| panic!("{dir}: {counted:?}"));
+        let shown = w["cgroup"]["memory_bytes"].as_u64().unwrap();
+        assert!(
+            shown.abs_diff(counted) <= counted / 2 + (1 << 20),
+            "status shows {shown} bytes, {dir} counts {counted}"
+        );
+    }
+    let (victim, sibling) = (pid_of(&workers[0]), pid_of(&workers[1]));
+    sd.run(&["touch", &format!("/run/hog.{victim}")]);
+    sd.wait_journal(
+        SERVICE,
+        "worker died: killed by the OOM killer at memory.max 64MiB",
+    );
+    sd.wait_property(
+        SERVICE,
+        "StatusText",
+        &format!(
+            "2/2 workers ready, generation 1; worker {} killed by the OOM killer at memory.max \
+             64MiB",
+            workers[0]["index"]
+        ),
+    );
+    let after = status();
+    let pids: Vec<i64> = after["generations"][0]["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(pid_of)
+        .collect();
+    assert!(
+        pids.contains(&sibling) && !pids.contains(&victim),
+        "{after:#}"
+    );
+    for _ in 0..20 {
+        let (code, body) = sd
+            .http_get(HTTP_PORT, "/")
+            .expect("a request after the OOM kill");
+        assert_eq!(code, 200, "{body}");
+    }
+
+    sd.systemctl_ok(&["stop", HTTP_SOCKET, SERVICE]);
+    assert_eq!(sd.show(SERVICE, "Result"), "success");
+    assert_eq!(sd.cgroup_procs(&group), Vec::<i32>::new(), "cgroup empty");
+    let (_, left, _) = sd.run(&[
+        "sh",
+        "-c",
+        "find /sys/fs/cgroup -type d -name 'handover.*' -o -type d -name 'gen-*'",
+    ]);
+    assert_eq!(left.trim(), "", "cgroups of handover's left after the stop");
+}
+
 #[test]
 fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
     let worker = format!("{INSIDE_BIN}/handover-test-worker");
