@@ -1042,10 +1042,27 @@ fn the_journal_has_each_workers_last_lines_before_its_exit() {
     assert_eq!(checked, 2, "{journal}");
 }
 
-/// Issue 14 under systemd: with the shipped unit's `Delegate=yes`, handover sits in the
-/// unit's `supervisor` leaf and each worker in `gen-1/worker-I-ID`; a worker's setsid
-/// grandchild (out of reach of its process group) dies with its worker's cgroup when the
-/// worker is stopped, so `systemctl stop` finds nothing left to kill.
+/// The example configuration with the test worker, given `args` after `--ready-after 0
+/// --serve`, and further `[worker]` keys.
+fn test_worker_config(args: &str, keys: &str) -> String {
+    let worker = format!("{INSIDE_BIN}/handover-test-worker");
+    let config = example_config().replace(
+        r#"command = ["/usr/local/bin/handover-example-http", "--socket", "http"]"#,
+        &format!("command = [\"{worker}\", \"--ready-after\", \"0\", \"--serve\", {args}]\n{keys}"),
+    );
+    assert!(config.contains(&worker), "example.toml's command changed");
+    config
+}
+
+/// `handover status --json` of the instance, run inside.
+fn ctl_status(sd: &Systemd) -> serde_json::Value {
+    let handover = format!("{INSIDE_BIN}/handover");
+    let socket = "/run/handover/handover@web/control.sock";
+    let (ok, out, err) = sd.run(&[&handover, "status", "--json", "--socket", socket]);
+    assert!(ok.success(), "{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// Issue 14 under a real systemd whose units have memory cgroups (on this host's hybrid
 /// layout, the manager's own subtree of its cgroup v1 hierarchies; on a cgroup v2 host, its
 /// cgroup2 tree): a worker that allocates past `memory_max` is OOM-killed, the journal and
@@ -1053,30 +1070,14 @@ fn the_journal_has_each_workers_last_lines_before_its_exit() {
 /// memory its cgroup counts, and after `systemctl stop` no cgroup of handover's is left.
 #[test]
 fn a_worker_past_its_memory_max_is_oom_killed_and_replaced_under_systemd() {
-    let worker = format!("{INSIDE_BIN}/handover-test-worker");
-    let config = example_config().replace(
-        r#"command = ["/usr/local/bin/handover-example-http", "--socket", "http"]"#,
-        &format!(
-            r#"command = ["{worker}", "--ready-after", "0", "--serve", "--hog-memory-at", "/run/hog"]
-memory_max = "64MiB"
-pids_max = 64"#
-        ),
-    );
-    assert!(
-        config.contains("--hog-memory-at"),
-        "example.toml's command changed"
+    let config = test_worker_config(
+        r#""--hog-memory-at", "/run/hog""#,
+        "memory_max = \"64MiB\"\npids_max = 64",
     );
     let sd = boot!(builder("oom", &config).hybrid_cgroups());
     activate(&sd);
     wait_generation(&sd, SERVICE, 2, 1);
-    let handover = format!("{INSIDE_BIN}/handover");
-    let status = || -> serde_json::Value {
-        let socket = "/run/handover/handover@web/control.sock";
-        let (ok, out, err) = sd.run(&[&handover, "status", "--json", "--socket", socket]);
-        assert!(ok.success(), "{out}{err}");
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-    };
-    let first = status();
+    let first = ctl_status(&sd);
     let controllers = first["cgroup_controllers"]
         .as_str()
         .unwrap_or_default()
@@ -1158,7 +1159,7 @@ pids_max = 64"#
             workers[0]["index"]
         ),
     );
-    let after = status();
+    let after = ctl_status(&sd);
     let pids: Vec<i64> = after["generations"][0]["workers"]
         .as_array()
         .into_iter()
@@ -1187,20 +1188,17 @@ pids_max = 64"#
     assert_eq!(left.trim(), "", "cgroups of handover's left after the stop");
 }
 
+/// Issue 14 under systemd: with the shipped unit's `Delegate=yes`, handover sits in the
+/// unit's `supervisor` leaf and each worker in `gen-1/worker-I-ID`; a worker's setsid
+/// grandchild (out of reach of its process group) dies with its worker's cgroup when the
+/// worker is stopped, so `systemctl stop` finds nothing left to kill;
+/// the limits are applied, or named in the journal where the unit's cgroup lacks their
+/// controllers.
 #[test]
 fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
-    let worker = format!("{INSIDE_BIN}/handover-test-worker");
-    let config = example_config().replace(
-        r#"command = ["/usr/local/bin/handover-example-http", "--socket", "http"]"#,
-        &format!(
-            r#"command = ["{worker}", "--ready-after", "0", "--serve", "--grandchild", "--marker", "cg", "--hog-memory-at", "/run/hog"]
-memory_max = "64MiB"
-pids_max = 64"#
-        ),
-    );
-    assert!(
-        config.contains("--grandchild"),
-        "example.toml's command changed"
+    let config = test_worker_config(
+        r#""--grandchild", "--marker", "cg", "--hog-memory-at", "/run/hog""#,
+        "memory_max = \"64MiB\"\npids_max = 64",
     );
     let sd = boot!(builder("cgroups", &config));
     activate(&sd);
@@ -1241,13 +1239,7 @@ pids_max = 64"#
     // journal with the reason, and the workers serve all the same.
     let (_, controllers, _) =
         sd.run(&["cat", &format!("/sys/fs/cgroup{group}/cgroup.controllers")]);
-    let status = {
-        let handover = format!("{INSIDE_BIN}/handover");
-        let socket = "/run/handover/handover@web/control.sock";
-        let (ok, out, err) = sd.run(&[&handover, "status", "--json", "--socket", socket]);
-        assert!(ok.success(), "{out}{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-    };
+    let status = ctl_status(&sd);
     let serving = |status: &serde_json::Value| -> Vec<serde_json::Value> {
         status["generations"][0]["workers"]
             .as_array()
