@@ -10,6 +10,7 @@
 
 pub mod bind;
 pub mod cgroup;
+mod clone3;
 pub mod control;
 pub mod daemon;
 pub mod fd;

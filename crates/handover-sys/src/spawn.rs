@@ -13,6 +13,11 @@
 //! an fd without close-on-exec, so exactly these fds survive the exec into the stub; everything
 //! else handover holds is close-on-exec.
 //!
+//! A worker with a cgroup2 directory is created in it instead, by `clone3()` with
+//! `CLONE_INTO_CGROUP` ([`crate::clone3`]), whose child makes the same `dup2`s and settings with
+//! system calls only, and execs the same stub; the stub then joins only a hybrid host's v1
+//! trees. Where the kernel cannot, `posix_spawn()` is used and the stub joins them all.
+//!
 //! All spawns happen on one dedicated thread that never exits, because the parent-death signal
 //! a worker sets fires when the *thread* that created it exits.
 
@@ -267,44 +272,29 @@ pub(crate) fn spawn_sentinel(records: &OwnedFd) -> io::Result<i32> {
     Ok(pid)
 }
 
-fn spawn_one(
-    request: SpawnRequest,
-    dev_null: &OwnedFd,
-    parent: i32,
-    sentinel: Option<&Sentinel>,
-) -> io::Result<Spawned> {
-    let (status_read, status_write) = pipe_cloexec()?;
-    let n_sockets = request.sockets.len() as i32;
-    let mut highest = status_write.as_raw_fd().max(dev_null.as_raw_fd());
-    for fd in request.sockets.iter() {
-        highest = highest.max(fd.as_raw_fd());
+/// An fd of the cgroup2 directory `dir`, for `CLONE_INTO_CGROUP`; `None` for a v1 one (which
+/// has `tasks`) or one that cannot be opened.
+fn open_cgroup2(dir: &std::path::Path) -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if dir.join("tasks").exists() {
+        return None;
     }
-    for fd in request.stdout.iter().chain(request.stderr.iter()) {
-        highest = highest.max(fd.as_raw_fd());
-    }
-    // Staging fds lie above every source (so no dup2 clobbers a source) and above the final
-    // range 3..3+n (so the stub's moves never overlap).
-    let staging_base = (highest + 1).max(3 + n_sockets);
-    let status_fd = staging_base + n_sockets;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()
+        .map(OwnedFd::from)
+}
 
-    let stub = StubArgs {
-        expected_parent: parent,
-        n_sockets: n_sockets as usize,
-        staging_base,
-        status_fd,
-        exec: request.exec,
-    };
-    let argv: Vec<CString> = stub
-        .to_argv()
-        .into_iter()
-        .map(|arg| cstring(arg.into_vec(), "an argument"))
-        .collect::<io::Result<_>>()?;
-    let mut argv_ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
-    argv_ptrs.push(std::ptr::null_mut());
-    let mut env_ptrs: Vec<*mut libc::c_char> =
-        request.env.iter().map(|e| e.as_ptr() as *mut _).collect();
-    env_ptrs.push(std::ptr::null_mut());
-
+/// `posix_spawn()` of the stub at `path`, in a process group of its own, with an empty signal
+/// mask and every signal at its default, and `dups` (source, target) as its file actions.
+fn posix_spawn_stub(
+    path: &std::ffi::CStr,
+    argv: &[*mut libc::c_char],
+    envp: &[*mut libc::c_char],
+    dups: &[(i32, i32)],
+) -> io::Result<i32> {
     let mut attrs = SpawnAttrs::new()?;
     // SAFETY: the attribute and file-action calls only record settings in structures we own;
     // every fd named in them stays open until posix_spawn returns.
@@ -327,55 +317,118 @@ fn spawn_one(
         libc::sigdelset(&mut all, libc::SIGKILL);
         libc::sigdelset(&mut all, libc::SIGSTOP);
         check(libc::posix_spawnattr_setsigdefault(&mut attrs.attr, &all))?;
-
-        for (i, fd) in request.sockets.iter().enumerate() {
+        for &(source, target) in dups {
             check(libc::posix_spawn_file_actions_adddup2(
                 &mut attrs.actions,
-                fd.as_raw_fd(),
-                staging_base + i as i32,
-            ))?;
-        }
-        check(libc::posix_spawn_file_actions_adddup2(
-            &mut attrs.actions,
-            status_write.as_raw_fd(),
-            status_fd,
-        ))?;
-        check(libc::posix_spawn_file_actions_adddup2(
-            &mut attrs.actions,
-            dev_null.as_raw_fd(),
-            0,
-        ))?;
-        if let Some(out) = &request.stdout {
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut attrs.actions,
-                out.as_raw_fd(),
-                1,
-            ))?;
-        }
-        if let Some(err) = &request.stderr {
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut attrs.actions,
-                err.as_raw_fd(),
-                2,
+                source,
+                target,
             ))?;
         }
     }
-
     let mut pid: libc::pid_t = 0;
     // SAFETY: path, argv and envp are NUL-terminated arrays of C strings that outlive the
     // call; attrs were initialised above.
     let rc = unsafe {
         libc::posix_spawn(
             &mut pid,
-            c"/proc/self/exe".as_ptr(),
+            path.as_ptr(),
             &attrs.actions,
             &attrs.attr,
-            argv_ptrs.as_ptr(),
-            env_ptrs.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
         )
     };
     drop(attrs);
     check(rc)?;
+    Ok(pid)
+}
+
+fn spawn_one(
+    request: SpawnRequest,
+    dev_null: &OwnedFd,
+    parent: i32,
+    sentinel: Option<&Sentinel>,
+) -> io::Result<Spawned> {
+    let (status_read, status_write) = pipe_cloexec()?;
+    let n_sockets = request.sockets.len() as i32;
+    let mut highest = status_write.as_raw_fd().max(dev_null.as_raw_fd());
+    for fd in request.sockets.iter() {
+        highest = highest.max(fd.as_raw_fd());
+    }
+    for fd in request.stdout.iter().chain(request.stderr.iter()) {
+        highest = highest.max(fd.as_raw_fd());
+    }
+    // Staging fds lie above every source (so no dup2 clobbers a source) and above the final
+    // range 3..3+n (so the stub's moves never overlap).
+    let staging_base = (highest + 1).max(3 + n_sockets);
+    let status_fd = staging_base + n_sockets;
+
+    // The stub's fds: each socket into the staging range, the status pipe, stdio.
+    let mut dups: Vec<(i32, i32)> = request
+        .sockets
+        .iter()
+        .enumerate()
+        .map(|(i, fd)| (fd.as_raw_fd(), staging_base + i as i32))
+        .collect();
+    dups.push((status_write.as_raw_fd(), status_fd));
+    dups.push((dev_null.as_raw_fd(), 0));
+    if let Some(out) = &request.stdout {
+        dups.push((out.as_raw_fd(), 1));
+    }
+    if let Some(err) = &request.stderr {
+        dups.push((err.as_raw_fd(), 2));
+    }
+    let stub_argv = |exec: WorkerExec| -> io::Result<Vec<CString>> {
+        let stub = StubArgs {
+            expected_parent: parent,
+            n_sockets: n_sockets as usize,
+            staging_base,
+            status_fd,
+            exec,
+        };
+        stub.to_argv()
+            .into_iter()
+            .map(|arg| cstring(arg.into_vec(), "an argument"))
+            .collect()
+    };
+    let pointers = |strings: &[CString]| -> Vec<*mut libc::c_char> {
+        let mut ptrs: Vec<*mut libc::c_char> =
+            strings.iter().map(|a| a.as_ptr() as *mut _).collect();
+        ptrs.push(std::ptr::null_mut());
+        ptrs
+    };
+    let env_ptrs = pointers(&request.env);
+    let path = c"/proc/self/exe";
+
+    // Created in its cgroup2 directory where the kernel can (the stub then joins only the v1
+    // ones); else the stub joins them all.
+    let into = request
+        .exec
+        .cgroups
+        .first()
+        .and_then(|dir| open_cgroup2(dir));
+    let created = match into {
+        Some(cgroup) => {
+            let mut exec = request.exec.clone();
+            exec.cgroups.remove(0);
+            let argv = stub_argv(exec)?;
+            let argv_ptrs = pointers(&argv);
+            let exec = crate::clone3::Exec {
+                path,
+                argv: &argv_ptrs,
+                envp: &env_ptrs,
+            };
+            crate::clone3::spawn_into(&cgroup, &dups, &exec).ok()
+        }
+        None => None,
+    };
+    let pid = match created {
+        Some(pid) => pid,
+        None => {
+            let argv = stub_argv(request.exec)?;
+            posix_spawn_stub(path, &pointers(&argv), &env_ptrs, &dups)?
+        }
+    };
     // Recorded before anything else: the worker may fork as soon as it runs.
     if let Some(sentinel) = sentinel {
         sentinel.record(pid);
