@@ -799,3 +799,52 @@ fn limits_without_cgroups_are_named_and_start_cpu_weight_becomes_nice() {
     wait_until("the priority back", || nice_of(worker) == own);
     assert!(h.stop().success());
 }
+
+/// An aborted reload leaves no cgroup of its generation behind, in any tree, and the serving
+/// generation keeps its own.
+#[test]
+fn an_aborted_reload_leaves_no_cgroup_of_its_generation() {
+    if skip(missing()) {
+        return;
+    }
+    let config = "[worker]\ncommand = [\"{worker}\", \"--ready-after\", \"0\"]\ncount = 2\nmemory_max = \"64MiB\"\n";
+    let mut h = Handover::start("cg-abort", config, Options::default());
+    h.log.wait_for("all 2 workers ready");
+    let root = root_of(&h);
+    // The new generation's second worker fails before it is ready.
+    h.rewrite_config(&config.replace(
+        r#"command = ["{worker}", "--ready-after", "0"]"#,
+        r#"command = ["sh", "-c", "if [ \"$HANDOVER_WORKER\" = 1 ]; then exit 9; fi; exec '{worker}' --ready-after 0"]"#,
+    ));
+    let (st, _, err) = h.ctl(&["reload"]);
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert!(err.contains("aborted"), "{err}");
+    let generation_dirs = || -> Vec<PathBuf> {
+        let mut trees = v1_trees_of(h.pid());
+        trees.push(root.clone());
+        trees
+            .iter()
+            .flat_map(|t| std::fs::read_dir(t).into_iter().flatten().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    wait_until("the aborted generation's cgroups to go", || {
+        generation_dirs().iter().all(|d| d.ends_with("gen-1"))
+    });
+    assert!(generation_dirs().contains(&root.join("gen-1")));
+    let serving = workers(&h);
+    assert_eq!(serving.len(), 2, "{serving:?}");
+    for w in &serving {
+        assert!(
+            w["cgroup"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/gen-1/"),
+            "{w:#}"
+        );
+    }
+    assert!(h.stop().success());
+    assert!(!root.exists());
+    assert_eq!(v1_trees_of(h.pid()), Vec::<PathBuf>::new(), "v1 trees left");
+}

@@ -1190,14 +1190,14 @@ fn a_worker_past_its_memory_max_is_oom_killed_and_replaced_under_systemd() {
 
 /// Issue 14 under systemd: with the shipped unit's `Delegate=yes`, handover sits in the
 /// unit's `supervisor` leaf and each worker in `gen-1/worker-I-ID`; a worker's setsid
-/// grandchild (out of reach of its process group) dies with its worker's cgroup when the
-/// worker is stopped, so `systemctl stop` finds nothing left to kill;
+/// grandchild that ignores SIGTERM (out of reach of its process group) dies with its
+/// worker's cgroup when the worker is stopped, so `systemctl stop` finds nothing left to kill;
 /// the limits are applied, or named in the journal where the unit's cgroup lacks their
 /// controllers.
 #[test]
 fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
     let config = test_worker_config(
-        r#""--grandchild", "--marker", "cg", "--hog-memory-at", "/run/hog""#,
+        r#""--grandchild-ignores-term", "--marker", "cg", "--hog-memory-at", "/run/hog""#,
         "memory_max = \"64MiB\"\npids_max = 64",
     );
     let sd = boot!(builder("cgroups", &config));
@@ -1221,6 +1221,22 @@ fn workers_get_cgroups_of_their_own_in_the_delegated_unit() {
         .collect();
     // Two workers and their two grandchildren, two per worker cgroup.
     assert_eq!(in_workers.len(), 4, "{procs:?}: {in_workers:?}");
+    // The grandchildren ignore SIGTERM: only the cgroup's kill can end them.
+    let sleepers: Vec<i32> = procs
+        .iter()
+        .copied()
+        .filter(|&p| sd.run(&["cat", &format!("/proc/{p}/comm")]).1.trim() == "sleep")
+        .collect();
+    assert_eq!(sleepers.len(), 2, "{procs:?}");
+    for p in sleepers {
+        let (_, status, _) = sd.run(&["cat", &format!("/proc/{p}/status")]);
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        assert_ne!(ignored & (1 << (libc::SIGTERM - 1)), 0, "{status}");
+    }
     let distinct: BTreeSet<&String> = in_workers.iter().collect();
     assert_eq!(distinct.len(), 2, "{in_workers:?}");
     for cgroup in distinct {

@@ -59,6 +59,7 @@ usage: handover-test-worker [OPTIONS]
   --ignore-term            ignore SIGTERM (default: report it on stderr and exit 0)
   --child                  start `sleep 3600` in the same process group
   --grandchild             start `sleep 3600` double-forked into a new session
+  --grandchild-ignores-term  --grandchild, with the sleeper ignoring SIGTERM
   --marker VALUE           HANDOVER_TEST_MARKER value for --child/--grandchild (default child)
   --stderr TEXT            write TEXT as a line to stderr at start (repeatable)
   --serve                  answer HTTP requests on fd 3 with the pid
@@ -171,6 +172,7 @@ struct Config {
     ignore_term: bool,
     child: bool,
     grandchild: bool,
+    grandchild_ignores_term: bool,
     marker: Option<String>,
     stderr_lines: Vec<String>,
     serve: bool,
@@ -250,6 +252,10 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--ignore-term" => cfg.ignore_term = true,
             "--child" => cfg.child = true,
             "--grandchild" => cfg.grandchild = true,
+            "--grandchild-ignores-term" => {
+                cfg.grandchild = true;
+                cfg.grandchild_ignores_term = true;
+            }
             "--marker" => cfg.marker = Some(value("a value")?),
             "--stderr" => cfg.stderr_lines.push(value("a text")?),
             "--serve" => cfg.serve = true,
@@ -418,13 +424,13 @@ fn run(cfg: &Config, start: Instant) -> c_int {
     // safe, and before our SIGTERM disposition is set, so that they do not inherit an ignored
     // SIGTERM.
     if cfg.child {
-        match sleep_command(marker, inherited_mask).spawn() {
+        match sleep_command(marker, inherited_mask, false).spawn() {
             Ok(child) => log!("test-worker {me}: child {} started", child.id()),
             Err(e) => log!("test-worker {me}: cannot start child: {e}"),
         }
     }
     if cfg.grandchild {
-        if let Err(e) = spawn_grandchild(marker, inherited_mask) {
+        if let Err(e) = spawn_grandchild(marker, inherited_mask, cfg.grandchild_ignores_term) {
             log!("test-worker {me}: cannot start grandchild: {e}");
         }
     }
@@ -662,15 +668,19 @@ fn install_term_handler() {
 /// starts with `mask`, the signal mask this worker inherited: std's spawn keeps the caller's
 /// mask, which here still blocks SIGTERM, and a child that cannot be terminated would make
 /// every test about stray children meaningless.
-fn sleep_command(marker: &str, mask: libc::sigset_t) -> Command {
+fn sleep_command(marker: &str, mask: libc::sigset_t, ignore_term: bool) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("/bin/sleep");
     cmd.arg("3600").env("HANDOVER_TEST_MARKER", marker);
-    // SAFETY: the hook runs between fork and exec and only calls pthread_sigmask, which is
-    // async-signal-safe, on a mask captured by value.
+    // SAFETY: the hook runs between fork and exec and only calls pthread_sigmask and signal,
+    // which are async-signal-safe, on values captured by value.
     unsafe {
         cmd.pre_exec(move || {
             libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            // An ignored signal stays ignored across exec.
+            if ignore_term {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            }
             Ok(())
         });
     }
@@ -678,7 +688,7 @@ fn sleep_command(marker: &str, mask: libc::sigset_t) -> Command {
 }
 
 /// Double-forks so that the sleeper ends up in a new session, reparented away from us.
-fn spawn_grandchild(marker: &str, mask: libc::sigset_t) -> io::Result<()> {
+fn spawn_grandchild(marker: &str, mask: libc::sigset_t, ignore_term: bool) -> io::Result<()> {
     // SAFETY: the process has a single thread here (see run()), so the child may allocate
     // and use std freely before it exits.
     let pid = unsafe { libc::fork() };
@@ -691,7 +701,7 @@ fn spawn_grandchild(marker: &str, mask: libc::sigset_t) -> io::Result<()> {
         let code = if sid < 0 {
             3
         } else {
-            match sleep_command(marker, mask).spawn() {
+            match sleep_command(marker, mask, ignore_term).spawn() {
                 Ok(grandchild) => {
                     log!(
                         "test-worker {}: grandchild {} started in a new session",
