@@ -644,6 +644,15 @@ impl Handover {
         run_handover(&all, &[])
     }
 
+    /// `handover status --json`, parsed; fails the test when the command fails or prints
+    /// no JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        let (status, out, err) = self.ctl(&["status", "--json"]);
+        assert!(status.success(), "status --json failed: {out}{err}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
+    }
+
     /// Replaces the config file (for the next reload) with `template`, expanded like the one
     /// `start` wrote and keeping this test's control socket.
     pub fn rewrite_config(&self, template: &str) {
@@ -874,6 +883,21 @@ pub const SENTINEL_COMM: &str = "handover-sentin";
 /// Whether `pid` is a handover sentinel.
 pub fn is_sentinel(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == SENTINEL_COMM)
+}
+
+/// Whether a test must stop here because a precondition is `missing` (its reason): says so
+/// and returns true, or fails the test when `HANDOVER_REQUIRE_SYSTEMD` is set, as for the
+/// systemd tier: CI runs as root with every tool installed, so there a missing one is a
+/// broken machine.
+pub fn skip(missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
+        return false;
+    };
+    if std::env::var_os("HANDOVER_REQUIRE_SYSTEMD").is_some() {
+        panic!("{reason}, and HANDOVER_REQUIRE_SYSTEMD is set");
+    }
+    eprintln!("skipped: {reason}");
+    true
 }
 
 /// A marker unique to this test run.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use handover_tests::harness::{
-    free_port, http_get_body, marked_processes, unique_marker, Handover, Options, GUARD,
+    free_port, http_get_body, marked_processes, skip, unique_marker, Handover, Options, GUARD,
 };
 use serde_json::Value;
 
@@ -23,17 +23,6 @@ fn missing() -> Option<String> {
         None => Some("needs a cgroup2 file system".into()),
         Some(_) => None,
     }
-}
-
-fn skip(missing: Option<String>) -> bool {
-    let Some(reason) = missing else {
-        return false;
-    };
-    if std::env::var_os("HANDOVER_REQUIRE_SYSTEMD").is_some() {
-        panic!("{reason}, and HANDOVER_REQUIRE_SYSTEMD is set");
-    }
-    eprintln!("skipped: {reason}");
-    true
 }
 
 /// The test's own cgroup, as a directory of the cgroup2 mount.
@@ -58,16 +47,10 @@ fn cgroup_of(pid: i64) -> String {
         .to_owned()
 }
 
-fn status(h: &Handover) -> Value {
-    let (status, out, err) = h.ctl(&["status", "--json"]);
-    assert!(status.success(), "{out}{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// The cgroup handover made for this run, from status: `handover.PID-XXXXXXXX` below the
 /// test's own.
 fn root_of(h: &Handover) -> PathBuf {
-    let status = status(h);
+    let status = h.status_json();
     let path = status["cgroups"]
         .as_str()
         .and_then(|s| s.strip_prefix("on: "))
@@ -83,7 +66,7 @@ fn root_of(h: &Handover) -> PathBuf {
 }
 
 fn workers(h: &Handover) -> Vec<Value> {
-    status(h)["generations"]
+    h.status_json()["generations"]
         .as_array()
         .into_iter()
         .flatten()
@@ -120,7 +103,7 @@ fn each_worker_runs_in_a_cgroup_of_its_own_and_nothing_is_left_after_stop() {
         "{}",
         h.log.text()
     );
-    let status = status(&h);
+    let status = h.status_json();
     assert_eq!(
         status["cgroups"].as_str(),
         Some(format!("on: {}", root.display()).as_str())
@@ -298,7 +281,7 @@ fn required_cgroups_refuse_to_start_without_and_off_means_none() {
         Options::default(),
     );
     h.log.wait_for("all 1 workers ready");
-    let status = status(&h);
+    let status = h.status_json();
     assert_eq!(status["cgroups"], "off: [handover] cgroups = \"off\"");
     let w = &workers(&h)[0];
     assert!(w.get("cgroup").is_none(), "{w:#}");
@@ -418,7 +401,7 @@ fn workers_start_at_start_nice_and_get_their_priority_back_once_ready() {
 
 /// Every worker, in any generation, as status shows them.
 fn workers_any(h: &Handover) -> Vec<Value> {
-    status(h)["generations"]
+    h.status_json()["generations"]
         .as_array()
         .into_iter()
         .flatten()
@@ -551,7 +534,7 @@ fn is_v1(dir: &Path, v1_file: &str) -> bool {
 
 /// Unless the workers' cgroups have `controllers` (as status says), why this test cannot run.
 fn lacks_controllers(h: &Handover, controllers: &[&str]) -> Option<String> {
-    let status = status(h);
+    let status = h.status_json();
     let have = status["cgroup_controllers"]
         .as_str()
         .unwrap_or_default()
@@ -703,7 +686,10 @@ fn a_worker_past_its_memory_max_is_oom_killed_reported_and_replaced() {
             .starts_with("killed by the OOM killer at memory.max 64MiB"),
         "{slot:#}"
     );
-    let line = status(&h)["status"].as_str().unwrap_or_default().to_owned();
+    let line = h.status_json()["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         line.starts_with("2/2 workers ready, generation 1; worker ")
             && line.ends_with("killed by the OOM killer at memory.max 64MiB"),

@@ -13,15 +13,9 @@ use serde_json::Value;
 /// The load never runs longer than this.
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
-fn status(h: &Handover) -> Value {
-    let (status, out, err) = h.ctl(&["status", "--json"]);
-    assert!(status.success(), "{out}{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// The serving generation's workers, as status shows them.
 fn serving_workers(h: &Handover) -> Vec<Value> {
-    let status = status(h);
+    let status = h.status_json();
     let generations = status["generations"]
         .as_array()
         .cloned()
@@ -98,7 +92,7 @@ fn a_worker_that_stops_answering_its_check_is_replaced_without_a_failed_request(
         "\n[health]\ncheck = \"http\"\npath = \"/ok\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\nfailures = 3\n",
         2,
     );
-    let first = status(&h);
+    let first = h.status_json();
     let w0 = &first["generations"][0]["workers"][0];
     assert_eq!(w0["health"]["state"], "healthy", "{first:#}");
     assert_eq!(w0["health"]["last_passed"], true, "{first:#}");

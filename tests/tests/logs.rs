@@ -329,13 +329,6 @@ fn read_now(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `handover status --json`, parsed.
-fn status(h: &Handover) -> Value {
-    let (st, out, err) = h.ctl(&["status", "--json"]);
-    assert!(st.success(), "status --json failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
-}
-
 /// The `logs` entry of `path` in a status object.
 fn log_entry<'a>(status: &'a Value, path: &str) -> Option<&'a Value> {
     status["logs"]
@@ -346,7 +339,7 @@ fn log_entry<'a>(status: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// The lines dropped so far for `path`, as `status --json` reports them.
 fn dropped(h: &Handover, path: &str) -> Result<u64, String> {
-    let status = status(h);
+    let status = h.status_json();
     log_entry(&status, path)
         .and_then(|l| l["dropped"].as_u64())
         .ok_or_else(|| format!("no logs entry with a dropped count for {path}: {status}"))
@@ -355,7 +348,7 @@ fn dropped(h: &Handover, path: &str) -> Result<u64, String> {
 /// The pid of worker `index` of generation 1, once it has one.
 fn worker_pid(h: &Handover, index: u64) -> i32 {
     wait_on(h, &format!("worker {index} to have a pid"), GUARD, || {
-        let status = status(h);
+        let status = h.status_json();
         status["generations"]
             .as_array()
             .into_iter()
@@ -538,7 +531,7 @@ buffer = "64MiB"
         all.iter().zip(&expected).position(|(a, b)| a != b)
     );
     assert!(current.ends_with(b"\n"), "out.log ends inside a line");
-    let status = status(&h);
+    let status = h.status_json();
     let entry =
         log_entry(&status, &path).unwrap_or_else(|| panic!("no logs entry for out.log: {status}"));
     assert_eq!(entry["dropped"].as_u64(), Some(0), "{entry}");
@@ -712,7 +705,7 @@ max_size = 0
         "out.log.1..5 and out.log do not hold lines 1..={N} exactly once in order; first misplaced at {:?}",
         all.iter().zip(&expected).position(|(a, b)| a != b)
     );
-    let status = status(&h);
+    let status = h.status_json();
     let entry = log_entry(&status, &out.display().to_string())
         .unwrap_or_else(|| panic!("no logs entry for out.log: {status}"));
     assert_eq!(entry["dropped"].as_u64(), Some(0), "{entry}");
@@ -1469,7 +1462,7 @@ stderr = "{dir}/err.log"
             Err(format!("{} stdout lines, done: {done}", newlines(&out)))
         }
     });
-    let status = status(&h);
+    let status = h.status_json();
     let logs = status["logs"]
         .as_array()
         .unwrap_or_else(|| panic!("no logs array: {status}"));

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use handover_tests::harness::{
-    self, alive, children_of, free_port, marked_processes, output_guarded, unique_marker,
+    self, alive, children_of, free_port, marked_processes, output_guarded, skip, unique_marker,
     wait_gone, Handover, Options, TempDir, GUARD,
 };
 use handover_tests::systemd::{shipped, Systemd};
@@ -28,20 +28,6 @@ use serde_json::Value;
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether a test may run: `Some(reason)` is a missing precondition, which skips the test
-/// (saying why), or fails it when `HANDOVER_REQUIRE_SYSTEMD` is set, as for the systemd tier:
-/// CI runs as root with every tool installed, so there a missing one is a broken machine.
-fn skip(missing: Option<String>) -> bool {
-    let Some(reason) = missing else {
-        return false;
-    };
-    if std::env::var_os("HANDOVER_REQUIRE_SYSTEMD").is_some() {
-        panic!("{reason}, and HANDOVER_REQUIRE_SYSTEMD is set");
-    }
-    eprintln!("skipped: {reason}");
-    true
 }
 
 /// `Some(reason)` unless running as root.

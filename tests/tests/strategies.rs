@@ -4,16 +4,9 @@
 use std::collections::BTreeSet;
 
 use handover_tests::harness::{self, wait_gone, Handover, Options};
-use serde_json::Value;
-
-fn status(h: &Handover) -> Value {
-    let (st, out, err) = h.ctl(&["status", "--json"]);
-    assert!(st.success(), "status failed: {err}");
-    serde_json::from_str(&out).expect("status json")
-}
 
 fn serving_pids(h: &Handover) -> BTreeSet<i64> {
-    let status = status(h);
+    let status = h.status_json();
     status["generations"]
         .as_array()
         .unwrap()
@@ -108,7 +101,7 @@ fn aborted_rolling_reload_restores_the_old_generation() {
     );
     let deadline = std::time::Instant::now() + harness::GUARD;
     loop {
-        let status = status(&h);
+        let status = h.status_json();
         let serving = status["generations"]
             .as_array()
             .unwrap()
@@ -304,7 +297,7 @@ command = ["{worker}", "--ready-after", "0"]
         err.contains("sockets from systemd change only with a restart"),
         "{err}"
     );
-    assert_eq!(status(&h)["generations"][0]["generation"], 1);
+    assert_eq!(h.status_json()["generations"][0]["generation"], 1);
 }
 
 /// A worker restarted inside a generation runs that generation's resolved command and
@@ -399,7 +392,7 @@ max_draining = 1
         err.contains("1 generations are still draining (max_draining = 1)"),
         "{err}"
     );
-    let status = status(&h);
+    let status = h.status_json();
     let states: Vec<&str> = status["generations"]
         .as_array()
         .unwrap()

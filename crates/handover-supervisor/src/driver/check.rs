@@ -151,4 +151,61 @@ mod tests {
             assert_eq!(status_of(bad), None, "{bad:?}");
         }
     }
+
+    /// A loopback server that answers every connection with `head`, then streams `x` without
+    /// end (until the client goes), and counts what it sent.
+    async fn endless(
+        head: &'static [u8],
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 512];
+            let _ = conn.read(&mut request).await;
+            let filler = [b'x'; 4096];
+            let mut out = head.to_vec();
+            // Bounded: 64 MiB at most, far past what a check may read.
+            for _ in 0..(64 << 20) / filler.len() {
+                if conn.write_all(&out).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(out.len(), std::sync::atomic::Ordering::Relaxed);
+                out = filler.to_vec();
+            }
+        });
+        (addr, sent)
+    }
+
+    async fn check_at(addr: std::net::SocketAddr) -> Result<(), String> {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let http = Some(("GET".to_owned(), "/ok".to_owned(), 200));
+        // A guard against a hang only: a check that reads its bound ends at once.
+        tokio::time::timeout(Duration::from_secs(30), exchange(stream, http, || 0))
+            .await
+            .expect("the check ended")
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_read_only_up_to_its_bound() {
+        // A status line, then a body without end: passes on the status line.
+        let (addr, _) = endless(b"HTTP/1.1 200 OK\r\n").await;
+        assert_eq!(check_at(addr).await, Ok(()));
+        // No line end ever: given up after at most STATUS_LINE_MAX bytes (and a chunk).
+        let (addr, sent) = endless(b"HTTP/1.1 200").await;
+        let result = check_at(addr).await;
+        assert!(
+            result
+                .as_ref()
+                .is_err_and(|e| e.starts_with("not an HTTP answer: \"HTTP/1.1 200xxx")),
+            "{result:?}"
+        );
+        // The server could send more than was read (socket buffers), but it was stopped:
+        // far below the 64 MiB it would send to a reader without a bound.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent < 16 << 20, "{sent} bytes were sent");
+    }
 }
