@@ -230,10 +230,12 @@ pub(crate) fn render_status(status: &Status) -> String {
                 line.push_str(&format!(", memory {} KiB", bytes / 1024));
             }
             if let Some(pids) = cgroup.pids {
-                line.push_str(&format!(", {pids} processes"));
+                let noun = if pids == 1 { "process" } else { "processes" };
+                line.push_str(&format!(", {pids} {noun}"));
             }
             if let Some(kills) = cgroup.oom_kills.filter(|&k| k > 0) {
-                line.push_str(&format!(", {kills} OOM kills"));
+                let noun = if kills == 1 { "OOM kill" } else { "OOM kills" };
+                line.push_str(&format!(", {kills} {noun}"));
             }
             out.push_str(&line);
             out.push('\n');
