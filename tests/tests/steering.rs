@@ -515,3 +515,63 @@ command = ["{{worker}}", "--report", "{{dir}}/reports", "--ready-after", "0", "-
     );
     assert!(h.stop().success());
 }
+
+/// A process of the same user that joins a steered socket's `SO_REUSEPORT` group after the
+/// start (which the kernel allows without a word) is named at the next reload, and the
+/// reload goes on.
+#[test]
+fn a_stranger_joining_a_steered_group_is_named_at_the_next_reload() {
+    let found = std::process::Command::new("python3")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if harness::skip((!found).then(|| "needs python3".to_string())) {
+        return;
+    }
+    let (h, port) = start("steer-stranger", true, r#""--drain""#, "");
+    let (st, out, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{out}{err}");
+    assert!(
+        !h.log.text().contains("another process"),
+        "{}",
+        h.log.text()
+    );
+    // Listens with SO_REUSEPORT on the same address until its stdin closes.
+    let mut stranger = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+             s.bind(('127.0.0.1', int(sys.argv[1])))\n\
+             s.listen()\n\
+             print('listening', flush=True)\n\
+             sys.stdin.read()\n",
+            &port.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stranger.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "listening");
+    let (st, out, err) = h.ctl(&["reload"]);
+    assert!(st.success(), "{out}{err}");
+    h.log
+        .wait_for("in the SO_REUSEPORT group of socket \"web\", and handover holds");
+    assert!(
+        h.log
+            .text()
+            .contains(&format!("listen on 127.0.0.1:{port}")),
+        "{}",
+        h.log.text()
+    );
+    drop(stranger.stdin.take());
+    let _ = stranger.wait();
+}

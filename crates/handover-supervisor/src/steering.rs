@@ -254,6 +254,32 @@ impl Steering {
         self.lock().prune();
     }
 
+    /// Steered sockets with more listeners on their address than handover's own members:
+    /// another process of the same user joined the `SO_REUSEPORT` group since (which the
+    /// kernel allows silently), and may get connections the selector meant for a generation.
+    /// Each as a sentence naming the socket, the address and the counts.
+    pub fn strangers(&self) -> Vec<String> {
+        let groups = self.lock();
+        groups
+            .current
+            .iter()
+            .filter_map(|(name, group)| {
+                let listening = steer::listeners_on(group.address).ok()?;
+                let own = group.members.len();
+                (listening > own).then(|| {
+                    format!(
+                        "{listening} sockets listen on {} in the SO_REUSEPORT group of socket \
+                         {name:?}, and handover holds {own} of them: another process of this \
+                         user joined it and may get connections meant for the workers (`ss \
+                         -ltnp 'sport = :{}'` shows it)",
+                        group.address,
+                        group.address.port()
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Whether `name` is steered.
     pub fn has(&self, name: &str) -> bool {
         self.lock().current.contains_key(name)
@@ -401,4 +427,33 @@ fn connect_address(address: SocketAddr) -> SocketAddr {
         });
     }
     target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stranger_in_a_steered_group_is_found() {
+        let steering = Steering::new();
+        let first = steering
+            .create("http", "127.0.0.1:0".parse().unwrap(), 16)
+            .unwrap();
+        let address = local_address(&first).unwrap();
+        assert_eq!(steering.strangers(), Vec::<String>::new());
+        // A member of handover's own is no stranger.
+        let _second = steering.acquire("http").unwrap();
+        assert_eq!(steering.strangers(), Vec::<String>::new());
+        let stranger = steer::bind_member(address, 16).unwrap();
+        let found = steering.strangers();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(&format!(
+                "3 sockets listen on {address} in the SO_REUSEPORT group of socket \"http\", \
+                 and handover holds 2 of them"
+            )),
+            "{found:?}"
+        );
+        drop(stranger);
+    }
 }

@@ -938,6 +938,9 @@ fn start(config_path: &Path, environment: Environment, options: StartOptions) ->
             spec::check_limits(&config, reload_cgroups.as_deref(), &reload_cgroups_status)?;
         warnings.iter().for_each(|w| tracing::warn!("{w}"));
         let sockets = sockets::for_reload(&config, &current.sockets, &reload_steering)?;
+        for stranger in reload_steering.strangers() {
+            tracing::warn!("{stranger}");
+        }
         Ok((
             context.build(&config, sockets, overrides)?,
             spec::reload_policy(&config),
