@@ -131,6 +131,13 @@ impl Options {
                     _ => bail!("{flag} needs a number in 1..={max}, not {value:?}"),
                 }
             };
+            let on_off = || -> anyhow::Result<bool> {
+                match value.as_str() {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    _ => bail!("{flag} must be on or off, not {value:?}"),
+                }
+            };
             match flag.as_str() {
                 "--reloads" => o.reloads = number(100_000)? as usize,
                 "--workers" => o.workers = number(1024)? as u32,
@@ -152,46 +159,17 @@ impl Options {
                         _ => bail!("--worker must be example or batching, not {value:?}"),
                     }
                 }
-                "--steering" => {
-                    o.steering = match value.as_str() {
-                        "on" => true,
-                        "off" => false,
-                        _ => bail!("--steering must be on or off, not {value:?}"),
-                    }
-                }
-                "--boot-cpu" => {
-                    o.boot_cpu = match value.as_str() {
-                        "on" => true,
-                        "off" => false,
-                        _ => bail!("--boot-cpu must be on or off, not {value:?}"),
-                    }
-                }
+                "--steering" => o.steering = on_off()?,
+                "--boot-cpu" => o.boot_cpu = on_off()?,
                 "--start-nice" => {
                     o.start_nice = match value.parse::<u64>() {
                         Ok(n) if n <= 19 => n,
                         _ => bail!("--start-nice needs a number in 0..=19, not {value:?}"),
                     }
                 }
-                "--start-cpu-weight" => {
-                    o.start_cpu_weight = match value.parse::<u64>() {
-                        Ok(n) if (1..=10_000).contains(&n) => n,
-                        _ => bail!("--start-cpu-weight needs a number in 1..=10000, not {value:?}"),
-                    }
-                }
-                "--limits" => {
-                    o.limits = match value.as_str() {
-                        "on" => true,
-                        "off" => false,
-                        _ => bail!("--limits must be on or off, not {value:?}"),
-                    }
-                }
-                "--cgroups" => {
-                    o.cgroups = match value.as_str() {
-                        "on" => true,
-                        "off" => false,
-                        _ => bail!("--cgroups must be on or off, not {value:?}"),
-                    }
-                }
+                "--start-cpu-weight" => o.start_cpu_weight = number(10_000)?,
+                "--limits" => o.limits = on_off()?,
+                "--cgroups" => o.cgroups = on_off()?,
                 _ => bail!("unknown argument {flag:?}\n{USAGE}"),
             }
         }
