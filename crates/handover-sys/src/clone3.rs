@@ -107,20 +107,9 @@ unsafe fn child(dups: &[(i32, i32)], exec: &Exec<'_>) -> ! {
         if libc::setpgid(0, 0) < 0 {
             libc::_exit(crate::stub::EXEC_FAILED);
         }
-        // Every handler back to its default (an all-zero kernel sigaction: SIG_DFL, no flags,
-        // empty mask), through the raw call, as the stub does; then nothing blocked.
-        let default_action = [0u64; 4];
-        for signal in 1..=64 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    default_action.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
-            }
-        }
+        // Every handler back to its default (raw system calls on a local, as the stub does),
+        // then nothing blocked.
+        crate::stub::reset_signal_dispositions();
         let none = 0u64;
         libc::syscall(
             libc::SYS_rt_sigprocmask,

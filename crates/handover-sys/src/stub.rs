@@ -231,7 +231,8 @@ fn last_error() -> std::io::Error {
 /// worker must start with none of that. glibc's sigaction refuses the internal signals, so
 /// this uses the raw system call, with an all-zero kernel `struct sigaction` (handler
 /// SIG_DFL, no flags, empty mask), whose layout is the same zeros on every architecture.
-fn reset_signal_dispositions() {
+/// System calls on a local only: the child of [`crate::clone3`] calls it before its exec.
+pub(crate) fn reset_signal_dispositions() {
     let default_action = [0u64; 4];
     for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {

@@ -131,12 +131,6 @@ impl Limits {
         self.start_cpu_weight?;
         Some(weight_file(self.cpu_weight.unwrap_or(DEFAULT_WEIGHT), v1))
     }
-
-    /// `memory.max 256MiB`: the limit an OOM kill is reported against.
-    pub fn memory_limit_text(&self) -> Option<String> {
-        self.memory_max
-            .map(|max| format!("memory_max {}", show_bytes(max)))
-    }
 }
 
 /// The nice value that gives about the share of a CPU `weight` gives against weight 100
@@ -253,10 +247,6 @@ mod tests {
         assert_eq!(
             limits.keys_of(Controller::Cpu),
             ["cpu_quota", "cpu_weight", "start_cpu_weight"]
-        );
-        assert_eq!(
-            limits.memory_limit_text().as_deref(),
-            Some("memory_max 256MiB")
         );
     }
 
