@@ -325,3 +325,43 @@ pub(crate) fn reload_policy(config: &Config) -> ReloadPolicy {
         max_draining: config.reload.max_draining,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(std::path::Path::new("/etc/handover/app.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn limits_without_their_controller_are_named_or_refused() {
+        let off = "off: [handover] cgroups = \"off\"";
+        let limited = "[worker]\ncommand = [\"app\"]\nmemory_max = \"64MiB\"\npids_max = 8\n";
+        // Named, one warning per key, with the reason.
+        let warnings = check_limits(&config(limited), None, off).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "worker.memory_max is not applied: workers have no cgroups ([handover] cgroups = \"off\")",
+                "worker.pids_max is not applied: workers have no cgroups ([handover] cgroups = \"off\")",
+            ]
+        );
+        // Refused, naming the file, when cgroups are required.
+        let required = format!("[handover]\ncgroups = \"required\"\n\n{limited}");
+        let error = check_limits(
+            &config(&required),
+            None,
+            "off: no cgroup2 file system is mounted",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "/etc/handover/app.toml: handover.cgroups is \"required\", but worker.memory_max \
+             cannot be applied: workers have no cgroups (no cgroup2 file system is mounted)"
+        );
+        // Nothing to say without limits.
+        let plain = config("[worker]\ncommand = [\"app\"]\n");
+        assert_eq!(check_limits(&plain, None, off), Ok(Vec::new()));
+    }
+}
