@@ -13,7 +13,7 @@
 //!   back by listening again: a new socket is needed.
 //! - `TCP_INFO`'s `tcpi_unacked` of a listening socket is the length of its accept queue.
 
-use std::io;
+use std::io::{self, BufRead};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -282,17 +282,25 @@ pub fn listeners_on(address: SocketAddr) -> io::Result<usize> {
         }
     };
     let wanted = format!("{hex}:{:04X}", address.port());
-    let table = std::fs::read_to_string(file)?;
-    Ok(table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1);
-            let state = fields.nth(1);
-            local == Some(wanted.as_str()) && state == Some("0A")
-        })
-        .count())
+    // The kernel lists every listening socket first, then the connections (TIME_WAIT ones
+    // included, tens of thousands on a busy host): reading stops at the first line that is
+    // not listening, so the cost follows the listeners, not the traffic.
+    let mut table = std::io::BufReader::new(std::fs::File::open(file)?);
+    let mut line = String::new();
+    let mut count = 0;
+    table.read_line(&mut line)?;
+    loop {
+        line.clear();
+        if table.read_line(&mut line)? == 0 {
+            return Ok(count);
+        }
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1);
+        if fields.nth(1) != Some("0A") {
+            return Ok(count);
+        }
+        count += usize::from(local == Some(wanted.as_str()));
+    }
 }
 
 #[cfg(test)]
